@@ -1,0 +1,64 @@
+"""Run a function in W real gloo processes and collect what each rank returns.
+
+Used by every distributed test: the result of W processes is compared with the
+single-process result on the concatenated inputs.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def _worker(
+    rank: int, world_size: int, init_file: str, fn: Callable[..., Any], args: tuple, queue: Any
+) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        dist.init_process_group(
+            "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+        )
+        result = fn(*args)
+        queue.put((rank, "ok", result))
+    except BaseException:  # report every failure to the parent, then exit non-zero
+        queue.put((rank, "error", traceback.format_exc()))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_distributed(fn: Callable[..., Any], *args: Any, world_size: int = 2) -> list[Any]:
+    """Return ``[fn(*args) on rank 0, ..., on rank W-1]``, each rank in its own gloo process.
+
+    ``fn`` must be a module-level function (it is pickled for the spawned processes);
+    its return values must be picklable (move tensors to CPU and detach them).
+    """
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file = os.path.join(tmp, "rendezvous")
+        procs = [
+            ctx.Process(target=_worker, args=(r, world_size, init_file, fn, args, queue))
+            for r in range(world_size)
+        ]
+        for p in procs:
+            p.start()
+        results: dict[int, Any] = {}
+        errors: list[str] = []
+        for _ in range(world_size):
+            r, status, payload = queue.get(timeout=300)
+            if status == "ok":
+                results[r] = payload
+            else:
+                errors.append(f"rank {r}:\n{payload}")
+        for p in procs:
+            p.join(timeout=60)
+    if errors:
+        raise RuntimeError("distributed worker failed:\n" + "\n".join(errors))
+    return [results[r] for r in range(world_size)]
