@@ -1,0 +1,176 @@
+"""The ``negatives:`` section of the experiment config: which pools feed the loss, and how.
+
+Nested by the top-level :class:`dist_contrast.config.Config`. Every field has a range or a
+closed set of choices; combinations that cannot work (a queue without the momentum encoder,
+mining without a bank to index) are rejected here with a message that names the key.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SourceName = Literal["batch", "queue", "bank", "mined"]
+Layout = Literal["replicated", "sharded"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class QueueConfig(_Section):
+    """MoCo's FIFO of the newest ``size`` keys (any size; it need not divide the batch)."""
+
+    size: int = Field(default=65536, ge=1)
+    # replicated: every worker holds the whole queue. sharded: worker r holds the global slots
+    # s with s % W == r (~size/W rows); the loss then needs the collective sharded LSE.
+    layout: Layout = "replicated"
+    # An instance seen in an earlier epoch may still sit in the queue; its key is a positive,
+    # not a negative, so it is masked out of the query's denominator.
+    mask_same_instance: bool = True
+
+
+class BankConfig(_Section):
+    """InstDisc's memory bank: one normalised key per dataset instance."""
+
+    # 0 replaces an entry with the newest key; m > 0 keeps m·old + (1-m)·new, re-normalised.
+    momentum: float = Field(default=0.0, ge=0.0, lt=1.0)
+    # m noise entries drawn uniformly per datum for the NCE loss.
+    noise_samples: int = Field(default=4096, ge=1)
+    # λ of the proximal regulariser λ‖f_i − v_i‖² (0 = off); the trainer adds the term.
+    proximal: float = Field(default=0.0, ge=0.0)
+    # Use the whole bank as the shared pool of an InfoNCE loss (non-parametric softmax with an
+    # exact denominator). Only sensible for small datasets: the pool is [n, D] per step.
+    as_pool: bool = False
+
+
+class MinerConfig(_Section):
+    """FAISS hard-negative miner over the bank's keys."""
+
+    index: Literal["exact", "ivf_flat", "hnsw", "ivf_pq"] = "ivf_flat"
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    nlist: int = Field(default=1024, ge=1)
+    nprobe: int = Field(default=32, ge=1)
+    hnsw_m: int = Field(default=32, ge=4)
+    ef_search: int = Field(default=128, ge=1)
+    pq_m: int = Field(default=16, ge=1)
+    # IVF-PQ distances are coarse: search refine_factor × as many candidates, then re-score.
+    refine_factor: int = Field(default=4, ge=1)
+    # Re-score candidates against the bank's current keys (exact, cheap: B × candidates × D);
+    # this also corrects for index entries that are older than the bank.
+    rerank: bool = True
+    num_threads: int | None = Field(default=None, ge=1)
+    layout: Layout = "replicated"
+    num_negatives: int = Field(default=64, ge=1)
+    # Extra candidates searched so that dropping the anchor, its positive and same-label
+    # entries still leaves num_negatives.
+    extra: int = Field(default=16, ge=0)
+    # Sample num_negatives from the filtered ranks [lo, hi) instead of taking the nearest:
+    # skipping the very nearest avoids most false negatives.
+    rank_window: tuple[int, int] | None = None
+    filter_same_label: bool = True
+    # Incremental refresh of the entries whose keys changed, every refresh_every steps.
+    refresh_every: int = Field(default=1, ge=1)
+    # Full rebuild (IVF centroids retrained) every rebuild_every steps.
+    rebuild_every: int = Field(default=1000, ge=1)
+    # Training sample for IVF centroids: nlist × train_per_list vectors (or the whole bank).
+    train_per_list: int = Field(default=64, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> MinerConfig:
+        if self.index in ("ivf_flat", "ivf_pq") and self.nprobe > self.nlist:
+            raise ValueError(
+                f"negatives.miner.nprobe={self.nprobe} exceeds nlist={self.nlist}; "
+                "probe at most every list"
+            )
+        if self.rank_window is not None:
+            lo, hi = self.rank_window
+            if lo < 0 or hi <= lo:
+                raise ValueError(
+                    f"negatives.miner.rank_window={list(self.rank_window)} must be [lo, hi) "
+                    "with 0 <= lo < hi"
+                )
+            if hi - lo < self.num_negatives:
+                raise ValueError(
+                    f"negatives.miner.rank_window={list(self.rank_window)} holds {hi - lo} ranks, "
+                    f"fewer than num_negatives={self.num_negatives}; widen it"
+                )
+        if self.rebuild_every < self.refresh_every:
+            raise ValueError(
+                f"negatives.miner.rebuild_every={self.rebuild_every} is below "
+                f"refresh_every={self.refresh_every}; a rebuild is also a refresh"
+            )
+        return self
+
+    @property
+    def search_k(self) -> int:
+        """Candidates kept per query before filtering."""
+        hi = self.rank_window[1] if self.rank_window is not None else self.num_negatives
+        return hi + self.extra
+
+
+class NegativesConfig(_Section):
+    """Which negative pools feed the loss (any combination) and their settings."""
+
+    sources: list[SourceName] = Field(default_factory=lambda: ["batch"])
+    # MoCo key encoder θ_k ← m·θ_k + (1 − m)·θ_q; required by the queue.
+    momentum_encoder: bool = False
+    momentum: float = Field(default=0.999, ge=0.0, lt=1.0)
+    # Shuffle the batch across workers before the key encoder so BatchNorm cannot leak the
+    # positive (MoCo); needs the momentum encoder.
+    shuffle_bn: bool = False
+    queue: QueueConfig = QueueConfig()
+    bank: BankConfig = BankConfig()
+    miner: MinerConfig = MinerConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> NegativesConfig:
+        sources = self.sources
+        if not sources:
+            raise ValueError(
+                "negatives.sources is empty; list at least one of batch, queue, bank, mined"
+            )
+        if len(set(sources)) != len(sources):
+            raise ValueError(f"negatives.sources={list(sources)} repeats a source; list each once")
+        if "queue" in sources and not self.momentum_encoder:
+            raise ValueError(
+                "negatives.sources has 'queue' but negatives.momentum_encoder is false; the queue "
+                "holds momentum-encoder keys, set negatives.momentum_encoder=true"
+            )
+        if self.shuffle_bn and not self.momentum_encoder:
+            raise ValueError(
+                "negatives.shuffle_bn=true shuffles the key encoder's batch; "
+                "set negatives.momentum_encoder=true"
+            )
+        if "mined" in sources and "bank" not in sources:
+            raise ValueError(
+                "negatives.sources has 'mined' but not 'bank'; the miner's index is over the "
+                "memory bank, add 'bank'"
+            )
+        if self.bank.as_pool and "queue" in sources:
+            raise ValueError(
+                "negatives.bank.as_pool=true and 'queue' both give the shared pool; keep one"
+            )
+        if self.bank.as_pool and "bank" not in sources:
+            raise ValueError("negatives.bank.as_pool=true needs 'bank' in negatives.sources")
+        return self
+
+    def check_loss(self, loss_name: str) -> None:
+        """Raise ``ValueError`` when ``loss_name`` cannot use these sources (trainer calls it)."""
+        if loss_name.startswith("nce") and "bank" not in self.sources:
+            raise ValueError(
+                f"loss.name={loss_name} draws its noise from the memory bank; "
+                "add 'bank' to negatives.sources"
+            )
+        if (
+            not loss_name.startswith("nce")
+            and "bank" in self.sources
+            and not self.bank.as_pool
+            and "mined" not in self.sources
+            and len(self.sources) == 1
+        ):
+            raise ValueError(
+                f"negatives.sources=[bank] gives {loss_name} no negatives (the bank feeds "
+                "NCE noise); set negatives.bank.as_pool=true or add batch/queue/mined"
+            )
