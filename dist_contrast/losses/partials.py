@@ -1,0 +1,321 @@
+"""Streaming log-sum-exp over tiles of negatives, and its mergeable per-query statistics.
+
+One pass over a pool of negatives (a queue, a bank, a key matrix) computes, per query, the
+online-softmax statistics of ``z_n = s_n / τ`` with ``s_n = q · pool_n``:
+
+    max            m = max_n z_n
+    sum_exp        S = Σ_n exp(z_n − m)
+    weighted_keys  W = Σ_n exp(z_n − m) · pool_n
+    weighted_sim   U = Σ_n exp(z_n − m) · s_n          (= q · W, s_n is linear in pool_n)
+
+so that ``LSE = m + log S``, ``∂LSE/∂q = W / (S·τ)`` and ``∂LSE/∂τ = −U / (S·τ²)``. The gradient of
+the query is therefore accumulated *in the same pass* as the value, with the usual online-softmax
+rescaling, and a pool that needs no gradient costs exactly the two matrix products ``q @ poolᵀ``
+and ``P @ pool``, tile by tile: never more than ``B × tile_size`` logits are alive.
+
+Statistics of disjoint parts of a pool (one shard per worker) merge exactly with
+:func:`combine_partials`; that is how a pool sharded across workers is joined into one LSE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from dist_contrast.losses._common import (
+    Temperature,
+    check_2d,
+    check_mask,
+    compute_dtype,
+    temperature_tensor,
+)
+
+
+class PoolPartials(NamedTuple):
+    """Per-query online-softmax statistics of one (part of a) pool.
+
+    Shape:
+        max: [B] float32, running max of s/τ over the unmasked pool (−inf if it is empty).
+        sum_exp: [B] float32, Σ exp(s/τ − max).
+        weighted_keys: [B, D] float32, Σ exp(s/τ − max) · pool_n.
+        weighted_sim: [B] float32, Σ exp(s/τ − max) · s_n.
+
+    ``∂LSE/∂q = weighted_keys / (sum_exp·τ)`` and ``∂LSE/∂τ = −weighted_sim / (sum_exp·τ²)``.
+    """
+
+    max: Tensor
+    sum_exp: Tensor
+    weighted_keys: Tensor
+    weighted_sim: Tensor
+
+
+def _tile_exclusion(
+    mask: Tensor | None, exclude_index: Tensor | None, start: int, end: int
+) -> Tensor | None:
+    """Bool [B, end − start], True where a column of this tile must not count (or None)."""
+    excluded = None if mask is None else mask[:, start:end]
+    if exclude_index is not None:
+        columns = torch.arange(start, end, device=exclude_index.device)
+        hit = exclude_index[:, None] == columns[None, :]
+        excluded = hit if excluded is None else excluded | hit
+    return excluded
+
+
+def tile_logits(scaled_query: Tensor, block: Tensor) -> Tensor:
+    """``z = (q/τ) · block`` for one tile, float32.
+
+    Every pass that must agree on a logit bit-for-bit (the hard losses' boundary pass and the
+    loss pass) goes through this one function with the same tiles.
+
+    Shape:
+        scaled_query: [B, D] float32. block: [t, D] (shared pool) or [B, t, D] (per query).
+        Returns [B, t] float32.
+    """
+    block = block.to(scaled_query.dtype)
+    if block.dim() == 2:
+        return scaled_query @ block.T
+    return torch.bmm(block, scaled_query[:, :, None]).squeeze(2)
+
+
+def _weighted_sum(weights: Tensor, block: Tensor) -> Tensor:
+    """``Σ_n weights[b, n] · block_n`` → [B, D] for a shared [t, D] or per-query [B, t, D] tile."""
+    block = block.to(weights.dtype)
+    if block.dim() == 2:
+        return weights @ block
+    return torch.bmm(weights[:, None, :], block).squeeze(1)
+
+
+def stream_partials(
+    query: Tensor,
+    pool: Tensor,
+    tau: Tensor,
+    *,
+    tile_size: int | None = None,
+    mask: Tensor | None = None,
+    exclude_index: Tensor | None = None,
+    threshold: Tensor | None = None,
+) -> PoolPartials:
+    """Online-softmax statistics of ``pool`` for every query, without autograd.
+
+    ``mask`` (True = excluded), ``exclude_index`` (one excluded column per query, e.g. its
+    positive) and ``threshold`` (only logits ``z ≥ threshold`` count, in s/τ units) all remove
+    entries; a query whose entries are all removed gets ``max = −inf`` and ``sum_exp = 0``.
+
+    Shape:
+        query: [B, D]. pool: [N, D] or [B, N, D]. tau: 0-dim. mask: [B, N] bool.
+        exclude_index: [B] long. threshold: [B] float32 (logit units).
+    """
+    with torch.no_grad():
+        q32 = query.detach().to(compute_dtype(query))
+        scaled_query = q32 / tau.detach()
+        batch, dim = q32.shape
+        size = pool.shape[-2]
+        step = max(1, size if tile_size is None else tile_size)
+        running_max = torch.full((batch,), float("-inf"), dtype=q32.dtype, device=q32.device)
+        sum_exp = torch.zeros(batch, dtype=q32.dtype, device=q32.device)
+        weighted = torch.zeros(batch, dim, dtype=q32.dtype, device=q32.device)
+        for start in range(0, size, step):
+            end = min(size, start + step)
+            block = pool[:, start:end] if pool.dim() == 3 else pool[start:end]
+            logits = tile_logits(scaled_query, block)
+            excluded = _tile_exclusion(mask, exclude_index, start, end)
+            if threshold is not None:
+                below = logits < threshold[:, None]
+                excluded = below if excluded is None else excluded | below
+            if excluded is not None:
+                logits.masked_fill_(excluded, float("-inf"))
+            new_max = torch.maximum(running_max, logits.amax(dim=1))
+            # A row with nothing unmasked so far has max −inf; shifting by 0 instead keeps
+            # exp(−inf − (−inf)) = NaN out while every term stays exactly 0.
+            shift = torch.where(torch.isinf(new_max), torch.zeros_like(new_max), new_max)
+            rescale = torch.exp(running_max - shift)
+            probs = logits.sub_(shift[:, None]).exp_()  # in place: the tile is the big buffer
+            sum_exp = sum_exp * rescale + probs.sum(dim=1)
+            weighted = weighted.mul_(rescale[:, None]).add_(_weighted_sum(probs, block))
+            running_max = new_max
+        return PoolPartials(running_max, sum_exp, weighted, (q32 * weighted).sum(dim=1))
+
+
+def pool_partials(
+    query: Tensor,
+    pool: Tensor,
+    *,
+    temperature: Temperature,
+    negative_mask: Tensor | None = None,
+    tile_size: int | None = None,
+) -> PoolPartials:
+    """Per-query statistics of a pool of negatives, streaming over tiles, without gradient.
+
+    The pool (e.g. one worker's shard of a queue) is a constant; combine the shards' partials
+    with :func:`combine_partials` and take :func:`partials_lse` to get each query's
+    ``log Σ_n exp(s_n/τ)``. The gradients of that LSE follow from the partials alone:
+    ``∂LSE/∂q = weighted_keys / (sum_exp·τ)`` and ``∂LSE/∂τ = −weighted_sim / (sum_exp·τ²)``.
+    A query whose pool is entirely masked gets LSE = −inf, which contributes nothing.
+
+    Shape:
+        query: [B, D]. pool: [N, D]. negative_mask: [B, N] bool, True = excluded.
+        Returns :class:`PoolPartials` with [B] / [B, D] float32 fields.
+    """
+    check_2d("query", query)
+    check_2d("pool", pool, query.shape[1])
+    check_mask("negative_mask", negative_mask, (query.shape[0], pool.shape[0]))
+    tau = temperature_tensor(temperature, query)
+    return stream_partials(query, pool, tau, tile_size=tile_size, mask=negative_mask)
+
+
+def combine_partials(parts: Sequence[PoolPartials]) -> PoolPartials:
+    """Merge the statistics of disjoint parts of a pool exactly (log-sum-exp merge).
+
+    Shape:
+        each part: [B] / [B, D] fields of the same B and D. Returns the same shapes.
+    """
+    if not parts:
+        raise ValueError("combine_partials needs at least one PoolPartials")
+    maxes = torch.stack([p.max for p in parts])  # [P, B]
+    new_max = maxes.amax(dim=0)
+    shift = torch.where(torch.isinf(new_max), torch.zeros_like(new_max), new_max)
+    rescale = torch.exp(maxes - shift)  # [P, B]; an empty part has max −inf → weight 0
+    sum_exp = (rescale * torch.stack([p.sum_exp for p in parts])).sum(dim=0)
+    weighted_keys = (rescale[:, :, None] * torch.stack([p.weighted_keys for p in parts])).sum(0)
+    weighted_sim = (rescale * torch.stack([p.weighted_sim for p in parts])).sum(dim=0)
+    return PoolPartials(new_max, sum_exp, weighted_keys, weighted_sim)
+
+
+def partials_lse(p: PoolPartials) -> Tensor:
+    """``log Σ_n exp(s_n/τ) = max + log(sum_exp)``; −inf for an empty pool.
+
+    Shape:
+        Returns [B] float32.
+    """
+    # log(0) = −inf and −inf + (−inf) = −inf: an empty pool is −inf without NaN.
+    return p.max + torch.log(p.sum_exp)
+
+
+class ConstantPoolLSE(torch.autograd.Function):
+    """LSE over a pool that needs no gradient; one streaming pass, no second pass in backward.
+
+    The query's gradient ``W / (S·τ)`` and τ's ``−U / (S·τ²)`` are accumulated during the forward
+    pass, so backward is a few [B, D] element-wise operations.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        query: Tensor,
+        tau: Tensor,
+        pool: Tensor,
+        mask: Tensor | None,
+        exclude_index: Tensor | None,
+        threshold: Tensor | None,
+        tile_size: int | None,
+    ) -> Tensor:
+        parts = stream_partials(
+            query, pool, tau, tile_size=tile_size, mask=mask,
+            exclude_index=exclude_index, threshold=threshold,
+        )
+        ctx.save_for_backward(parts.sum_exp, parts.weighted_keys, parts.weighted_sim, tau)
+        ctx.query_dtype = query.dtype
+        return partials_lse(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad_lse: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        sum_exp, weighted_keys, weighted_sim, tau = ctx.saved_tensors
+        tau = tau.detach()
+        nonempty = sum_exp > 0
+        # An empty pool's LSE is −inf and has no gradient; guarding avoids 0/0.
+        scale = torch.where(nonempty, grad_lse, 0.0) / torch.where(nonempty, sum_exp, 1.0)
+        grad_query = grad_tau = None
+        if ctx.needs_input_grad[0]:
+            grad_query = (weighted_keys * (scale / tau)[:, None]).to(ctx.query_dtype)
+        if ctx.needs_input_grad[1]:
+            grad_tau = -(scale * weighted_sim).sum() / tau**2
+        return grad_query, grad_tau, None, None, None, None, None
+
+
+class KeyLSE(torch.autograd.Function):
+    """LSE over keys that need a gradient: streaming forward, and a second streaming pass in
+    backward that recomputes each tile's probabilities for the keys' gradient.
+
+    The query's and τ's gradients are still taken from the forward statistics, so the second
+    pass costs two matrix products per tile (recompute ``q @ tileᵀ``, then ``Pᵀ @ q``).
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        query: Tensor,
+        key: Tensor,
+        tau: Tensor,
+        mask: Tensor | None,
+        exclude_index: Tensor | None,
+        threshold: Tensor | None,
+        tile_size: int | None,
+    ) -> Tensor:
+        parts = stream_partials(
+            query, key, tau, tile_size=tile_size, mask=mask,
+            exclude_index=exclude_index, threshold=threshold,
+        )
+        lse = partials_lse(parts)
+        ctx.save_for_backward(
+            query, key, tau, lse, parts.sum_exp, parts.weighted_keys, parts.weighted_sim,
+            mask, exclude_index, threshold,
+        )
+        ctx.tile_size = tile_size
+        return lse
+
+    @staticmethod
+    def backward(ctx: Any, grad_lse: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        (query, key, tau, lse, sum_exp, weighted_keys, weighted_sim,
+         mask, exclude_index, threshold) = ctx.saved_tensors
+        tau = tau.detach()
+        nonempty = sum_exp > 0
+        grad = torch.where(nonempty, grad_lse, 0.0)
+        scale = grad / torch.where(nonempty, sum_exp, 1.0)
+        grad_query = grad_key = grad_tau = None
+        if ctx.needs_input_grad[0]:
+            grad_query = (weighted_keys * (scale / tau)[:, None]).to(query.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_tau = -(scale * weighted_sim).sum() / tau**2
+        if ctx.needs_input_grad[1]:
+            grad_key = _key_gradient(
+                query, key, tau, lse, grad, mask, exclude_index, threshold, ctx.tile_size
+            )
+        return grad_query, grad_key, grad_tau, None, None, None, None
+
+
+def _key_gradient(
+    query: Tensor,
+    key: Tensor,
+    tau: Tensor,
+    lse: Tensor,
+    grad: Tensor,
+    mask: Tensor | None,
+    exclude_index: Tensor | None,
+    threshold: Tensor | None,
+    tile_size: int | None,
+) -> Tensor:
+    """``∂(Σ_b grad_b · LSE_b)/∂key``, recomputing the probabilities tile by tile.
+
+    Shape:
+        query: [B, D]. key: [K, D]. lse, grad: [B]. Returns [K, D] in key's dtype.
+    """
+    scaled_query = query.to(compute_dtype(query)) / tau
+    shift = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+    out = torch.empty(key.shape, dtype=scaled_query.dtype, device=key.device)
+    size = key.shape[0]
+    step = max(1, size if tile_size is None else tile_size)
+    for start in range(0, size, step):
+        end = min(size, start + step)
+        logits = tile_logits(scaled_query, key[start:end])
+        excluded = _tile_exclusion(mask, exclude_index, start, end)
+        if threshold is not None:
+            below = logits < threshold[:, None]
+            excluded = below if excluded is None else excluded | below
+        if excluded is not None:
+            logits.masked_fill_(excluded, float("-inf"))
+        probs = logits.sub_(shift[:, None]).exp_().mul_(grad[:, None])
+        out[start:end] = probs.T @ scaled_query
+    return out.to(key.dtype)
