@@ -1,5 +1,41 @@
-"""Negative pools for contrastive losses: in-batch, MoCo queue, memory bank, mined (FAISS)."""
+"""Negative pools for contrastive losses: in-batch, MoCo queue, memory bank, mined (FAISS).
 
-from dist_contrast.negatives.config import NegativesConfig
+The trainer's step, in order (see each function's docstring):
 
-__all__ = ["NegativesConfig"]
+1. query forward; key forward without grad through :class:`MomentumEncoder` (with
+   :func:`collective.batch_shuffle` / :func:`collective.batch_unshuffle` for shuffle-BN);
+2. ``negatives = collective.collect_negatives(pool, query, ids, labels)``;
+3. the loss; for a sharded queue the pool term is ``collective.sharded_pool_lse(...)``;
+4. backward and optimiser step; ``momentum_encoder.update(engine.module)``;
+5. ``pool.update(*collective.gather_batch(keys, ids, labels), step)``.
+"""
+
+from dist_contrast.negatives.bank import MemoryBank
+from dist_contrast.negatives.base import Negatives, NegativeSource
+from dist_contrast.negatives.config import (
+    BankConfig,
+    MinerConfig,
+    NegativesConfig,
+    QueueConfig,
+)
+from dist_contrast.negatives.miner import FaissMiner
+from dist_contrast.negatives.momentum import MomentumEncoder, check_zero_stage
+from dist_contrast.negatives.pool import NegativePool, build_momentum_encoder, build_negative_pool
+from dist_contrast.negatives.queue import KeyQueue
+
+__all__ = [
+    "BankConfig",
+    "FaissMiner",
+    "KeyQueue",
+    "MemoryBank",
+    "MinerConfig",
+    "MomentumEncoder",
+    "NegativePool",
+    "NegativeSource",
+    "Negatives",
+    "NegativesConfig",
+    "QueueConfig",
+    "build_momentum_encoder",
+    "build_negative_pool",
+    "check_zero_stage",
+]

@@ -113,7 +113,7 @@ class MinerConfig(_Section):
 class NegativesConfig(_Section):
     """Which negative pools feed the loss (any combination) and their settings."""
 
-    sources: list[SourceName] = Field(default_factory=lambda: ["batch"])
+    sources: list[SourceName] = Field(default_factory=lambda: list[SourceName](["batch"]))
     # MoCo key encoder θ_k ← m·θ_k + (1 − m)·θ_q; required by the queue.
     momentum_encoder: bool = False
     momentum: float = Field(default=0.999, ge=0.0, lt=1.0)

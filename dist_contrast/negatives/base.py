@@ -1,0 +1,59 @@
+"""The seam between negative pools and the loss: :class:`Negatives`, :class:`NegativeSource`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from torch import Tensor
+
+
+@dataclass
+class Negatives:
+    """What the loss sees for one step's local queries. Every tensor is detached (no grad).
+
+    Shape:
+        pool: [N, D], shared by all B local queries (queue, or the bank as a pool); with
+            ``pool_is_sharded`` it is this rank's shard of the global pool.
+        pool_mask: [B, N] bool, True = excluded (the query's own instance).
+        pool_ids: [N] dataset ids of the pool's rows (-1 = unknown); the sharded LSE builds
+            its mask for the gathered queries from these.
+        query_negatives: [B, M, D] mined per-query negatives.
+        query_negative_mask: [B, M] bool, True = excluded (padding of short rows).
+        query_negative_ids: [B, M] their dataset ids (-1 = padding).
+        noise: [B, m, D] uniform noise entries for NCE.
+    """
+
+    pool: Tensor | None = None
+    pool_mask: Tensor | None = None
+    pool_ids: Tensor | None = None
+    # True when ``pool`` is this rank's 1/W shard: the trainer must get the denominator's
+    # pool term from ``collective.sharded_pool_lse`` instead of passing ``pool`` to the loss.
+    pool_is_sharded: bool = False
+    query_negatives: Tensor | None = None
+    query_negative_mask: Tensor | None = None
+    query_negative_ids: Tensor | None = None
+    noise: Tensor | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class NegativeSource(Protocol):
+    """A stateful pool of negatives. Never calls ``torch.distributed``; the trainer orders calls.
+
+    ``negatives`` is called between the forward passes and the loss; ``update`` after the
+    optimiser step with the keys of the whole global batch (the trainer gathers them), so every
+    rank's state stays identical (replicated) or consistent (sharded).
+    """
+
+    def negatives(self, query: Tensor, ids: Tensor, labels: Tensor | None) -> Negatives:
+        """Negatives for the local queries ``query`` [B, D] with dataset ``ids`` [B]."""
+        ...
+
+    def update(self, keys: Tensor, ids: Tensor, labels: Tensor | None, step: int) -> None:
+        """Absorb the global batch's keys [W·B, D] (no grad), ids [W·B], labels [W·B]."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...

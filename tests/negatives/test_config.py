@@ -1,0 +1,67 @@
+import pytest
+from pydantic import ValidationError
+
+from dist_contrast.negatives import NegativesConfig
+
+
+def test_defaults_are_in_batch_only():
+    cfg = NegativesConfig()
+    assert cfg.sources == ["batch"]
+    assert cfg.queue.size == 65536 and cfg.momentum == 0.999
+
+
+def test_full_combination_validates():
+    cfg = NegativesConfig.model_validate(
+        {
+            "sources": ["batch", "queue", "bank", "mined"],
+            "momentum_encoder": True,
+            "shuffle_bn": True,
+            "queue": {"size": 1000, "layout": "sharded"},
+            "miner": {"index": "hnsw", "rank_window": [10, 200], "num_negatives": 64},
+        }
+    )
+    assert cfg.miner.search_k == 200 + cfg.miner.extra
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"sources": ["queue"]}, "momentum_encoder"),
+        ({"sources": ["batch", "mined"]}, "add 'bank'"),
+        ({"sources": []}, "empty"),
+        ({"sources": ["batch", "batch"]}, "repeats"),
+        ({"sources": ["batch", "moco"]}, "sources"),
+        ({"shuffle_bn": True}, "momentum_encoder"),
+        ({"momentum": 1.0}, "momentum"),
+        ({"queue": {"size": 0}}, "size"),
+        ({"queue": {"layout": "striped"}}, "layout"),
+        ({"miner": {"index": "lsh"}}, "index"),
+        ({"miner": {"nlist": 16, "nprobe": 32}}, "nprobe"),
+        ({"miner": {"rank_window": [50, 10]}}, "rank_window"),
+        ({"miner": {"rank_window": [0, 10], "num_negatives": 64}}, "widen"),
+        ({"miner": {"refresh_every": 10, "rebuild_every": 5}}, "rebuild_every"),
+        ({"bank": {"momentum": -0.1}}, "momentum"),
+        ({"sources": ["bank"], "bank": {"as_pool": True}, "queue_size": 3}, "queue_size"),
+        (
+            {"sources": ["queue", "bank"], "momentum_encoder": True, "bank": {"as_pool": True}},
+            "keep one",
+        ),
+    ],
+)
+def test_invalid_configs_name_the_key(raw, message):
+    with pytest.raises(ValidationError, match=message):
+        NegativesConfig.model_validate(raw)
+
+
+def test_frozen():
+    cfg = NegativesConfig()
+    with pytest.raises(ValidationError):
+        cfg.momentum = 0.5  # type: ignore[misc]
+
+
+def test_check_loss():
+    NegativesConfig(sources=["bank"]).check_loss("nce")
+    with pytest.raises(ValueError, match="add 'bank'"):
+        NegativesConfig().check_loss("nce")
+    with pytest.raises(ValueError, match="as_pool"):
+        NegativesConfig(sources=["bank"]).check_loss("info_nce")
