@@ -1,0 +1,38 @@
+# Two commands do all the set-up: `make demo` (the main job) and `make test` (the whole suite).
+# Both create .venv on first use and reinstall when pyproject.toml changes.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The CPU build of torch, pinned here: an unpinned torch pulls several GB of CUDA packages.
+TORCH  := torch==2.13.0
+export DS_ACCELERATOR ?= cpu
+
+.PHONY: demo test lint typecheck pytest bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/dist-contrast train configs/synthetic.yaml
+
+test: $(VENV)/.installed-test
+	$(BIN)/ruff check dist_contrast tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -ra --durations=15
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/loss.py
+	$(BIN)/python benchmarks/mining.py
+
+clean:
+	rm -rf $(VENV) results mlruns mlartifacts mlflow.db .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,256 @@
+"""One experiment = one YAML file, validated into a frozen, typed config.
+
+``load_config(path, overrides)`` reads the YAML, applies ``key=value`` overrides
+(``loss.temperature=0.2``, ``trainer.num_workers=4``), and validates the result. Every
+mistake (unknown key, wrong type, out-of-range value, impossible combination) raises a
+:class:`~dist_contrast.errors.UserError` whose message is one line naming the key and what
+would be right. The resolved :class:`Config` is what the Ray workers receive and what MLflow
+logs (flattened params plus the YAML as an artifact).
+
+Each lane owns the section it reads: ``data`` (``dist_contrast.data``), ``model``
+(``dist_contrast.models``), ``negatives`` (``dist_contrast.negatives``). The sections the
+trainer reads live here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dist_contrast.data.config import DataConfig
+from dist_contrast.errors import UserError
+from dist_contrast.models.config import ModelConfig
+from dist_contrast.negatives.config import NegativesConfig
+from dist_contrast.objectives import LOSS_NAMES
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ExperimentConfig(_Section):
+    name: str = Field(default="dist-contrast", min_length=1)
+    seed: int = Field(default=0, ge=0)
+    output_dir: str = "results"
+    run_name: str | None = None
+
+
+class LossConfig(_Section):
+    """Which objective, and the temperature τ: fixed, cosine-scheduled or learnable."""
+
+    name: str = "info_nce"
+    temperature: float = Field(default=0.1, gt=0.0)
+    temperature_mode: Literal["fixed", "cosine", "learnable"] = "fixed"
+    temperature_final: float | None = Field(default=None, gt=0.0)
+    temperature_min: float = Field(default=0.01, gt=0.0)
+    temperature_max: float = Field(default=1.0, gt=0.0)
+    tile_size: int | None = Field(default=None, gt=0)
+    params: dict[str, float | int | bool | str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> LossConfig:
+        if self.name not in LOSS_NAMES:
+            raise ValueError(f"loss.name '{self.name}' is unknown; choose one of {', '.join(LOSS_NAMES)}")
+        if self.temperature_mode == "cosine" and self.temperature_final is None:
+            raise ValueError("loss.temperature_mode=cosine needs loss.temperature_final (τ at the end)")
+        if self.temperature_mode == "learnable" and not (
+            self.temperature_min <= self.temperature <= self.temperature_max
+        ):
+            raise ValueError(
+                "loss.temperature must lie in [loss.temperature_min, loss.temperature_max] "
+                "when learnable"
+            )
+        return self
+
+
+class OptimizerConfig(_Section):
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(default=1e-3, gt=0.0)
+    weight_decay: float = Field(default=1e-4, ge=0.0)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = Field(default=50, ge=0)
+    min_lr_ratio: float = Field(default=0.01, ge=0.0, le=1.0)
+
+
+class DeepSpeedConfig(_Section):
+    zero_stage: Literal[0, 1, 2] = 0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    gradient_clipping: float = Field(default=1.0, ge=0.0)
+
+
+class TrainerConfig(_Section):
+    num_workers: int = Field(default=2, ge=1)
+    batch_size: int = Field(default=256, ge=2, description="per worker")
+    max_steps: int = Field(default=600, ge=1)
+    log_every: int = Field(default=10, ge=1)
+    use_gpu: Literal["auto", "true", "false"] = "auto"
+    cpus_per_worker: float = Field(default=1.0, gt=0.0)
+    threads_per_worker: int = Field(default=1, ge=1)
+    max_failures: int = Field(default=0, ge=0)
+    resume_from: str | None = None
+    show_worker_logs: bool = False
+
+
+class EvalConfig(_Section):
+    every_steps: int = Field(default=200, ge=1)
+    knn_k: int = Field(default=200, ge=1)
+    knn_temperature: float = Field(default=0.07, gt=0.0)
+    max_samples: int = Field(default=5000, ge=10)
+    linear_probe: bool = True
+    penalty_top_k: int = Field(default=10, ge=1)
+
+
+class CheckpointConfig(_Section):
+    every_steps: int = Field(default=200, ge=1)
+    num_to_keep: int | None = Field(default=2, ge=1)
+
+
+class TrackingConfig(_Section):
+    experiment: str = Field(default="dist-contrast", min_length=1)
+    tracking_uri: str | None = None
+
+
+class Config(_Section):
+    experiment: ExperimentConfig = ExperimentConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    negatives: NegativesConfig = NegativesConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    eval: EvalConfig = EvalConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Config:
+        self.negatives.check_loss(self.loss.name)
+        if self.model.name == "cnn" and not self.data.yields_images:
+            raise ValueError(
+                f"model.name=cnn needs image data but data.name={self.data.name} yields vectors; "
+                "use model.name=mlp or data.name=digits"
+            )
+        if self.optimizer.warmup_steps >= self.trainer.max_steps:
+            raise ValueError(
+                "optimizer.warmup_steps must be below trainer.max_steps "
+                f"({self.optimizer.warmup_steps} >= {self.trainer.max_steps})"
+            )
+        return self
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'loss.temperature=0.2'`` -> ``(['loss', 'temperature'], 0.2)`` (value read as YAML)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UserError(f"override '{text}' is not of the form section.key=value (e.g. loss.temperature=0.2)")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``key=value`` override set (nested dicts created)."""
+    result: dict[str, Any] = _deep_copy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise UserError(f"override '{text}': '{part}' is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in raw.items()}
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"config file '{file}' not found; pass a YAML file such as configs/synthetic.yaml")
+    try:
+        raw = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"config file '{file}' is not valid YAML{where}; fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"config file '{file}' must be a mapping of sections (experiment:, data:, ...)")
+    return raw
+
+
+def validate(raw: dict[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(f"{source}: {describe_validation_error(exc)}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read, override and validate one experiment's YAML file."""
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    return validate(raw, source=str(path))
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """The first error of a pydantic ValidationError as one line: key, problem, input."""
+    err = exc.errors()[0]
+    key = ".".join(str(part) for part in err["loc"])
+    kind = err["type"]
+    msg = err["msg"]
+    if kind == "extra_forbidden":
+        section = ".".join(str(p) for p in err["loc"][:-1])
+        allowed = _allowed_keys(err["loc"][:-1])
+        where = f"in section '{section}'" if section else "at the top level"
+        return f"unknown key '{key}' {where}; allowed keys: {', '.join(allowed)}"
+    if kind == "value_error":
+        return msg.removeprefix("Value error, ")
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{key}: {msg}{shown}"
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = Config
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return sorted(model.model_fields)
+
+
+def flatten(config: Config) -> dict[str, str]:
+    """Dotted-key params for MLflow: ``{'loss.temperature': '0.1', ...}``."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out[prefix] = str(node)
+
+    walk("", config.model_dump(mode="json"))
+    return out
+
+
+def to_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,64 @@
+"""Our config -> a DeepSpeed config dict (ZeRO stage, precision, clipping, optimiser, LR schedule).
+
+DeepSpeed lives only in ``dist_contrast.train``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dist_contrast.config import Config
+
+
+def build_deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
+    """The ``config=`` argument of ``deepspeed.initialize`` for one worker of ``world_size``.
+
+    Adam/AdamW run as ``torch.optim`` (``torch_adam``): the fused CUDA kernel does not exist on
+    CPU, and the CPU-offload kernel is only needed with ZeRO offload, which we do not use.
+    """
+    opt = cfg.optimizer
+    warmup = max(1, opt.warmup_steps)
+    optimizer = {
+        "type": "AdamW" if opt.name == "adamw" else "Adam",
+        "params": {
+            "lr": opt.lr,
+            "betas": list(opt.betas),
+            "eps": 1e-8,
+            "weight_decay": opt.weight_decay,
+            "torch_adam": True,
+        },
+    }
+    if opt.schedule == "cosine":
+        scheduler = {
+            "type": "WarmupCosineLR",
+            "params": {
+                "total_num_steps": cfg.trainer.max_steps,
+                "warmup_min_ratio": 0.0,
+                "warmup_num_steps": warmup,
+                "cos_min_ratio": opt.min_lr_ratio,
+                "warmup_type": "linear",
+            },
+        }
+    else:
+        scheduler = {
+            "type": "WarmupLR",
+            "params": {
+                "warmup_min_lr": 0.0,
+                "warmup_max_lr": opt.lr,
+                "warmup_num_steps": warmup,
+                "warmup_type": "linear",
+            },
+        }
+    ds: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": cfg.trainer.batch_size,
+        "train_batch_size": cfg.trainer.batch_size * world_size,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": cfg.deepspeed.gradient_clipping,
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "zero_optimization": {"stage": cfg.deepspeed.zero_stage},
+        "bf16": {"enabled": cfg.deepspeed.precision == "bf16"},
+        "steps_per_print": 10**9,  # our own progress line replaces DeepSpeed's
+        "wall_clock_breakdown": False,
+    }
+    return ds

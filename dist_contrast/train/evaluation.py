@@ -1,0 +1,119 @@
+"""Rank-0 evaluation during training: kNN accuracy, linear probe, geometry of the embedding.
+
+The raw-input kNN baseline is computed once, on the same split and with the same vote, so the
+learned embedding is always shown beside what the inputs alone give.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dist_contrast.analysis import alignment, knn_accuracy, linear_probe, tolerance, uniformity
+from dist_contrast.config import Config
+from dist_contrast.data import DataBundle
+
+
+def _take(
+    split: tuple[torch.Tensor, torch.Tensor | None], limit: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    features, labels = split
+    features = features[:limit]
+    return features, (labels[:limit] if labels is not None else None)
+
+
+class Evaluator:
+    """Embeds the held-out splits with the current encoder and measures it."""
+
+    def __init__(self, cfg: Config, data: DataBundle, device: torch.device) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.memory = _take(data.eval_train, cfg.eval.max_samples)
+        self.queries = _take(data.eval_test, cfg.eval.max_samples)
+        self.train_set = data.train
+        self.history: list[dict[str, float]] = []
+        self._last_test_embedding: torch.Tensor | None = None
+
+    @property
+    def has_labels(self) -> bool:
+        return self.memory[1] is not None and self.queries[1] is not None
+
+    @torch.no_grad()
+    def embed(self, model: nn.Module, features: torch.Tensor, batch: int = 1024) -> torch.Tensor:
+        was_training = model.training
+        model.eval()
+        dtype = next(model.parameters()).dtype
+        parts = [
+            model(features[i : i + batch].to(self.device, dtype)).float().cpu()
+            for i in range(0, len(features), batch)
+        ]
+        model.train(was_training)
+        return torch.cat(parts)
+
+    def _knn(self, memory: torch.Tensor, queries: torch.Tensor) -> float:
+        assert self.memory[1] is not None and self.queries[1] is not None
+        return knn_accuracy(
+            memory,
+            self.memory[1],
+            queries,
+            self.queries[1],
+            k=self.cfg.eval.knn_k,
+            temperature=self.cfg.eval.knn_temperature,
+        )
+
+    def raw_baseline(self) -> dict[str, float]:
+        """kNN accuracy of the raw inputs (flattened, L2-normalised): what learning must beat."""
+        if not self.has_labels:
+            return {}
+        memory = nn.functional.normalize(self.memory[0].flatten(1).float(), dim=1)
+        queries = nn.functional.normalize(self.queries[0].flatten(1).float(), dim=1)
+        return {"eval/raw_knn_acc": self._knn(memory, queries)}
+
+    def _pair_embeddings(self, model: nn.Module, count: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two augmented views of the first ``count`` training samples, embedded."""
+        items = [self.train_set[i] for i in range(min(count, len(self.train_set)))]
+        view1 = torch.stack([item["view1"] for item in items])
+        view2 = torch.stack([item["view2"] for item in items])
+        return self.embed(model, view1), self.embed(model, view2)
+
+    def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
+        encoder = model.encoder if hasattr(model, "encoder") else model
+        test_embedding = self.embed(encoder, self.queries[0])
+        first, second = self._pair_embeddings(encoder)
+        results = {
+            "eval/alignment": float(alignment(first, second)),
+            "eval/uniformity": float(uniformity(test_embedding)),
+        }
+        if self.has_labels:
+            assert self.queries[1] is not None and self.memory[1] is not None
+            memory_embedding = self.embed(encoder, self.memory[0])
+            results["eval/knn_acc"] = self._knn(memory_embedding, test_embedding)
+            results["eval/tolerance"] = float(tolerance(test_embedding, self.queries[1]))
+            if self.cfg.eval.linear_probe and step == self.cfg.trainer.max_steps:
+                results["eval/linear_probe_acc"] = float(
+                    linear_probe(memory_embedding, self.memory[1], test_embedding, self.queries[1])
+                )
+        self._last_test_embedding = test_embedding
+        self.history.append({"step": float(step), **results})
+        return results
+
+    def log_plots(self, tracker: Any) -> None:
+        """Final figures as MLflow artifacts: the embedding next to the raw input, by class."""
+        if self._last_test_embedding is None or not self.has_labels:
+            return
+        from dist_contrast.plots import plot_embeddings
+
+        assert self.queries[1] is not None
+        figure = plot_embeddings(
+            raw=self.queries[0].flatten(1).float(),
+            learned=self._last_test_embedding,
+            labels=self.queries[1],
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "embeddings.png"
+            figure.savefig(path, dpi=110, bbox_inches="tight")
+            tracker.log_artifact(path, "plots")

@@ -1,0 +1,391 @@
+"""The per-worker training loop: one DeepSpeed engine per Ray worker.
+
+The trainer orders the step; nothing else does:
+
+    query forward -> key forward (no grad; momentum encoder with shuffle-BN when configured)
+    -> gather keys -> negatives -> loss -> engine.backward / engine.step
+    -> momentum update -> pool update
+
+Ray appears here only through ``ray.train`` (context, report, checkpoints); DeepSpeed only here.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from dist_contrast import dist
+from dist_contrast.config import Config
+from dist_contrast.data import DataBundle, build_data, make_loader
+from dist_contrast.models import build_model
+from dist_contrast.negatives import MomentumEncoder, build_negative_pool
+from dist_contrast.negatives.collective import batch_shuffle, batch_unshuffle, sharded_pool_lse
+from dist_contrast.objectives import ObjectiveInputs, compute_objective
+from dist_contrast.temperature import Temperature
+from dist_contrast.tracking import Tracker, make_tracker
+from dist_contrast.train.evaluation import Evaluator
+from dist_contrast.train.state import (
+    DEEPSPEED_TAG,
+    TrainProgress,
+    load_trainer_state,
+    rng_state,
+    save_trainer_state,
+    set_rng_state,
+)
+
+
+class ContrastiveModel(nn.Module):
+    """Encoder plus temperature: one module, so a learnable τ is optimised with the encoder."""
+
+    def __init__(self, encoder: nn.Module, temperature: Temperature) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.temperature = temperature
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+
+def build_temperature(cfg: Config) -> Temperature:
+    loss = cfg.loss
+    return Temperature(
+        loss.temperature,
+        mode=loss.temperature_mode,
+        final=loss.temperature_final,
+        total_steps=cfg.trainer.max_steps,
+        min_value=loss.temperature_min,
+        max_value=loss.temperature_max,
+    )
+
+
+@dataclass
+class Worker:
+    """Everything one rank holds during training."""
+
+    cfg: Config
+    engine: Any
+    data: DataBundle
+    tracker: Tracker
+    progress: TrainProgress
+    momentum_encoder: MomentumEncoder | None
+    pool: Any
+    evaluator: Evaluator | None
+    progress_queue: Any = None
+    last_metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rank(self) -> int:
+        return dist.rank()
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.engine.device)
+
+    # ------------------------------------------------------------------ one step
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        cfg = self.cfg
+        model = self.engine.module
+        view1 = batch["view1"].to(self.device)
+        view2 = batch["view2"].to(self.device)
+        ids = batch["index"].to(self.device)
+        labels = batch["label"].to(self.device)
+        local_batch = view1.shape[0]
+
+        query = self.engine(view1)  # [B, D], unit norm
+        keys_local = self._key_forward(view2)  # [B, D]
+        # Global batch: the local rows keep their graph; other ranks' rows send their
+        # gradient home in backward (see dist.all_gather_with_grad).
+        if keys_local.requires_grad:
+            keys = dist.all_gather_with_grad(keys_local)
+        else:
+            keys = dist.all_gather_no_grad(keys_local)
+        key_labels = dist.all_gather_no_grad(labels)
+        positive_index = dist.rank() * local_batch + torch.arange(local_batch, device=self.device)
+
+        tau = model.temperature(self.progress.step)
+        negatives = self.pool.negatives(query.detach(), ids, labels) if self.pool else None
+        inputs = ObjectiveInputs(
+            query=query,
+            key=keys,
+            positive_index=positive_index,
+            labels=labels if cfg.loss.name == "supcon" else None,
+            key_labels=key_labels if cfg.loss.name == "supcon" else None,
+            dataset_size=len(self.data.train),
+        )
+        if negatives is not None:
+            self._attach_negatives(inputs, negatives, query, tau)
+        loss = compute_objective(cfg.loss.name, inputs, tau, **cfg.loss.params)
+
+        self.engine.backward(loss)
+        self.engine.step()
+
+        with torch.no_grad():
+            if self.momentum_encoder is not None:
+                self.momentum_encoder.update(model.encoder)
+            if self.pool is not None:
+                gathered_ids = dist.all_gather_no_grad(ids)
+                self.pool.update(keys.detach(), gathered_ids, key_labels, self.progress.step + 1)
+
+        self.progress.step += 1
+        self.progress.samples_seen += local_batch * dist.world_size()
+        metrics = {
+            "train/loss": float(loss.detach()),
+            "train/temperature": float(tau.detach()),
+            "train/lr": float(self.engine.get_lr()[0]),
+            "train/negatives_per_query": float(self._negatives_per_query(keys, negatives)),
+        }
+        if negatives is not None:
+            metrics.update({f"negatives/{k}": float(v) for k, v in negatives.metrics.items()})
+        return metrics
+
+    def _key_forward(self, view2: torch.Tensor) -> torch.Tensor:
+        if self.momentum_encoder is None:
+            return self.engine(view2)
+        with torch.no_grad():
+            if self.cfg.negatives.shuffle_bn:
+                shuffled, order = batch_shuffle(view2, seed=self.cfg.experiment.seed + self.progress.step)
+                return batch_unshuffle(self.momentum_encoder(shuffled), order)
+            return self.momentum_encoder(view2)
+
+    def _attach_negatives(
+        self, inputs: ObjectiveInputs, negatives: Any, query: torch.Tensor, tau: torch.Tensor
+    ) -> None:
+        if negatives.pool is not None and negatives.pool_is_sharded:
+            inputs.negative_lse = sharded_pool_lse(
+                query, negatives.pool, tau, negatives.pool_mask, self.cfg.loss.tile_size
+            )
+        else:
+            inputs.negatives = negatives.pool
+            inputs.negative_mask = negatives.pool_mask
+        inputs.query_negatives = negatives.query_negatives
+        inputs.query_negative_mask = negatives.query_negative_mask
+        inputs.noise = negatives.noise
+        inputs.normalizer = getattr(negatives, "normalizer", None)
+
+    def _negatives_per_query(self, keys: torch.Tensor, negatives: Any) -> float:
+        count = keys.shape[0] - 1 if "batch" in self.cfg.negatives.sources else 0
+        if negatives is not None:
+            count += int(negatives.metrics.get("negatives_per_query", 0))
+        return float(count)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> dict[str, float]:
+        import ray.train
+
+        cfg = self.cfg
+        total = cfg.trainer.max_steps
+        loader_epoch = -1
+        batches: Any = iter(())
+        window_start, window_samples = time.perf_counter(), 0
+        while self.progress.step < total:
+            epoch, offset = divmod(self.progress.step, self._steps_per_epoch())
+            if epoch != loader_epoch:
+                batches = self._epoch_batches(epoch, offset)
+                loader_epoch = epoch
+            batch = next(batches)
+            metrics = self.train_step(batch)
+            window_samples += batch["view1"].shape[0] * dist.world_size()
+            step = self.progress.step
+
+            if step % cfg.trainer.log_every == 0 or step == total:
+                elapsed = time.perf_counter() - window_start
+                metrics["train/samples_per_s"] = window_samples / max(elapsed, 1e-9)
+                window_start, window_samples = time.perf_counter(), 0
+                self.tracker.log_metrics(metrics, step=step)
+                self._send_progress(step, metrics)
+            if step % cfg.eval.every_steps == 0 or step == total:
+                metrics.update(self._evaluate(step))
+            self.last_metrics.update(metrics)
+            if step % cfg.checkpoint.every_steps == 0 or step == total:
+                self._checkpoint_and_report(ray.train, step)
+        return self.last_metrics
+
+    def _steps_per_epoch(self) -> int:
+        rows_per_rank = len(self.data.train) // dist.world_size()
+        return -(-rows_per_rank // self.cfg.trainer.batch_size)
+
+    def _epoch_batches(self, epoch: int, offset: int) -> Any:
+        loader = make_loader(
+            self.data.train,
+            batch_size=self.cfg.trainer.batch_size,
+            rank=dist.rank(),
+            world_size=dist.world_size(),
+            seed=self.cfg.experiment.seed,
+            epoch=epoch,
+        )
+        it = iter(loader)
+        for _ in range(offset):  # resume mid-epoch: skip what was already trained on
+            next(it)
+        return it
+
+    def _send_progress(self, step: int, metrics: dict[str, float]) -> None:
+        if self.progress_queue is None or not dist.is_rank_zero():
+            return
+        update = {"step": step, "total": self.cfg.trainer.max_steps, **metrics}
+        try:
+            self.progress_queue.put_nowait(update)
+        except Exception:  # progress is best effort: a full or closed queue must not stop training
+            pass
+
+    def _evaluate(self, step: int) -> dict[str, float]:
+        if self.evaluator is None:  # only rank 0 evaluates; others continue to the next step
+            return {}
+        results = self.evaluator.evaluate(self.engine.module, step)
+        self.tracker.log_metrics(results, step=step)
+        return results
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def trainer_state(self) -> dict[str, Any]:
+        return {
+            "progress": self.progress.state_dict(),
+            "momentum_encoder": self.momentum_encoder.state_dict() if self.momentum_encoder else None,
+            "negatives": self.pool.state_dict() if self.pool is not None else None,
+            "rng": rng_state(),
+            "mlflow_run_id": self.tracker.run_id,
+        }
+
+    def load_trainer_state(self, state: dict[str, Any]) -> None:
+        self.progress.load_state_dict(state["progress"])
+        if self.momentum_encoder is not None and state.get("momentum_encoder") is not None:
+            self.momentum_encoder.load_state_dict(state["momentum_encoder"])
+        if self.pool is not None and state.get("negatives") is not None:
+            self.pool.load_state_dict(state["negatives"])
+        set_rng_state(state["rng"])
+
+    def _checkpoint_and_report(self, train: Any, step: int) -> None:
+        """Every rank saves (DeepSpeed + trainer state), then every rank reports the same call."""
+        report = {k: v for k, v in self.last_metrics.items()}
+        report["step"] = step
+        with tempfile.TemporaryDirectory() as directory:
+            self.engine.save_checkpoint(directory, tag=DEEPSPEED_TAG)
+            save_trainer_state(directory, dist.rank(), self.trainer_state())
+            dist.barrier()
+            checkpoint = train.Checkpoint.from_directory(directory)
+            train.report(report, checkpoint=checkpoint)
+
+
+def restore(worker: Worker, checkpoint: Any) -> None:
+    with checkpoint.as_directory() as directory:
+        load_path, _ = worker.engine.load_checkpoint(directory, tag=DEEPSPEED_TAG)
+        if load_path is None:
+            from dist_contrast.errors import UserError
+
+            raise UserError(
+                f"checkpoint '{directory}' has no DeepSpeed state; "
+                "resume from a checkpoint this tool wrote or start a fresh run"
+            )
+        worker.load_trainer_state(load_trainer_state(directory, dist.rank()))
+
+
+def build_worker(cfg: Config, progress_queue: Any = None, run_id: str | None = None) -> Worker:
+    import deepspeed
+
+    from dist_contrast.train.deepspeed_config import build_deepspeed_config
+
+    torch.manual_seed(cfg.experiment.seed)
+    data = build_data(cfg.data, seed=cfg.experiment.seed)
+    encoder = build_model(cfg.model, data.input_shape)
+    model = ContrastiveModel(encoder, build_temperature(cfg))
+    # τ gets no weight decay: decaying log τ would drag the temperature towards 1.
+    groups = [
+        {"params": [p for p in encoder.parameters() if p.requires_grad]},
+        {"params": [p for p in model.temperature.parameters()], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=groups,
+        config=build_deepspeed_config(cfg, dist.world_size()),
+    )
+    device = torch.device(engine.device)
+    sources = set(cfg.negatives.sources)
+    momentum_encoder = (
+        MomentumEncoder(encoder, momentum=cfg.negatives.momentum).to(device)
+        if cfg.negatives.momentum_encoder
+        else None
+    )
+    pool = None
+    if sources - {"batch"}:
+        pool = build_negative_pool(
+            cfg.negatives,
+            dataset_size=len(data.train),
+            dim=cfg.model.embedding_dim,
+            rank=dist.rank(),
+            world_size=dist.world_size(),
+            device=device,
+            seed=cfg.experiment.seed,
+        )
+    tracker = make_tracker(
+        dist.is_rank_zero(),
+        tracking_uri=str(cfg.tracking.tracking_uri),
+        experiment=cfg.tracking.experiment,
+        run_name=str(cfg.experiment.run_name),
+        run_id=run_id,
+    )
+    evaluator = Evaluator(cfg, data, device) if dist.is_rank_zero() else None
+    return Worker(
+        cfg=cfg,
+        engine=engine,
+        data=data,
+        tracker=tracker,
+        progress=TrainProgress(),
+        momentum_encoder=momentum_encoder,
+        pool=pool,
+        evaluator=evaluator,
+        progress_queue=progress_queue,
+    )
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Entry point that ``ray.train.torch.TorchTrainer`` runs on every worker."""
+    import ray.train
+
+    cfg = Config.model_validate(loop_config["config"])
+    torch.set_num_threads(cfg.trainer.threads_per_worker)
+    os.environ.setdefault("OMP_NUM_THREADS", str(cfg.trainer.threads_per_worker))
+    _quiet_deepspeed()
+
+    checkpoint = ray.train.get_checkpoint()
+    run_id = _run_id_from(checkpoint) if checkpoint is not None else None
+    worker = build_worker(cfg, loop_config.get("progress_queue"), run_id=run_id)
+    if checkpoint is not None:
+        restore(worker, checkpoint)
+    elif dist.is_rank_zero():
+        worker.tracker.log_params(loop_config["params"])
+        worker.tracker.log_text(loop_config["config_yaml"], "config.yaml")
+        worker.tracker.set_tags({"dist_contrast.world_size": str(dist.world_size())})
+        if worker.evaluator is not None:
+            baseline = worker.evaluator.raw_baseline()
+            worker.tracker.log_metrics(baseline, step=0)
+            worker.last_metrics.update(baseline)
+    try:
+        worker.run()
+        if worker.evaluator is not None:
+            worker.evaluator.log_plots(worker.tracker)
+        worker.tracker.close("FINISHED")
+    except BaseException:
+        worker.tracker.close("FAILED")
+        raise
+
+
+def _run_id_from(checkpoint: Any) -> str | None:
+    with checkpoint.as_directory() as directory:
+        state = load_trainer_state(directory, dist.rank())
+    run_id = state.get("mlflow_run_id")
+    return str(run_id) if run_id else None
+
+
+def _quiet_deepspeed() -> None:
+    import logging
+
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    logging.getLogger("deepspeed").setLevel(logging.WARNING)

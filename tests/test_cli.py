@@ -1,0 +1,83 @@
+"""CLI: every user error exits 2 with one line on stderr and no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dist_contrast.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_help_documents_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("train", "config", "losses"):
+        assert command in out
+    for command in ("train", "config", "losses"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "usage: dist-contrast " + command in capsys.readouterr().out
+
+
+def test_config_prints_resolved_yaml(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", str(ROOT / "configs/synthetic.yaml"), "loss.temperature=0.25"]) == 0
+    assert "temperature: 0.25" in capsys.readouterr().out
+
+
+def test_losses_lists_names(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["losses"]) == 0
+    assert "info_nce" in capsys.readouterr().out.split()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["train", "configs/missing.yaml"], "not found"),
+        (["train", "configs/synthetic.yaml", "loss.temperature=-0.1"], "loss.temperature"),
+        (["train", "configs/synthetic.yaml", "trainer.num_wrkers=3"], "unknown key"),
+        (["train", "configs/synthetic.yaml", "data.name=file", "data.path=/nope/x.npy"], "x.npy"),
+        (["train", "configs/synthetic.yaml", "oops"], "key=value"),
+    ],
+)
+def test_user_errors_exit_2_one_line(args: list[str], needle: str, tmp_path: Path) -> None:
+    # A real subprocess: what a user sees, including that no traceback reaches stderr.
+    proc = subprocess.run(
+        [sys.executable, "-m", "dist_contrast.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"},
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("dist-contrast: error:")
+    assert needle in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_unreachable_mlflow_is_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "dist_contrast.cli", "train", "configs/synthetic.yaml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot reach the MLflow tracking store" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "usage" in capsys.readouterr().out
