@@ -21,7 +21,7 @@ def temperature_tensor(temperature: Temperature, like: Tensor) -> Tensor:
         return temperature.to(compute_dtype(temperature))
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    return torch.tensor(float(temperature), dtype=torch.float32, device=like.device)
+    return torch.tensor(float(temperature), dtype=compute_dtype(like), device=like.device)
 
 
 def compute_dtype(x: Tensor) -> torch.dtype:

@@ -52,7 +52,7 @@ class PoolPartials(NamedTuple):
     weighted_sim: Tensor
 
 
-def _tile_exclusion(
+def tile_exclusion(
     mask: Tensor | None, exclude_index: Tensor | None, start: int, end: int
 ) -> Tensor | None:
     """Bool [B, end − start], True where a column of this tile must not count (or None)."""
@@ -80,7 +80,7 @@ def tile_logits(scaled_query: Tensor, block: Tensor) -> Tensor:
     return torch.bmm(block, scaled_query[:, :, None]).squeeze(2)
 
 
-def _weighted_sum(weights: Tensor, block: Tensor) -> Tensor:
+def weighted_sum(weights: Tensor, block: Tensor) -> Tensor:
     """``Σ_n weights[b, n] · block_n`` → [B, D] for a shared [t, D] or per-query [B, t, D] tile."""
     block = block.to(weights.dtype)
     if block.dim() == 2:
@@ -121,7 +121,7 @@ def stream_partials(
             end = min(size, start + step)
             block = pool[:, start:end] if pool.dim() == 3 else pool[start:end]
             logits = tile_logits(scaled_query, block)
-            excluded = _tile_exclusion(mask, exclude_index, start, end)
+            excluded = tile_exclusion(mask, exclude_index, start, end)
             if threshold is not None:
                 below = logits < threshold[:, None]
                 excluded = below if excluded is None else excluded | below
@@ -134,7 +134,7 @@ def stream_partials(
             rescale = torch.exp(running_max - shift)
             probs = logits.sub_(shift[:, None]).exp_()  # in place: the tile is the big buffer
             sum_exp = sum_exp * rescale + probs.sum(dim=1)
-            weighted = weighted.mul_(rescale[:, None]).add_(_weighted_sum(probs, block))
+            weighted = weighted.mul_(rescale[:, None]).add_(weighted_sum(probs, block))
             running_max = new_max
         return PoolPartials(running_max, sum_exp, weighted, (q32 * weighted).sum(dim=1))
 
@@ -310,7 +310,7 @@ def _key_gradient(
     for start in range(0, size, step):
         end = min(size, start + step)
         logits = tile_logits(scaled_query, key[start:end])
-        excluded = _tile_exclusion(mask, exclude_index, start, end)
+        excluded = tile_exclusion(mask, exclude_index, start, end)
         if threshold is not None:
             below = logits < threshold[:, None]
             excluded = below if excluded is None else excluded | below

@@ -91,3 +91,13 @@ def simple_loop(
                 loss += lam * float(query[i] @ negatives[n])
         total += loss
     return total / batch
+
+
+def assert_relative(actual, expected, tol: float = 1e-5) -> None:  # type: ignore[no-untyped-def]
+    """‖actual − expected‖ ≤ tol·‖expected‖ (float32 cancellation makes single tiny entries of a
+    gradient unfit for an element-wise relative test; the norm is what 1e-5 relative means)."""
+    import torch
+
+    diff = torch.linalg.vector_norm((actual - expected).double())
+    scale = torch.linalg.vector_norm(expected.double())
+    assert diff <= tol * scale, f"relative error {float(diff / scale):.3g} > {tol}"
