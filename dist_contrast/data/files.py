@@ -121,6 +121,8 @@ def _load_npy_labels(path: str | Path) -> np.ndarray:
 
 
 def _encode_labels(path: str | Path, labels: np.ndarray) -> np.ndarray:
+    if labels.dtype == object and all(isinstance(label, str) for label in labels):
+        labels = labels.astype(str)  # arrow string columns arrive as Python objects
     if np.issubdtype(labels.dtype, np.floating):
         if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
             raise DataError(

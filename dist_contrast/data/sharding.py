@@ -25,13 +25,24 @@ def epoch_permutation(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
 class ShardSampler(Sampler[int]):
     """Rank ``rank``'s share of the epoch permutation: exactly ``num_samples // world_size`` ids.
 
+    ``start`` skips the shard's first ids (mid-epoch resume).
+
     The ``num_samples % world_size`` ids at the end of the permutation (fewer than W) are left
     out of the epoch, so every rank gets the same count: the all-gather of the global batch
     needs equal batch shapes on all ranks. The permutation changes each epoch, so the left-out
     ids change too and no id is left out for good.
     """
 
-    def __init__(self, num_samples: int, *, rank: int, world_size: int, seed: int, epoch: int):
+    def __init__(
+        self,
+        num_samples: int,
+        *,
+        rank: int,
+        world_size: int,
+        seed: int,
+        epoch: int,
+        start: int = 0,
+    ) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in a world of size {world_size}")
         if num_samples < world_size:
@@ -41,15 +52,21 @@ class ShardSampler(Sampler[int]):
         self.world_size = world_size
         self.seed = seed
         self.epoch = epoch
+        self.start = start
+
+    @property
+    def shard_size(self) -> int:
+        """Ids this rank gets in a whole epoch: ``num_samples // world_size``."""
+        return self.num_samples // self.world_size
 
     def __len__(self) -> int:
-        return self.num_samples // self.world_size
+        return max(0, self.shard_size - self.start)
 
     def __iter__(self) -> Iterator[int]:
         order = epoch_permutation(self.num_samples, self.seed, self.epoch)
         # Strided, like DistributedSampler: rank r takes positions r, r + W, r + 2W, ...
-        shard = order[: len(self) * self.world_size][self.rank :: self.world_size]
-        return iter(shard.tolist())
+        shard = order[: self.shard_size * self.world_size][self.rank :: self.world_size]
+        return iter(shard[self.start :].tolist())
 
 
 def make_loader(
@@ -62,6 +79,7 @@ def make_loader(
     epoch: int,
     num_workers: int = 0,
     drop_last: bool = False,
+    skip_batches: int = 0,
 ) -> DataLoader[Any]:
     """A loader over this rank's shard of ``dataset`` for one epoch.
 
@@ -69,6 +87,8 @@ def make_loader(
     build a new loader every epoch. The final short batch is kept (``drop_last=False``): it
     has the same size on every rank, and ``len(loader)`` is equal on every rank. Pass
     ``drop_last=True`` when a batch of one would break the model (BatchNorm in training).
+    ``skip_batches`` resumes mid-epoch: the first batches are skipped without being loaded,
+    and the rest are exactly those of an uninterrupted epoch.
 
     Shape: batches of ``{"view1": [B, *input_shape], "view2": [B, *input_shape],
     "index": [B] int64, "label": [B] int64}``.
@@ -80,7 +100,16 @@ def make_loader(
     set_epoch = getattr(dataset, "set_epoch", None)
     if callable(set_epoch):
         set_epoch(epoch)
-    sampler = ShardSampler(len(dataset), rank=rank, world_size=world_size, seed=seed, epoch=epoch)
+    if skip_batches < 0:
+        raise ValueError(f"skip_batches must be >= 0, got {skip_batches}")
+    sampler = ShardSampler(
+        len(dataset),
+        rank=rank,
+        world_size=world_size,
+        seed=seed,
+        epoch=epoch,
+        start=skip_batches * batch_size,
+    )
     return DataLoader(
         dataset,
         batch_sampler=BatchSampler(sampler, batch_size, drop_last=drop_last),

@@ -117,12 +117,15 @@ class SyntheticSource:
         )
 
     def _compose(self, signal: Tensor, nuisance: Tensor, noise: Tensor) -> Tensor:
-        # [n, s] @ [s, D] + [n, D-s] @ [D-s, D] + [n, D]
-        return (
-            signal @ self.signal_basis.T
-            + self.nuisance_scale * nuisance @ self.nuisance_basis.T
-            + self.noise_scale * noise
+        # float64 then round: BLAS may sum in a batch-size-dependent order, and in float64 that
+        # can change a row's float32 result only in the rarest ties, so a row is (in practice)
+        # bit-identical whichever batch it is generated in.
+        rows = (
+            signal.double() @ self.signal_basis.double().T  # [n, s] @ [s, D]
+            + self.nuisance_scale * nuisance.double() @ self.nuisance_basis.double().T
+            + self.noise_scale * noise.double()
         )
+        return rows.float()
 
     def views(self, indices: Tensor, key: int) -> Tensor:
         """Same classes and instance offsets, freshly drawn nuisance and noise.
