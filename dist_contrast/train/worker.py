@@ -78,6 +78,7 @@ class Worker:
     evaluator: Evaluator | None
     progress_queue: Any = None
     last_metrics: dict[str, float] = field(default_factory=dict)
+    _epoch_length: int | None = None
 
     @property
     def rank(self) -> int:
@@ -208,23 +209,34 @@ class Worker:
                 self._checkpoint_and_report(ray.train, step)
         return self.last_metrics
 
-    def _steps_per_epoch(self) -> int:
-        rows_per_rank = len(self.data.train) // dist.world_size()
-        return -(-rows_per_rank // self.cfg.trainer.batch_size)
-
-    def _epoch_batches(self, epoch: int, offset: int) -> Any:
-        loader = make_loader(
+    def _loader(self, epoch: int, skip_batches: int = 0) -> Any:
+        return make_loader(
             self.data.train,
             batch_size=self.cfg.trainer.batch_size,
             rank=dist.rank(),
             world_size=dist.world_size(),
             seed=self.cfg.experiment.seed,
             epoch=epoch,
+            # A batch of one breaks BatchNorm in training; otherwise keep the short batch.
+            drop_last=self.cfg.model.batch_norm,
+            skip_batches=skip_batches,
         )
-        it = iter(loader)
-        for _ in range(offset):  # resume mid-epoch: skip what was already trained on
-            next(it)
-        return it
+
+    def _steps_per_epoch(self) -> int:
+        if self._epoch_length is None:
+            self._epoch_length = len(self._loader(epoch=0))
+            if self._epoch_length == 0:
+                from dist_contrast.errors import UserError
+
+                raise UserError(
+                    f"trainer.batch_size={self.cfg.trainer.batch_size} leaves no full batch on "
+                    f"{dist.world_size()} workers for {len(self.data.train)} training rows; lower it"
+                )
+        return self._epoch_length
+
+    def _epoch_batches(self, epoch: int, offset: int) -> Any:
+        # Resume mid-epoch: the loader skips what was already trained on, without loading it.
+        return iter(self._loader(epoch, skip_batches=offset))
 
     def _send_progress(self, step: int, metrics: dict[str, float]) -> None:
         if self.progress_queue is None or not dist.is_rank_zero():

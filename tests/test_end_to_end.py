@@ -1,0 +1,118 @@
+"""The real CLI, 2 Ray workers each driving DeepSpeed, then the MLflow store is opened and checked.
+
+Slow (a Ray runtime and two DeepSpeed engines start); marked ``slow`` and always run in CI.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _train(tmp_path: Path, config: str, *overrides: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+        "DS_ACCELERATOR": "cpu",
+    }
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dist_contrast.cli",
+            "train",
+            str(ROOT / config),
+            f"experiment.output_dir={tmp_path / 'results'}",
+            "experiment.run_name=e2e",
+            *overrides,
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def _run(tmp_path: Path) -> mlflow.entities.Run:
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("dist-contrast")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    return runs[0]
+
+
+@pytest.mark.slow
+def test_cli_trains_with_two_ray_workers_and_logs_to_mlflow(tmp_path: Path) -> None:
+    proc = _train(
+        tmp_path,
+        "configs/synthetic.yaml",
+        "trainer.max_steps=12",
+        "trainer.batch_size=64",
+        "trainer.log_every=4",
+        "eval.every_steps=6",
+        "checkpoint.every_steps=6",
+        "optimizer.warmup_steps=2",
+        "data.num_samples=2000",
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "kNN accuracy, learned embedding" in proc.stdout
+    assert "kNN accuracy, raw input" in proc.stdout
+    assert "mlflow ui --backend-store-uri" in proc.stdout
+
+    run = _run(tmp_path)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["trainer.num_workers"] == "2"
+    assert params["loss.name"] == "info_nce"
+    assert params["trainer.max_steps"] == "12"
+    metrics = run.data.metrics
+    for key in (
+        "train/loss",
+        "train/temperature",
+        "train/lr",
+        "train/samples_per_s",
+        "train/negatives_per_query",
+        "eval/knn_acc",
+        "eval/raw_knn_acc",
+        "eval/alignment",
+        "eval/uniformity",
+    ):
+        assert key in metrics, key
+    # The global batch: each query sees the other W·B − 1 keys.
+    assert metrics["train/negatives_per_query"] == 2 * 64 - 1
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    assert [m.step for m in history] == [4, 8, 12]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "config.yaml" in artifacts
+
+    checkpoints = sorted((tmp_path / "results" / "e2e").glob("checkpoint_*"))
+    assert checkpoints, "no checkpoint reported"
+    files = {p.name for p in checkpoints[-1].iterdir()}
+    assert {"trainer_state_rank0.pt", "trainer_state_rank1.pt", "ds"} <= files
+
+    # Resume from the step-12 checkpoint for 6 more steps: continues, does not restart.
+    resumed = _train(
+        tmp_path,
+        "configs/synthetic.yaml",
+        "trainer.max_steps=18",
+        "trainer.batch_size=64",
+        "trainer.log_every=6",
+        "eval.every_steps=6",
+        "checkpoint.every_steps=6",
+        "optimizer.warmup_steps=2",
+        "data.num_samples=2000",
+        f"trainer.resume_from={checkpoints[-1]}",
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "finished at step 18" in resumed.stdout
