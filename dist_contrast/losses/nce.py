@@ -1,0 +1,193 @@
+"""InstDisc's noise-contrastive estimation (binary data vs noise), its focal / GHM weightings,
+the Monte-Carlo normaliser Z and the proximal regulariser."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dist_contrast.losses._common import Temperature, check_2d, compute_dtype, temperature_tensor
+
+Weighting = Literal["none", "focal", "ghm"]
+
+
+def nce_logits(
+    query: Tensor,
+    positive: Tensor,
+    noise: Tensor,
+    *,
+    temperature: Temperature,
+    normalizer: float | Tensor,
+    dataset_size: int,
+) -> Tensor:
+    """Logits ``x`` of the binary data-vs-noise classifier, ``h = sigmoid(x)``.
+
+    With ``P(i|v) = exp(s/τ) / Z`` and uniform noise ``P_n = 1/n``, ``h = P / (P + m·P_n)``,
+    so ``x = log P − log(m/n) = s/τ − log(Z·m/n)``; column 0 is the datum, columns 1..m noise.
+
+    Shape:
+        query: [B, D]. positive: [B, D] (e.g. the bank entry of each datum). noise: [B, m, D].
+        Returns [B, 1 + m] (float32 at least).
+    """
+    check_2d("query", query)
+    check_2d("positive", positive, query.shape[1])
+    if noise.dim() != 3 or noise.shape[0] != query.shape[0] or noise.shape[2] != query.shape[1]:
+        raise ValueError(f"noise must be [B, m, D] matching query, got {tuple(noise.shape)}")
+    if dataset_size < 1:
+        raise ValueError(f"dataset_size must be a positive count, got {dataset_size}")
+    tau = temperature_tensor(temperature, query)
+    q = query.to(compute_dtype(query))
+    data = (q * positive.to(q.dtype)).sum(dim=1, keepdim=True)
+    noise_sims = torch.bmm(noise.to(q.dtype), q[:, :, None]).squeeze(2)
+    sims = torch.cat([data, noise_sims], dim=1)
+    num_noise = noise.shape[1]
+    log_z = torch.log(torch.as_tensor(normalizer, dtype=q.dtype, device=q.device))
+    return sims / tau - log_z - math.log(num_noise / dataset_size)
+
+
+def nce_loss(
+    query: Tensor,
+    positive: Tensor,
+    noise: Tensor,
+    *,
+    temperature: Temperature,
+    normalizer: float | Tensor,
+    dataset_size: int,
+    weighting: Weighting = "none",
+    focal_gamma: float = 2.0,
+    focal_alpha: float | None = None,
+    ghm_bins: int = 10,
+) -> Tensor:
+    """InstDisc's ``J_NCE = −log h(i, v) − Σ_{k=1..m} log(1 − h(j_k, v))``, mean over the batch.
+
+    ``normalizer`` is Z, a constant (see :class:`NormalizerEstimator`). ``weighting`` re-weights
+    the 1 + m binary terms of each datum: ``"focal"`` multiplies each by ``α_t (1 − p_t)^γ``
+    (α_t = α for data, 1 − α for noise; no α when ``focal_alpha`` is None); ``"ghm"`` by
+    ``β = T / (count of terms in its gradient-norm bin · number of non-empty bins)`` with
+    ``g = |h − y|`` over all T = B(1 + m) terms of the batch (stateless GHM-C, no moving
+    average), so that a batch whose terms all share a bin is unweighted.
+
+    Shape:
+        query: [B, D]. positive: [B, D]. noise: [B, m, D]. Returns a 0-dim loss.
+    """
+    logits = nce_logits(query, positive, noise, temperature=temperature,
+                        normalizer=normalizer, dataset_size=dataset_size)
+    target = torch.zeros_like(logits)
+    target[:, 0] = 1.0
+    # log h = logsigmoid(x) and log(1 − h) = logsigmoid(−x), stable for any x.
+    signed = torch.where(target > 0, logits, -logits)
+    terms = -F.logsigmoid(signed)  # [B, 1 + m]
+    if weighting == "focal":
+        terms = terms * focal_weights(signed, focal_gamma, focal_alpha, target)
+    elif weighting == "ghm":
+        terms = terms * ghm_weights(torch.sigmoid(logits.detach()), target, ghm_bins)
+    elif weighting != "none":
+        raise ValueError(f"weighting must be 'none', 'focal' or 'ghm', got {weighting!r}")
+    return terms.sum(dim=1).mean()
+
+
+def focal_weights(signed_logits: Tensor, gamma: float, alpha: float | None,
+                  target: Tensor) -> Tensor:
+    """``α_t (1 − p_t)^γ`` with ``p_t = sigmoid(signed_logits)`` (Lin et al.'s focal factor).
+
+    Shape:
+        signed_logits, target: [...]. Returns [...].
+    """
+    weights = torch.sigmoid(-signed_logits) ** gamma  # 1 − p_t, stably
+    if alpha is not None:
+        weights = weights * torch.where(target > 0, alpha, 1.0 - alpha)
+    return weights
+
+
+def ghm_weights(probs: Tensor, target: Tensor, bins: int) -> Tensor:
+    """GHM-C weights: inverse density of the gradient norm ``g = |p − y|`` over ``bins`` bins.
+
+    Shape:
+        probs, target: [...]. Returns [...] (no gradient).
+    """
+    if bins < 1:
+        raise ValueError(f"ghm_bins must be at least 1, got {bins}")
+    with torch.no_grad():
+        grad_norm = (probs - target).abs()
+        index = (grad_norm * bins).long().clamp(max=bins - 1)  # g = 1 goes to the last bin
+        counts = torch.bincount(index.flatten(), minlength=bins).to(probs.dtype)
+        nonempty = (counts > 0).sum()
+        return index.numel() / (counts[index] * nonempty)
+
+
+def monte_carlo_normalizer(
+    query: Tensor, noise: Tensor, *, temperature: Temperature, dataset_size: int
+) -> Tensor:
+    """``Z ≈ n · mean_{i,k} exp(v_{j_k} · f_i / τ)`` (InstDisc), averaged over the batch.
+
+    Shape:
+        query: [B, D]. noise: [B, m, D]. Returns a 0-dim tensor (no gradient).
+    """
+    with torch.no_grad():
+        tau = temperature_tensor(temperature, query).detach()
+        q = query.to(compute_dtype(query))
+        sims = torch.bmm(noise.to(q.dtype), q[:, :, None]).squeeze(2)
+        return dataset_size * torch.exp(sims / tau).mean()
+
+
+class NormalizerEstimator:
+    """Holds InstDisc's Z: estimated once by Monte Carlo, then kept as a constant.
+
+    Call :meth:`update` every step; only the first call (or :meth:`set_once` with a value
+    averaged across workers) sets Z, later calls return the kept value.
+    """
+
+    def __init__(self) -> None:
+        self.value: float | None = None
+
+    @property
+    def is_set(self) -> bool:
+        return self.value is not None
+
+    def set_once(self, estimate: float | Tensor) -> float:
+        """Keep ``estimate`` as Z unless Z is already set; returns the kept Z."""
+        if self.value is None:
+            value = float(estimate)
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"normaliser estimate must be a positive number, got {value}")
+            self.value = value
+        return self.value
+
+    def update(
+        self, query: Tensor, noise: Tensor, *, temperature: Temperature, dataset_size: int
+    ) -> float:
+        """Estimate Z from this batch if not yet set (see :func:`monte_carlo_normalizer`).
+
+        Shape:
+            query: [B, D]. noise: [B, m, D].
+        """
+        if self.value is None:
+            return self.set_once(monte_carlo_normalizer(
+                query, noise, temperature=temperature, dataset_size=dataset_size))
+        return self.value
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        value = state["value"]
+        self.value = None if value is None else float(value)
+
+
+def proximal_regularizer(current: Tensor, previous: Tensor, *, weight: float) -> Tensor:
+    """InstDisc's proximal term ``λ‖v_i^(t) − v_i^(t−1)‖²``, mean over the batch.
+
+    ``previous`` (the bank entry from the last visit) is a constant; the gradient goes to the
+    current features only.
+
+    Shape:
+        current, previous: [B, D]. Returns a 0-dim tensor.
+    """
+    check_2d("current", current)
+    check_2d("previous", previous, current.shape[1])
+    diff = current.to(compute_dtype(current)) - previous.detach().to(compute_dtype(current))
+    return weight * diff.pow(2).sum(dim=1).mean()
