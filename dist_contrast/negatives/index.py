@@ -64,8 +64,6 @@ def build_index(cfg: MinerConfig, dim: int, train: np.ndarray) -> faiss.Index:
     index.train(np.ascontiguousarray(train, dtype=np.float32))
     index.nprobe = min(cfg.nprobe, nlist)
     index.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
-    # Keep the quantizer alive as long as the index (SWIG does not own it).
-    index.quantizer_ref = quantizer
     return index
 
 

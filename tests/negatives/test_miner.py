@@ -1,0 +1,214 @@
+import pytest
+import torch
+
+from dist_contrast import dist
+from dist_contrast.negatives import FaissMiner, MemoryBank, MinerConfig
+from dist_contrast.negatives.collective import mine_sharded
+from dist_contrast.negatives.synthetic import clustered_keys
+from tests.gloo import run_distributed
+from tests.negatives._portable import portable, tensors
+
+
+def _bank(count: int = 600, dim: int = 16, seed: int = 0) -> MemoryBank:
+    keys, labels = clustered_keys(count, dim, clusters=12, seed=seed)
+    bank = MemoryBank(count, dim, seed=seed)
+    bank.update(keys, torch.arange(count), labels, step=0)
+    return bank
+
+
+def test_never_returns_anchor_positive_or_same_label():
+    bank = _bank()
+    query_ids = torch.arange(0, 600, 37)
+    # The query is its own bank entry: the anchor would be every search's top hit.
+    query = bank.vectors[query_ids]
+    labels = bank.labels[query_ids]
+    cfg = MinerConfig(index="exact", num_negatives=20, extra=8, filter_same_label=True)
+    negatives = FaissMiner(cfg, bank).negatives(query, query_ids, labels)
+    ids, mask = negatives.query_negative_ids, negatives.query_negative_mask
+    assert ids is not None and mask is not None and negatives.query_negatives is not None
+    assert negatives.query_negatives.shape == (len(query_ids), 20, 16)
+    real = ~mask
+    assert not (ids == query_ids[:, None])[real].any()
+    assert not (bank.labels[ids.clamp(min=0)] == labels[:, None])[real].any()
+    assert negatives.metrics["miner/same_label_fraction"] == 0.0
+    # Masked entries are padding with id -1; real ones are actual bank rows.
+    assert (ids[mask] == -1).all()
+    torch.testing.assert_close(negatives.query_negatives[real], bank.vectors[ids[real]])
+
+
+def test_without_label_filter_takes_the_nearest_non_anchor():
+    bank = _bank()
+    query_ids = torch.tensor([3, 100])
+    query = bank.vectors[query_ids]
+    cfg = MinerConfig(index="exact", num_negatives=5, extra=1, filter_same_label=False)
+    negatives = FaissMiner(cfg, bank).negatives(query, query_ids, bank.labels[query_ids])
+    scores = query @ bank.vectors.T
+    scores[torch.arange(2), query_ids] = float("-inf")
+    assert negatives.query_negative_ids is not None
+    assert torch.equal(negatives.query_negative_ids, scores.topk(5, dim=1).indices)
+    assert negatives.metrics["miner/same_label_fraction"] > 0.0
+
+
+def test_rank_window_samples_inside_the_window():
+    bank = _bank()
+    query_ids = torch.arange(10)
+    query = bank.vectors[query_ids]
+    cfg = MinerConfig(
+        index="exact", num_negatives=4, rank_window=(5, 15), extra=1, filter_same_label=False
+    )
+    negatives = FaissMiner(cfg, bank).negatives(query, query_ids, None)
+    scores = query @ bank.vectors.T
+    scores[torch.arange(10), query_ids] = float("-inf")
+    ranked = scores.argsort(dim=1, descending=True)
+    assert negatives.query_negative_ids is not None
+    for row in range(10):
+        window = set(ranked[row, 5:15].tolist())
+        chosen = negatives.query_negative_ids[row].tolist()
+        assert set(chosen) <= window and len(set(chosen)) == 4
+
+
+def test_short_rows_are_padded_and_masked():
+    bank = _bank(count=12)
+    cfg = MinerConfig(index="exact", num_negatives=8, extra=4, filter_same_label=True)
+    labels = torch.zeros(1, dtype=torch.long)
+    bank.labels[:8] = 0  # 8 of the 12 entries share the anchor's label
+    negatives = FaissMiner(cfg, bank).negatives(bank.vectors[:1], torch.tensor([0]), labels)
+    assert negatives.query_negative_mask is not None
+    assert int((~negatives.query_negative_mask).sum()) == 4
+
+
+def _recall(kind: str, **options) -> float:
+    keys, _ = clustered_keys(4000, 32, clusters=40, seed=1)
+    bank = MemoryBank(4000, 32, seed=1)
+    bank.update(keys, torch.arange(4000), None, step=0)
+    queries = keys[torch.randperm(4000, generator=torch.Generator().manual_seed(2))[:200]]
+    common = {"num_negatives": 16, "extra": 0, "rerank": False}
+    exact = FaissMiner(MinerConfig(index="exact", **common), bank).search(queries)[1]
+    approx = FaissMiner(MinerConfig(index=kind, **common, **options), bank).search(queries)[1]
+    hits = (approx[:, :, None] == exact[:, None, :]).any(dim=2).float().mean()
+    return float(hits)
+
+
+@pytest.mark.parametrize(
+    ("kind", "options", "floor"),
+    [
+        ("ivf_flat", {"nlist": 64, "nprobe": 16}, 0.9),
+        ("hnsw", {"hnsw_m": 16, "ef_search": 128}, 0.9),
+        ("ivf_pq", {"nlist": 32, "nprobe": 16, "pq_m": 8}, 0.5),
+    ],
+)
+def test_approximate_recall_against_exact(kind, options, floor):
+    recall = _recall(kind, **options)
+    print(f"{kind} recall@16 = {recall:.3f}")
+    assert recall >= floor
+
+
+def test_ivf_pq_with_rerank_recovers_recall():
+    keys, _ = clustered_keys(4000, 32, clusters=40, seed=1)
+    bank = MemoryBank(4000, 32, seed=1)
+    bank.update(keys, torch.arange(4000), None, step=0)
+    ids = torch.arange(100)
+    exact = FaissMiner(MinerConfig(index="exact", num_negatives=16, extra=0), bank)
+    pq = FaissMiner(
+        MinerConfig(index="ivf_pq", nlist=32, nprobe=16, pq_m=8, refine_factor=8,
+                    num_negatives=16, extra=0),
+        bank,
+    )
+    want = exact.negatives(keys[:100], ids, None).query_negative_ids
+    got = pq.negatives(keys[:100], ids, None).query_negative_ids
+    assert want is not None and got is not None
+    recall = float((got[:, :, None] == want[:, None, :]).any(dim=2).float().mean())
+    print(f"ivf_pq + rerank recall@16 = {recall:.3f}")
+    assert recall >= 0.75
+
+
+def test_refresh_policy_ages_and_rebuilds():
+    bank = _bank()
+    cfg = MinerConfig(index="ivf_flat", nlist=8, nprobe=8, refresh_every=2, rebuild_every=6)
+    miner = FaissMiner(cfg, bank)
+    query = bank.vectors[:4]
+    miner.negatives(query, torch.arange(4), None)  # first search builds the index
+    assert miner.rebuilds == 1 and miner.index is not None
+    changed = torch.arange(10, 20)
+    for step in range(1, 7):
+        keys = torch.nn.functional.normalize(torch.randn(10, 16), dim=1)
+        bank.update(keys, changed, None, step)
+        miner.update(keys, changed, None, step)
+        metrics = miner.negatives(query, torch.arange(4), None).metrics
+        if step in (2, 4):  # incremental refreshes: only the changed entries are re-indexed
+            assert miner.indexed_at[changed].eq(step).all() and miner.indexed_at[0] == 0
+            assert metrics["miner/index_age_max"] == step
+            assert metrics["miner/dirty_fraction"] == 0.0
+            # The refreshed index finds the new key of a changed entry.
+            hit = miner.search(bank.vectors[changed[:1]])[1][0, 0]
+            assert hit == changed[0]
+        elif step < 6:
+            assert metrics["miner/dirty_fraction"] > 0.0
+    assert miner.rebuilds == 2 and miner.rebuild_step == 6
+    assert miner.indexed_at.eq(6).all() and metrics["miner/index_age_max"] == 0.0
+    assert miner.index.ntotal == 600
+    assert metrics["miner/refresh_seconds"] > 0.0
+
+
+def test_hnsw_refresh_is_a_rebuild():
+    bank = _bank()
+    miner = FaissMiner(MinerConfig(index="hnsw", refresh_every=1, rebuild_every=100), bank)
+    miner.negatives(bank.vectors[:2], torch.arange(2), None)
+    ids = torch.tensor([5, 6])
+    bank.update(bank.vectors[[7, 8]], ids, None, 1)
+    miner.update(bank.vectors[ids], ids, None, 1)
+    assert miner.rebuilds == 2 and miner.index is not None and miner.index.ntotal == 600
+
+
+def test_state_round_trip_rebuilds_index_from_bank():
+    bank = _bank()
+    cfg = MinerConfig(index="exact", refresh_every=2, rebuild_every=10, rank_window=(2, 20),
+                      num_negatives=8)
+    miner = FaissMiner(cfg, bank)
+    miner.negatives(bank.vectors[:3], torch.arange(3), None)
+    miner.update(bank.vectors[:3], torch.arange(3), None, step=5)
+    restored = FaissMiner(cfg, bank, seed=42)
+    restored.load_state_dict(miner.state_dict())
+    assert restored.index is None  # rebuilt lazily from the bank
+    assert restored.refresh_step == miner.refresh_step
+    assert restored.rebuild_step == miner.rebuild_step
+    a = miner.negatives(bank.vectors[:3], torch.arange(3), None).query_negative_ids
+    b = restored.negatives(bank.vectors[:3], torch.arange(3), None).query_negative_ids
+    assert a is not None and b is not None and torch.equal(a, b)
+    assert restored.rebuild_step == miner.rebuild_step  # the schedule survives the rebuild
+
+
+def test_gpu_without_gpu_is_a_clear_error():
+    pytest.importorskip("faiss")
+    from dist_contrast.negatives.index import gpu_available
+
+    if gpu_available():
+        pytest.skip("this machine has a FAISS GPU")
+    with pytest.raises(ValueError, match="device=gpu"):
+        FaissMiner(MinerConfig(device="gpu"), _bank())
+
+
+def _mine_on_ranks(layout: str) -> tuple:
+    bank = _bank()  # identical on every rank
+    cfg = MinerConfig(index="exact", layout=layout, num_negatives=10, extra=4)
+    miner = FaissMiner(cfg, bank, rank=dist.rank(), world_size=dist.world_size())
+    query_ids = torch.arange(5) * 50 + dist.rank()
+    query = bank.vectors[query_ids]
+    labels = bank.labels[query_ids]
+    if miner.sharded:
+        negatives = mine_sharded(miner, query, query_ids, labels)
+    else:
+        negatives = miner.negatives(query, query_ids, labels)
+    return portable((negatives.query_negative_ids, (miner.lo, miner.hi)))
+
+
+def test_sharded_miner_matches_replicated_on_two_workers():
+    sharded = tensors(run_distributed(_mine_on_ranks, "sharded"))
+    assert sharded[0][1] == (0, 300) and sharded[1][1] == (300, 600)
+    bank = _bank()
+    miner = FaissMiner(MinerConfig(index="exact", num_negatives=10, extra=4), bank)
+    for rank, (ids, _) in enumerate(sharded):
+        query_ids = torch.arange(5) * 50 + rank
+        expected = miner.negatives(bank.vectors[query_ids], query_ids, bank.labels[query_ids])
+        assert expected.query_negative_ids is not None
+        assert torch.equal(ids, expected.query_negative_ids)
