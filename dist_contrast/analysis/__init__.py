@@ -1,0 +1,33 @@
+"""Diagnostics of how a contrastive loss shapes the embedding (SCIENCE.md §2); pure functions."""
+
+from dist_contrast.analysis.diagnostics import training_diagnostics
+from dist_contrast.analysis.evaluation import knn_accuracy, knn_predict, linear_probe_accuracy
+from dist_contrast.analysis.geometry import (
+    alignment,
+    local_separation,
+    similarity_stats,
+    tolerance,
+    uniformity,
+)
+from dist_contrast.analysis.penalty import (
+    negative_similarities,
+    penalty_entropy,
+    relative_penalty,
+    top_k_penalty_share,
+)
+
+__all__ = [
+    "alignment",
+    "knn_accuracy",
+    "knn_predict",
+    "linear_probe_accuracy",
+    "local_separation",
+    "negative_similarities",
+    "penalty_entropy",
+    "relative_penalty",
+    "similarity_stats",
+    "tolerance",
+    "top_k_penalty_share",
+    "training_diagnostics",
+    "uniformity",
+]

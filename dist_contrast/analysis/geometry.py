@@ -1,0 +1,69 @@
+"""Embedding-geometry metrics: alignment, uniformity, tolerance, local separation (SCIENCE §2)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from dist_contrast.losses._common import compute_dtype
+
+
+def alignment(x: Tensor, y: Tensor, alpha: float = 2.0) -> Tensor:
+    """``E ‖f(x) − f(x⁺)‖^α`` over positive pairs (Wang & Isola; lower = better aligned).
+
+    Shape:
+        x, y: [B, D] (row i of x and of y form a positive pair). Returns a 0-dim tensor.
+    """
+    diff = x.to(compute_dtype(x)) - y.to(compute_dtype(x))
+    return torch.linalg.vector_norm(diff, dim=1).pow(alpha).mean()
+
+
+def uniformity(x: Tensor, t: float = 2.0) -> Tensor:
+    """``log E_{i<j} exp(−t‖f_i − f_j‖²)`` (Wang & Isola; lower = more uniform).
+
+    Shape:
+        x: [B, D], B ≥ 2. Returns a 0-dim tensor.
+    """
+    x = x.to(compute_dtype(x))
+    if x.shape[0] < 2:
+        raise ValueError("uniformity needs at least two embeddings")
+    squared = torch.pdist(x).pow(2)
+    return torch.logsumexp(-t * squared, dim=0) - torch.log(
+        torch.tensor(float(squared.numel()), dtype=x.dtype, device=x.device))
+
+
+def tolerance(x: Tensor, labels: Tensor) -> Tensor:
+    """Mean similarity ``f(x)ᵀf(y)`` over pairs of distinct samples with the same label
+    (Wang & Liu: how tolerant the embedding is of semantically similar samples). NaN if no
+    label occurs twice.
+
+    Shape:
+        x: [B, D]. labels: [B]. Returns a 0-dim tensor.
+    """
+    x = x.to(compute_dtype(x))
+    same = labels[:, None] == labels[None, :]
+    same.fill_diagonal_(False)
+    sims = x @ x.T
+    return sims[same].mean() if same.any() else torch.tensor(float("nan"), dtype=x.dtype)
+
+
+def local_separation(positive: Tensor, negative_sims: Tensor) -> Tensor:
+    """``s_ii − max_j s_ij`` per query: positive margin over the hardest negative.
+
+    Shape:
+        positive: [B]. negative_sims: [B, N]. Returns [B].
+    """
+    return positive - negative_sims.amax(dim=1)
+
+
+def similarity_stats(positive: Tensor, negative_sims: Tensor) -> dict[str, float]:
+    """Mean positive similarity, mean hardest-negative similarity, mean negative similarity.
+
+    Shape:
+        positive: [B]. negative_sims: [B, N].
+    """
+    return {
+        "positive_similarity": float(positive.mean()),
+        "hardest_negative_similarity": float(negative_sims.amax(dim=1).mean()),
+        "negative_similarity": float(negative_sims.mean()),
+    }

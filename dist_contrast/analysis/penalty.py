@@ -1,0 +1,74 @@
+"""Wang & Liu's relative penalty: how InfoNCE spreads its push over the negatives (SCIENCE §2)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from dist_contrast.losses._common import Temperature, compute_dtype, temperature_tensor
+
+
+def negative_similarities(
+    query: Tensor,
+    key: Tensor,
+    negatives: Tensor | None = None,
+    *,
+    positive_index: Tensor | None = None,
+    in_batch: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Each query's positive similarity and its negatives' similarities (in-batch keys other
+    than the positive, then the pool).
+
+    Shape:
+        query: [B, D]. key: [K, D]. negatives: [N, D]. Returns ([B], [B, K − 1 + N]).
+    """
+    q = query.detach().to(compute_dtype(query))
+    batch = q.shape[0]
+    if positive_index is None:
+        positive_index = torch.arange(batch, device=q.device)
+    sims = q @ key.detach().to(q.dtype).T
+    positive = sims.gather(1, positive_index[:, None]).squeeze(1)
+    blocks = []
+    if in_batch and key.shape[0] > 1:
+        keep = torch.ones_like(sims, dtype=torch.bool)
+        keep[torch.arange(batch, device=q.device), positive_index] = False
+        blocks.append(sims[keep].reshape(batch, key.shape[0] - 1))
+    if negatives is not None:
+        blocks.append(q @ negatives.detach().to(q.dtype).T)
+    if not blocks:
+        raise ValueError("there are no negatives: give negatives or in_batch=True with K > 1")
+    return positive, torch.cat(blocks, dim=1)
+
+
+def relative_penalty(negative_sims: Tensor, temperature: Temperature) -> Tensor:
+    """``r_i(s_ij) = exp(s_ij/τ) / Σ_k exp(s_ik/τ)``: the share of query i's push on negative j.
+
+    It equals ``|∂L_i/∂s_ij| / |∂L_i/∂s_ii|`` for InfoNCE: a Boltzmann distribution over the
+    negatives, sharper (harder-negative-focused) for smaller τ.
+
+    Shape:
+        negative_sims: [B, N]. Returns [B, N], rows summing to 1.
+    """
+    tau = temperature_tensor(temperature, negative_sims).detach()
+    return torch.softmax(negative_sims.to(compute_dtype(negative_sims)) / tau, dim=1)
+
+
+def penalty_entropy(negative_sims: Tensor, temperature: Temperature) -> Tensor:
+    """Mean entropy ``H(r_i)`` of the relative penalty (nats); strictly increasing in τ.
+
+    Shape:
+        negative_sims: [B, N]. Returns a 0-dim tensor.
+    """
+    tau = temperature_tensor(temperature, negative_sims).detach()
+    log_r = torch.log_softmax(negative_sims.to(compute_dtype(negative_sims)) / tau, dim=1)
+    return -(log_r.exp() * log_r).sum(dim=1).mean()
+
+
+def top_k_penalty_share(negative_sims: Tensor, temperature: Temperature, k: int) -> Tensor:
+    """Mean share of the penalty that falls on each query's k most similar negatives.
+
+    Shape:
+        negative_sims: [B, N]. Returns a 0-dim tensor in (0, 1].
+    """
+    r = relative_penalty(negative_sims, temperature)
+    return r.topk(min(k, r.shape[1]), dim=1).values.sum(dim=1).mean()
