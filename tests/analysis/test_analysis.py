@@ -46,7 +46,9 @@ def test_relative_penalty_is_the_gradient_ratio():
 
 
 def test_penalty_entropy_strictly_increases_with_temperature():
-    sims = torch.rand(6, 50, dtype=torch.float64) * 2 - 1
+    # distinct similarities 0.04 apart, shuffled per row: the τ → 0 limit is one-hot
+    grid = torch.linspace(-1, 1, 50, dtype=torch.float64)
+    sims = torch.stack([grid[torch.randperm(50)] for _ in range(6)])
     taus = [0.01, 0.03, 0.07, 0.1, 0.2, 0.5, 1.0, 5.0]
     entropies = [penalty_entropy(sims, tau).item() for tau in taus]
     assert all(b > a for a, b in zip(entropies, entropies[1:], strict=False))
