@@ -19,7 +19,8 @@ Statistics of disjoint parts of a pool (one shard per worker) merge exactly with
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -97,46 +98,142 @@ def stream_partials(
     mask: Tensor | None = None,
     exclude_index: Tensor | None = None,
     threshold: Tensor | None = None,
+    exact_max: bool = True,
 ) -> PoolPartials:
     """Online-softmax statistics of ``pool`` for every query, without autograd.
 
     ``mask`` (True = excluded), ``exclude_index`` (one excluded column per query, e.g. its
     positive) and ``threshold`` (only logits ``z ≥ threshold`` count, in s/τ units) all remove
     entries; a query whose entries are all removed gets ``max = −inf`` and ``sum_exp = 0``.
+    With ``exact_max=False`` the ``max`` field is only an upper bound of the logits (the
+    statistics are relative to it); LSE, gradients and merging are the same, and one pass over
+    each tile is saved. The losses use that; :func:`pool_partials` reports the true max.
 
     Shape:
         query: [B, D]. pool: [N, D] or [B, N, D]. tau: 0-dim. mask: [B, N] bool.
         exclude_index: [B] long. threshold: [B] float32 (logit units).
     """
     with torch.no_grad():
-        q32 = query.detach().to(compute_dtype(query))
-        scaled_query = q32 / tau.detach()
-        batch, dim = q32.shape
-        size = pool.shape[-2]
-        step = max(1, size if tile_size is None else tile_size)
-        running_max = torch.full((batch,), float("-inf"), dtype=q32.dtype, device=q32.device)
-        sum_exp = torch.zeros(batch, dtype=q32.dtype, device=q32.device)
-        weighted = torch.zeros(batch, dim, dtype=q32.dtype, device=q32.device)
-        for start in range(0, size, step):
-            end = min(size, start + step)
-            block = pool[:, start:end] if pool.dim() == 3 else pool[start:end]
-            logits = tile_logits(scaled_query, block)
+        q = query.detach().to(compute_dtype(query))
+        scaled_query = q / tau.detach()
+        # Shift every logit by a per-query upper bound c ≥ z (Cauchy–Schwarz) instead of the
+        # running max: exp(z − c) ≤ 1 never overflows and no tile needs rescaling, so a tile
+        # costs its two matrix products plus one exp and one row sum.
+        bound = torch.linalg.vector_norm(scaled_query, dim=1) * _max_row_norm(pool, q.dtype)
+        parts = _stream_shifted(scaled_query, pool, bound, tile_size, mask, exclude_index,
+                                threshold, exact_max)
+        # Where the bound is so far above a query's logits that exp(z − c) could lose precision
+        # to underflow, redo that query with the exact running-max recurrence. (Rows with
+        # nothing unmasked land here too and come back as max −inf, sum 0.)
+        limit = 0.7 * math.log(torch.finfo(q.dtype).tiny)
+        redo = parts.max - bound < limit if exact_max else parts.sum_exp < math.exp(limit)
+        if redo.any():
+            rows = redo.nonzero().squeeze(1)
+            exact = _stream_running_max(
+                scaled_query[rows], pool[rows] if pool.dim() == 3 else pool, tile_size,
+                None if mask is None else mask[rows],
+                None if exclude_index is None else exclude_index[rows],
+                None if threshold is None else threshold[rows],
+            )
+            for field, value in zip(parts, exact, strict=True):
+                field[rows] = value
+        weighted_sim = (q * parts.weighted_keys).sum(dim=1)
+        return PoolPartials(parts.max, parts.sum_exp, parts.weighted_keys, weighted_sim)
+
+
+def _max_row_norm(pool: Tensor, dtype: torch.dtype) -> Tensor:
+    """Largest row norm of a shared pool (0-dim) or of each query's own rows ([B])."""
+    if pool.shape[-2] == 0:
+        return torch.zeros(pool.shape[:-2], dtype=dtype, device=pool.device)
+    return torch.linalg.vector_norm(pool.detach(), dim=-1, dtype=dtype).amax(dim=-1)
+
+
+def _tile_blocks(pool: Tensor, tile_size: int | None) -> Iterator[tuple[int, int, Tensor]]:
+    size = pool.shape[-2]
+    step = max(1, size if tile_size is None else tile_size)
+    for start in range(0, size, step):
+        end = min(size, start + step)
+        yield start, end, (pool[:, start:end] if pool.dim() == 3 else pool[start:end])
+
+
+def _excluded(
+    logits: Tensor, mask: Tensor | None, exclude_index: Tensor | None,
+    threshold: Tensor | None, start: int, end: int,
+) -> Tensor | None:
+    excluded = tile_exclusion(mask, exclude_index, start, end)
+    if threshold is not None:
+        below = logits < threshold[:, None]
+        excluded = below if excluded is None else excluded | below
+    return excluded
+
+
+def _stream_shifted(
+    scaled_query: Tensor, pool: Tensor, bound: Tensor, tile_size: int | None,
+    mask: Tensor | None, exclude_index: Tensor | None, threshold: Tensor | None,
+    exact_max: bool,
+) -> PoolPartials:
+    """Statistics with every exp taken relative to ``bound``; with ``exact_max`` re-expressed
+    relative to the true max at the end (``weighted_sim`` is left to the caller)."""
+    batch, dim = scaled_query.shape
+    dtype, device = scaled_query.dtype, scaled_query.device
+    bound = bound.to(dtype)
+    sum_exp = torch.zeros(batch, dtype=dtype, device=device)
+    weighted = torch.zeros(batch, dim, dtype=dtype, device=device)
+    relative_max = torch.full((batch,), -math.inf, dtype=dtype, device=device)
+    for start, end, block in _tile_blocks(pool, tile_size):
+        if block.dim() == 2 and threshold is None:
+            # addmm writes z − c in the product's own pass.
+            logits = torch.addmm(-bound[:, None], scaled_query, block.to(dtype).T)
             excluded = tile_exclusion(mask, exclude_index, start, end)
-            if threshold is not None:
-                below = logits < threshold[:, None]
-                excluded = below if excluded is None else excluded | below
-            if excluded is not None:
-                logits.masked_fill_(excluded, float("-inf"))
-            new_max = torch.maximum(running_max, logits.amax(dim=1))
-            # A row with nothing unmasked so far has max −inf; shifting by 0 instead keeps
-            # exp(−inf − (−inf)) = NaN out while every term stays exactly 0.
-            shift = torch.where(torch.isinf(new_max), torch.zeros_like(new_max), new_max)
-            rescale = torch.exp(running_max - shift)
-            probs = logits.sub_(shift[:, None]).exp_()  # in place: the tile is the big buffer
-            sum_exp = sum_exp * rescale + probs.sum(dim=1)
-            weighted = weighted.mul_(rescale[:, None]).add_(weighted_sum(probs, block))
-            running_max = new_max
-        return PoolPartials(running_max, sum_exp, weighted, (q32 * weighted).sum(dim=1))
+        else:
+            # The threshold is compared with exactly the logits the boundary pass saw.
+            logits = tile_logits(scaled_query, block)
+            excluded = _excluded(logits, mask, exclude_index, threshold, start, end)
+            logits.sub_(bound[:, None])
+        if excluded is not None:
+            logits.masked_fill_(excluded, -math.inf)
+        if exact_max:
+            torch.maximum(relative_max, logits.amax(dim=1), out=relative_max)
+        probs = logits.exp_()  # in place: the tile is the one big buffer
+        sum_exp += probs.sum(dim=1)
+        weighted += weighted_sum(probs, block)
+    if not exact_max:
+        return PoolPartials(bound, sum_exp, weighted, torch.zeros_like(sum_exp))
+    # From shift c to shift max: multiply by exp(c − max) = exp(−relative_max). Rows with
+    # nothing unmasked keep max −inf and zero sums; rows far below c are redone by the caller.
+    finite = torch.isfinite(relative_max)
+    factor = torch.where(finite, torch.exp(-relative_max.clamp(min=-80.0)), 0.0)
+    return PoolPartials(
+        torch.where(finite, bound + relative_max, -math.inf),
+        sum_exp * factor, weighted * factor[:, None], torch.zeros_like(sum_exp),
+    )
+
+
+def _stream_running_max(
+    scaled_query: Tensor, pool: Tensor, tile_size: int | None,
+    mask: Tensor | None, exclude_index: Tensor | None, threshold: Tensor | None,
+) -> PoolPartials:
+    """The textbook online softmax (rescale by each new running max); exact for any logits."""
+    batch, dim = scaled_query.shape
+    dtype, device = scaled_query.dtype, scaled_query.device
+    running_max = torch.full((batch,), -math.inf, dtype=dtype, device=device)
+    sum_exp = torch.zeros(batch, dtype=dtype, device=device)
+    weighted = torch.zeros(batch, dim, dtype=dtype, device=device)
+    for start, end, block in _tile_blocks(pool, tile_size):
+        logits = tile_logits(scaled_query, block)
+        excluded = _excluded(logits, mask, exclude_index, threshold, start, end)
+        if excluded is not None:
+            logits.masked_fill_(excluded, -math.inf)
+        new_max = torch.maximum(running_max, logits.amax(dim=1))
+        # A row with nothing unmasked so far has max −inf; shifting by 0 instead keeps
+        # exp(−inf − (−inf)) = NaN out while every term stays exactly 0.
+        shift = torch.where(torch.isinf(new_max), torch.zeros_like(new_max), new_max)
+        rescale = torch.exp(running_max - shift)
+        probs = logits.sub_(shift[:, None]).exp_()
+        sum_exp = sum_exp * rescale + probs.sum(dim=1)
+        weighted = weighted.mul_(rescale[:, None]).add_(weighted_sum(probs, block))
+        running_max = new_max
+    return PoolPartials(running_max, sum_exp, weighted, torch.zeros_like(sum_exp))
 
 
 def pool_partials(
@@ -214,7 +311,7 @@ class ConstantPoolLSE(torch.autograd.Function):
     ) -> Tensor:
         parts = stream_partials(
             query, pool, tau, tile_size=tile_size, mask=mask,
-            exclude_index=exclude_index, threshold=threshold,
+            exclude_index=exclude_index, threshold=threshold, exact_max=False,
         )
         ctx.save_for_backward(parts.sum_exp, parts.weighted_keys, parts.weighted_sim, tau)
         ctx.query_dtype = query.dtype
@@ -256,7 +353,7 @@ class KeyLSE(torch.autograd.Function):
     ) -> Tensor:
         parts = stream_partials(
             query, key, tau, tile_size=tile_size, mask=mask,
-            exclude_index=exclude_index, threshold=threshold,
+            exclude_index=exclude_index, threshold=threshold, exact_max=False,
         )
         lse = partials_lse(parts)
         ctx.save_for_backward(

@@ -297,3 +297,35 @@ def test_loop_reference_sanity():
     q = np.array([[1.0, 0.0]])
     k = np.array([[1.0, 0.0], [0.0, 1.0]])
     assert info_nce_loop(q, k, 1.0) == pytest.approx(math.log(1 + math.exp(-1)))
+
+
+@pytest.mark.parametrize("tile_size", [None, 2])
+def test_far_bound_falls_back_to_the_exact_recurrence(tile_size: int | None):
+    # One long pool row orthogonal to the queries makes the Cauchy–Schwarz shift (‖q‖·R/τ)
+    # exceed every logit by ~1000: exp(z − c) would underflow to 0, so these queries must be
+    # recomputed with the running max. Value, gradient and the reported max stay exact.
+    q = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], requires_grad=True)
+    key = torch.tensor([[0.9, 0.1, 0.0], [0.1, 0.9, 0.0]])
+    pool = torch.tensor([[0.0, 0.0, 10.0], [-0.5, -0.5, 0.0], [0.2, -0.3, 0.0]])
+    tau = 0.01
+    tiled = info_nce(q, key, pool, temperature=tau, tile_size=tile_size or 3)
+    untiled = info_nce(q, key, pool, temperature=tau)
+    assert torch.isfinite(tiled)
+    assert tiled.item() == pytest.approx(untiled.item(), rel=1e-6)
+    g_tiled, = torch.autograd.grad(tiled, q)
+    g_untiled, = torch.autograd.grad(untiled, q)
+    assert_relative(g_tiled, g_untiled, 1e-6)
+    parts = pool_partials(q.detach(), pool, temperature=tau, tile_size=tile_size)
+    torch.testing.assert_close(parts.max, (q.detach() @ pool.T / tau).amax(dim=1))
+    torch.testing.assert_close(partials_lse(parts), torch.logsumexp(q.detach() @ pool.T / tau, 1))
+
+
+def test_pool_partials_report_the_true_max():
+    q = torch.nn.functional.normalize(torch.randn(4, 6), dim=1)
+    pool = torch.nn.functional.normalize(torch.randn(13, 6), dim=1)
+    parts = pool_partials(q, pool, temperature=0.1, tile_size=5)
+    torch.testing.assert_close(parts.max, (q @ pool.T / 0.1).amax(dim=1))
+    probs = torch.exp(q @ pool.T / 0.1 - parts.max[:, None])
+    torch.testing.assert_close(parts.sum_exp, probs.sum(dim=1))
+    torch.testing.assert_close(parts.weighted_keys, probs @ pool)
+    torch.testing.assert_close(parts.weighted_sim, (probs * (q @ pool.T)).sum(dim=1))
