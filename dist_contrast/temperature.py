@@ -58,9 +58,12 @@ class Temperature(nn.Module):
         self.final = float(final) if final is not None else float(initial)
         self.steps = int(steps) if steps is not None else 0
         self.min_value, self.max_value = float(min_value), float(max_value)
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        # Shape [1], not 0-dim: DeepSpeed broadcasts parameters and buffers as byte views,
+        # which a 0-dim tensor cannot give.
+        self.register_buffer("step", torch.zeros(1, dtype=torch.long))
         self.log_tau = nn.Parameter(
-            torch.tensor(math.log(initial), dtype=torch.float32), requires_grad=mode == "learnable"
+            torch.tensor([math.log(initial)], dtype=torch.float32),
+            requires_grad=mode == "learnable",
         )
 
     def set_step(self, step: int) -> None:
@@ -75,9 +78,9 @@ class Temperature(nn.Module):
         """
         if self.mode == "learnable":
             low, high = math.log(self.min_value), math.log(self.max_value)
-            return self.log_tau.clamp(low, high).exp()
+            return self.log_tau.clamp(low, high).exp().squeeze(0)
         if self.mode == "fixed":
-            return self.log_tau.detach().exp()
+            return self.log_tau.detach().exp().squeeze(0)
         current = int(self.step.item()) if step is None else int(step)
         progress = min(max(current, 0), self.steps) / self.steps
         cosine = 0.5 * (1 + math.cos(math.pi * progress))
