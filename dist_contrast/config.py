@@ -53,9 +53,13 @@ class LossConfig(_Section):
     @model_validator(mode="after")
     def _check(self) -> LossConfig:
         if self.name not in LOSS_NAMES:
-            raise ValueError(f"loss.name '{self.name}' is unknown; choose one of {', '.join(LOSS_NAMES)}")
+            raise ValueError(
+                f"loss.name '{self.name}' is unknown; choose one of {', '.join(LOSS_NAMES)}"
+            )
         if self.temperature_mode == "cosine" and self.temperature_final is None:
-            raise ValueError("loss.temperature_mode=cosine needs loss.temperature_final (τ at the end)")
+            raise ValueError(
+                "loss.temperature_mode=cosine needs loss.temperature_final (τ at the end)"
+            )
         if self.temperature_mode == "learnable" and not (
             self.temperature_min <= self.temperature <= self.temperature_max
         ):
@@ -151,7 +155,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     """``'loss.temperature=0.2'`` -> ``(['loss', 'temperature'], 0.2)`` (value read as YAML)."""
     key, sep, raw = text.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
-        raise UserError(f"override '{text}' is not of the form section.key=value (e.g. loss.temperature=0.2)")
+        raise UserError(
+            f"override '{text}' is not of the form section.key=value (e.g. loss.temperature=0.2)"
+        )
     try:
         value = yaml.safe_load(raw) if raw != "" else None
     except yaml.YAMLError:
@@ -183,7 +189,9 @@ def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
 def read_yaml(path: str | Path) -> dict[str, Any]:
     file = Path(path)
     if not file.is_file():
-        raise UserError(f"config file '{file}' not found; pass a YAML file such as configs/synthetic.yaml")
+        raise UserError(
+            f"config file '{file}' not found; pass a YAML file such as configs/synthetic.yaml"
+        )
     try:
         raw = yaml.safe_load(file.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -191,7 +199,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"config file '{file}' is not valid YAML{where}; fix the syntax") from None
     if not isinstance(raw, dict):
-        raise UserError(f"config file '{file}' must be a mapping of sections (experiment:, data:, ...)")
+        raise UserError(
+            f"config file '{file}' must be a mapping of sections (experiment:, data:, ...)"
+        )
     return raw
 
 

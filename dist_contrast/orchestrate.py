@@ -82,8 +82,8 @@ def _start_ray(cfg: Config) -> Any:
         if available < needed:
             raise UserError(
                 f"the Ray cluster has {available:g} CPUs but trainer.num_workers="
-                f"{cfg.trainer.num_workers} x trainer.cpus_per_worker={cfg.trainer.cpus_per_worker:g} "
-                "need more; lower them or add nodes"
+                f"{cfg.trainer.num_workers} x trainer.cpus_per_worker="
+                f"{cfg.trainer.cpus_per_worker:g} need more; lower them or add nodes"
             )
     else:
         # Local: make room for every worker even on a 2-core laptop (they time-share).
@@ -115,7 +115,9 @@ def run_training(cfg: Config) -> TrainingSummary:
     preflight(cfg)
     uri = str(cfg.tracking.tracking_uri)
     local_store = uri.startswith(("sqlite:", "file:")) or "://" not in uri
-    ensure_experiment(uri, cfg.tracking.experiment, Path.cwd() / "mlartifacts" if local_store else None)
+    ensure_experiment(
+        uri, cfg.tracking.experiment, Path.cwd() / "mlartifacts" if local_store else None
+    )
     ray = _start_ray(cfg)
     from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -146,7 +148,8 @@ def run_training(cfg: Config) -> TrainingSummary:
             storage_path=cfg.experiment.output_dir,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
             failure_config=FailureConfig(max_failures=cfg.trainer.max_failures),
-            worker_runtime_env={"env_vars": _worker_env(use_gpu, cfg)},
+            # Ray Train V2's RunConfig; mypy sees the V1 class of the same name.
+            worker_runtime_env={"env_vars": _worker_env(use_gpu, cfg)},  # type: ignore[call-arg]
         ),
         resume_from_checkpoint=Checkpoint(str(Path(resume).resolve())) if resume else None,
     )
@@ -198,6 +201,9 @@ def _explain_failure(exc: BaseException) -> BaseException:
         stack.extend([current.__cause__, current.__context__])
         stack.extend(getattr(current, "worker_failures", {}).values())
         for attr in ("cause", "error"):
-            stack.append(getattr(current, attr, None) if isinstance(
-                getattr(current, attr, None), BaseException) else None)
+            stack.append(
+                getattr(current, attr, None)
+                if isinstance(getattr(current, attr, None), BaseException)
+                else None
+            )
     return exc

@@ -42,7 +42,8 @@ def test_losses_lists_names(capsys: pytest.CaptureFixture[str]) -> None:
         (["train", "configs/missing.yaml"], "not found"),
         (["train", "configs/synthetic.yaml", "loss.temperature=-0.1"], "loss.temperature"),
         (["train", "configs/synthetic.yaml", "trainer.num_wrkers=3"], "unknown key"),
-        (["train", "configs/synthetic.yaml", "data.name=file", "data.path=/nope/x.npy"], "x.npy"),
+        (["train", "configs/digits.yaml", "data.name=file", "data.path=/nope/x.npy",
+          "model.name=mlp", "data.test_fraction=0.2"], "x.npy"),
         (["train", "configs/synthetic.yaml", "oops"], "key=value"),
     ],
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from dist_contrast.config import Config, apply_overrides, flatten, load_config, to_yaml
 from dist_contrast.errors import UserError
@@ -33,7 +34,9 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 def test_overrides_are_typed_and_nested(tmp_path: Path) -> None:
     path = _write(tmp_path, "loss:\n  temperature: 0.1\n")
-    cfg = load_config(path, ["loss.temperature=0.2", "trainer.num_workers=4", "eval.linear_probe=false"])
+    cfg = load_config(
+        path, ["loss.temperature=0.2", "trainer.num_workers=4", "eval.linear_probe=false"]
+    )
     assert cfg.loss.temperature == pytest.approx(0.2)
     assert cfg.trainer.num_workers == 4
     assert cfg.eval.linear_probe is False
@@ -41,7 +44,7 @@ def test_overrides_are_typed_and_nested(tmp_path: Path) -> None:
 
 def test_config_is_frozen(tmp_path: Path) -> None:
     cfg = load_config(_write(tmp_path, "{}\n"))
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         cfg.loss.temperature = 3.0  # type: ignore[misc]
 
 
@@ -73,7 +76,7 @@ def test_apply_overrides_does_not_mutate_input() -> None:
 )
 def test_bad_values_are_one_clear_line(tmp_path: Path, overrides: list[str], needle: str) -> None:
     with pytest.raises(UserError) as info:
-        load_config(_write(tmp_path, "{}\n"), overrides)
+        load_config(_write(tmp_path, "loss:\n  temperature: 0.1\n"), overrides)
     message = str(info.value)
     assert needle in message
     assert "\n" not in message

@@ -20,8 +20,12 @@ TAU = 0.2
 
 def _data(world: int, rows: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(7)
-    q = torch.nn.functional.normalize(torch.randn(world * rows, dim, generator=generator, dtype=torch.float64), dim=1)
-    k = torch.nn.functional.normalize(torch.randn(world * rows, dim, generator=generator, dtype=torch.float64), dim=1)
+    q = torch.nn.functional.normalize(
+        torch.randn(world * rows, dim, generator=generator, dtype=torch.float64), dim=1
+    )
+    k = torch.nn.functional.normalize(
+        torch.randn(world * rows, dim, generator=generator, dtype=torch.float64), dim=1
+    )
     return q, k
 
 
@@ -59,7 +63,9 @@ def test_loss_and_embedding_gradients_match_single_process() -> None:
 
 def _encoder(dim: int) -> torch.nn.Module:
     torch.manual_seed(3)
-    return torch.nn.Sequential(torch.nn.Linear(dim, 16), torch.nn.Tanh(), torch.nn.Linear(16, 8)).double()
+    return torch.nn.Sequential(
+        torch.nn.Linear(dim, 16), torch.nn.Tanh(), torch.nn.Linear(16, 8)
+    ).double()
 
 
 def _inputs(world: int, rows: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,8 +17,13 @@ def test_format_eta() -> None:
 
 
 def test_describe_has_step_loss_rate_and_eta() -> None:
-    update = {"step": 50, "total": 100, "train/loss": 2.5, "train/temperature": 0.1,
-              "train/samples_per_s": 1234.0}
+    update = {
+        "step": 50,
+        "total": 100,
+        "train/loss": 2.5,
+        "train/temperature": 0.1,
+        "train/samples_per_s": 1234.0,
+    }
     line = describe(update, started=time.monotonic() - 10.0, first_step=0)
     assert "step 50/100" in line and "loss 2.5000" in line and "1,234 samples/s" in line
     assert "ETA 00:1" in line  # ~10 s for the remaining half

@@ -107,7 +107,10 @@ class DataConfig(BaseModel):
     def _check_combinations(self) -> Self:
         for field in sorted(self.model_fields_set):
             owner = _ONLY_FOR.get(field)
-            if owner is not None and owner != self.name:
+            # A default value is harmless: a fully resolved config (e.g. the YAML that MLflow
+            # logs) spells out every field and must load again.
+            is_default = getattr(self, field) == type(self).model_fields[field].default
+            if owner is not None and owner != self.name and not is_default:
                 raise ValueError(f"data.{field} applies only to data.name={owner!r}")
         if self.name == "file":
             self._check_file_fields()

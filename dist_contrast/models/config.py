@@ -39,7 +39,9 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Self:
-        if "cnn_channels" in self.model_fields_set and self.name != "cnn":
+        # Only a non-default value is a mistake: a resolved config spells out every field.
+        default_channels = type(self).model_fields["cnn_channels"].default
+        if self.cnn_channels != default_channels and self.name != "cnn":
             raise ValueError("model.cnn_channels applies only to model.name='cnn'")
         if self.projection_hidden_dim is not None and self.projection_layers == 1:
             raise ValueError(

@@ -13,7 +13,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from dist_contrast.analysis import alignment, knn_accuracy, linear_probe, tolerance, uniformity
+from dist_contrast.analysis import (
+    alignment,
+    knn_accuracy,
+    linear_probe_accuracy,
+    tolerance,
+    uniformity,
+)
 from dist_contrast.config import Config
 from dist_contrast.data import DataBundle
 
@@ -73,15 +79,15 @@ class Evaluator:
         queries = nn.functional.normalize(self.queries[0].flatten(1).float(), dim=1)
         return {"eval/raw_knn_acc": self._knn(memory, queries)}
 
-    def _pair_embeddings(self, model: nn.Module, count: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pair_embeddings(
+        self, model: nn.Module, count: int = 1024
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Two augmented views of the first ``count`` training samples, embedded."""
-        items = [self.train_set[i] for i in range(min(count, len(self.train_set)))]
-        view1 = torch.stack([item["view1"] for item in items])
-        view2 = torch.stack([item["view2"] for item in items])
+        view1, view2 = self.train_set.views(range(min(count, len(self.train_set))), epoch=0)
         return self.embed(model, view1), self.embed(model, view2)
 
     def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
-        encoder = model.encoder if hasattr(model, "encoder") else model
+        encoder: nn.Module = getattr(model, "encoder", model)
         test_embedding = self.embed(encoder, self.queries[0])
         first, second = self._pair_embeddings(encoder)
         results = {
@@ -95,7 +101,9 @@ class Evaluator:
             results["eval/tolerance"] = float(tolerance(test_embedding, self.queries[1]))
             if self.cfg.eval.linear_probe and step == self.cfg.trainer.max_steps:
                 results["eval/linear_probe_acc"] = float(
-                    linear_probe(memory_embedding, self.memory[1], test_embedding, self.queries[1])
+                    linear_probe_accuracy(
+                        memory_embedding, self.memory[1], test_embedding, self.queries[1]
+                    )
                 )
         self._last_test_embedding = test_embedding
         self.history.append({"step": float(step), **results})

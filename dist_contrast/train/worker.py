@@ -11,6 +11,7 @@ Ray appears here only through ``ray.train`` (context, report, checkpoints); Deep
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -21,11 +22,25 @@ import torch
 from torch import nn
 
 from dist_contrast import dist
+from dist_contrast.analysis import training_diagnostics
 from dist_contrast.config import Config
 from dist_contrast.data import DataBundle, build_data, make_loader
+from dist_contrast.losses import NormalizerEstimator, monte_carlo_normalizer
 from dist_contrast.models import build_model
-from dist_contrast.negatives import MomentumEncoder, build_negative_pool
-from dist_contrast.negatives.collective import batch_shuffle, batch_unshuffle, sharded_pool_lse
+from dist_contrast.negatives import (
+    MomentumEncoder,
+    NegativePool,
+    Negatives,
+    build_momentum_encoder,
+    build_negative_pool,
+    check_zero_stage,
+)
+from dist_contrast.negatives.collective import (
+    batch_shuffle,
+    batch_unshuffle,
+    collect_negatives,
+    sharded_pool_lse,
+)
 from dist_contrast.objectives import ObjectiveInputs, compute_objective
 from dist_contrast.temperature import Temperature
 from dist_contrast.tracking import Tracker, make_tracker
@@ -58,7 +73,7 @@ def build_temperature(cfg: Config) -> Temperature:
         loss.temperature,
         mode=loss.temperature_mode,
         final=loss.temperature_final,
-        total_steps=cfg.trainer.max_steps,
+        steps=cfg.trainer.max_steps,
         min_value=loss.temperature_min,
         max_value=loss.temperature_max,
     )
@@ -74,8 +89,9 @@ class Worker:
     tracker: Tracker
     progress: TrainProgress
     momentum_encoder: MomentumEncoder | None
-    pool: Any
+    pool: NegativePool | None
     evaluator: Evaluator | None
+    normalizer: NormalizerEstimator = field(default_factory=NormalizerEstimator)
     progress_queue: Any = None
     last_metrics: dict[str, float] = field(default_factory=dict)
     _epoch_length: int | None = None
@@ -96,7 +112,8 @@ class Worker:
         view1 = batch["view1"].to(self.device)
         view2 = batch["view2"].to(self.device)
         ids = batch["index"].to(self.device)
-        labels = batch["label"].to(self.device)
+        # Labels exist for evaluation; the pools see them only for their label-aware options.
+        labels = batch["label"].to(self.device) if self.data.num_classes is not None else None
         local_batch = view1.shape[0]
 
         query = self.engine(view1)  # [B, D], unit norm
@@ -107,11 +124,11 @@ class Worker:
             keys = dist.all_gather_with_grad(keys_local)
         else:
             keys = dist.all_gather_no_grad(keys_local)
-        key_labels = dist.all_gather_no_grad(labels)
+        key_labels = dist.all_gather_no_grad(labels) if labels is not None else None
         positive_index = dist.rank() * local_batch + torch.arange(local_batch, device=self.device)
 
         tau = model.temperature(self.progress.step)
-        negatives = self.pool.negatives(query.detach(), ids, labels) if self.pool else None
+        negatives = collect_negatives(self.pool, query.detach(), ids, labels) if self.pool else None
         inputs = ObjectiveInputs(
             query=query,
             key=keys,
@@ -121,8 +138,12 @@ class Worker:
             dataset_size=len(self.data.train),
         )
         if negatives is not None:
-            self._attach_negatives(inputs, negatives, query, tau)
-        loss = compute_objective(cfg.loss.name, inputs, tau, **cfg.loss.params)
+            self._attach_negatives(inputs, negatives, query, ids, tau)
+        loss = compute_objective(cfg.loss.name, inputs, tau, **self._loss_params())
+        if cfg.negatives.bank.proximal > 0 and self.pool is not None and self.pool.bank is not None:
+            # InstDisc's proximal term, against the bank entries before this step's update.
+            loss = loss + self.pool.bank.proximal_penalty(query, ids, cfg.negatives.bank.proximal)
+        diagnostics = self._diagnostics(query, keys, negatives, tau, labels, positive_index)
 
         self.engine.backward(loss)
         self.engine.step()
@@ -143,24 +164,75 @@ class Worker:
             "train/negatives_per_query": float(self._negatives_per_query(keys, negatives)),
         }
         if negatives is not None:
-            metrics.update({f"negatives/{k}": float(v) for k, v in negatives.metrics.items()})
+            metrics.update({k: float(v) for k, v in negatives.metrics.items()})
+        metrics.update(diagnostics)
         return metrics
+
+    def _loss_params(self) -> dict[str, Any]:
+        params: dict[str, Any] = dict(self.cfg.loss.params)
+        if self.cfg.loss.tile_size is not None:
+            params["tile_size"] = self.cfg.loss.tile_size
+        return params
+
+    def _is_eval_step(self, step: int) -> bool:
+        return step % self.cfg.eval.every_steps == 0 or step == self.cfg.trainer.max_steps
+
+    def _diagnostics(
+        self,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        negatives: Negatives | None,
+        tau: torch.Tensor,
+        labels: torch.Tensor | None,
+        positive_index: torch.Tensor,
+    ) -> dict[str, float]:
+        """SCIENCE.md §2 on this step's batch (rank 0, eval steps): how τ spreads the penalty."""
+        if not dist.is_rank_zero() or not self._is_eval_step(self.progress.step + 1):
+            return {}
+        pool = None
+        if negatives is not None and negatives.pool is not None and not negatives.pool_is_sharded:
+            pool = negatives.pool
+        with torch.no_grad():
+            values = training_diagnostics(
+                query.detach(),
+                keys.detach(),
+                pool,
+                tau.detach(),
+                labels=labels,
+                top_k=self.cfg.eval.penalty_top_k,
+                positive_index=positive_index,
+            )
+        return {f"diag/{k}": v for k, v in values.items()}
 
     def _key_forward(self, view2: torch.Tensor) -> torch.Tensor:
         if self.momentum_encoder is None:
             return self.engine(view2)
         with torch.no_grad():
             if self.cfg.negatives.shuffle_bn:
-                shuffled, order = batch_shuffle(view2, seed=self.cfg.experiment.seed + self.progress.step)
-                return batch_unshuffle(self.momentum_encoder(shuffled), order)
+                # Seeded by the step so a resumed run shuffles exactly as the original would.
+                generator = torch.Generator().manual_seed(
+                    self.cfg.experiment.seed * 1_000_003 + self.progress.step
+                )
+                shuffled, unshuffle_index = batch_shuffle(view2, generator)
+                return batch_unshuffle(self.momentum_encoder(shuffled), unshuffle_index)
             return self.momentum_encoder(view2)
 
     def _attach_negatives(
-        self, inputs: ObjectiveInputs, negatives: Any, query: torch.Tensor, tau: torch.Tensor
+        self,
+        inputs: ObjectiveInputs,
+        negatives: Negatives,
+        query: torch.Tensor,
+        ids: torch.Tensor,
+        tau: torch.Tensor,
     ) -> None:
         if negatives.pool is not None and negatives.pool_is_sharded:
             inputs.negative_lse = sharded_pool_lse(
-                query, negatives.pool, tau, negatives.pool_mask, self.cfg.loss.tile_size
+                query,
+                negatives,
+                ids,
+                temperature=tau,
+                tile_size=self.cfg.loss.tile_size,
+                mask_same_instance=self.cfg.negatives.queue.mask_same_instance,
             )
         else:
             inputs.negatives = negatives.pool
@@ -168,13 +240,24 @@ class Worker:
         inputs.query_negatives = negatives.query_negatives
         inputs.query_negative_mask = negatives.query_negative_mask
         inputs.noise = negatives.noise
-        inputs.normalizer = getattr(negatives, "normalizer", None)
+        if negatives.noise is not None and self.cfg.loss.name.startswith("nce"):
+            inputs.normalizer = self._normalizer(query, negatives.noise, tau)
 
-    def _negatives_per_query(self, keys: torch.Tensor, negatives: Any) -> float:
-        count = keys.shape[0] - 1 if "batch" in self.cfg.negatives.sources else 0
-        if negatives is not None:
-            count += int(negatives.metrics.get("negatives_per_query", 0))
-        return float(count)
+    def _normalizer(self, query: torch.Tensor, noise: torch.Tensor, tau: torch.Tensor) -> float:
+        """InstDisc's Z: one Monte-Carlo estimate, averaged over ranks, then kept constant."""
+        if not self.normalizer.is_set:
+            estimate = monte_carlo_normalizer(
+                query.detach(), noise, temperature=tau.detach(), dataset_size=len(self.data.train)
+            )
+            mean = dist.all_reduce(torch.tensor([float(estimate)], dtype=torch.float64), "mean")
+            self.normalizer.set_once(float(mean))
+        assert self.normalizer.value is not None
+        return self.normalizer.value
+
+    def _negatives_per_query(self, keys: torch.Tensor, negatives: Negatives | None) -> float:
+        if negatives is not None and "negatives/per_query" in negatives.metrics:
+            return float(negatives.metrics["negatives/per_query"])
+        return float(keys.shape[0] - 1) if "batch" in self.cfg.negatives.sources else 0.0
 
     # ------------------------------------------------------------------ the loop
 
@@ -202,8 +285,11 @@ class Worker:
                 window_start, window_samples = time.perf_counter(), 0
                 self.tracker.log_metrics(metrics, step=step)
                 self._send_progress(step, metrics)
-            if step % cfg.eval.every_steps == 0 or step == total:
+            if self._is_eval_step(step):
                 metrics.update(self._evaluate(step))
+                self.tracker.log_metrics(
+                    {k: v for k, v in metrics.items() if k.startswith("diag/")}, step=step
+                )
             self.last_metrics.update(metrics)
             if step % cfg.checkpoint.every_steps == 0 or step == total:
                 self._checkpoint_and_report(ray.train, step)
@@ -230,7 +316,8 @@ class Worker:
 
                 raise UserError(
                     f"trainer.batch_size={self.cfg.trainer.batch_size} leaves no full batch on "
-                    f"{dist.world_size()} workers for {len(self.data.train)} training rows; lower it"
+                    f"{dist.world_size()} workers for {len(self.data.train)} training rows; "
+                    "lower it"
                 )
         return self._epoch_length
 
@@ -242,10 +329,9 @@ class Worker:
         if self.progress_queue is None or not dist.is_rank_zero():
             return
         update = {"step": step, "total": self.cfg.trainer.max_steps, **metrics}
-        try:
+        # Progress is best effort: a full or closed queue must not stop training.
+        with contextlib.suppress(Exception):
             self.progress_queue.put_nowait(update)
-        except Exception:  # progress is best effort: a full or closed queue must not stop training
-            pass
 
     def _evaluate(self, step: int) -> dict[str, float]:
         if self.evaluator is None:  # only rank 0 evaluates; others continue to the next step
@@ -259,8 +345,11 @@ class Worker:
     def trainer_state(self) -> dict[str, Any]:
         return {
             "progress": self.progress.state_dict(),
-            "momentum_encoder": self.momentum_encoder.state_dict() if self.momentum_encoder else None,
+            "momentum_encoder": self.momentum_encoder.state_dict()
+            if self.momentum_encoder
+            else None,
             "negatives": self.pool.state_dict() if self.pool is not None else None,
+            "normalizer": self.normalizer.state_dict(),
             "rng": rng_state(),
             "mlflow_run_id": self.tracker.run_id,
         }
@@ -271,6 +360,8 @@ class Worker:
             self.momentum_encoder.load_state_dict(state["momentum_encoder"])
         if self.pool is not None and state.get("negatives") is not None:
             self.pool.load_state_dict(state["negatives"])
+        if state.get("normalizer") is not None:
+            self.normalizer.load_state_dict(state["normalizer"])
         set_rng_state(state["rng"])
 
     def _checkpoint_and_report(self, train: Any, step: int) -> None:
@@ -308,25 +399,23 @@ def build_worker(cfg: Config, progress_queue: Any = None, run_id: str | None = N
     encoder = build_model(cfg.model, data.input_shape)
     model = ContrastiveModel(encoder, build_temperature(cfg))
     # τ gets no weight decay: decaying log τ would drag the temperature towards 1.
-    groups = [
-        {"params": [p for p in encoder.parameters() if p.requires_grad]},
-        {"params": [p for p in model.temperature.parameters()], "weight_decay": 0.0},
-    ]
-    groups = [g for g in groups if g["params"]]
+    encoder_params = [p for p in encoder.parameters() if p.requires_grad]
+    temperature_params = list(model.temperature.parameters())
+    groups: list[dict[str, Any]] = [{"params": encoder_params}]
+    if temperature_params:
+        groups.append({"params": temperature_params, "weight_decay": 0.0})
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=groups,
         config=build_deepspeed_config(cfg, dist.world_size()),
     )
     device = torch.device(engine.device)
-    sources = set(cfg.negatives.sources)
-    momentum_encoder = (
-        MomentumEncoder(encoder, momentum=cfg.negatives.momentum).to(device)
-        if cfg.negatives.momentum_encoder
-        else None
-    )
+    check_zero_stage(cfg.deepspeed.zero_stage)
+    momentum_encoder = build_momentum_encoder(cfg.negatives, encoder)
+    if momentum_encoder is not None:
+        momentum_encoder = momentum_encoder.to(device)
     pool = None
-    if sources - {"batch"}:
+    if set(cfg.negatives.sources) - {"batch"}:
         pool = build_negative_pool(
             cfg.negatives,
             dataset_size=len(data.train),

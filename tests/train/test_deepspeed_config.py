@@ -24,13 +24,17 @@ def test_batch_sizes_zero_precision_and_clipping() -> None:
 
 
 def test_optimizer_and_schedules() -> None:
-    cfg = _cfg(optimizer={"name": "adamw", "lr": 0.01, "warmup_steps": 7}, trainer={"max_steps": 50})
+    cfg = _cfg(
+        optimizer={"name": "adamw", "lr": 0.01, "warmup_steps": 7}, trainer={"max_steps": 50}
+    )
     ds = build_deepspeed_config(cfg, world_size=1)
     assert ds["optimizer"]["type"] == "AdamW"
     assert ds["optimizer"]["params"]["lr"] == 0.01
     assert ds["scheduler"]["type"] == "WarmupCosineLR"
     assert ds["scheduler"]["params"]["warmup_num_steps"] == 7
     assert ds["scheduler"]["params"]["total_num_steps"] == 50
-    constant = build_deepspeed_config(_cfg(optimizer={"schedule": "constant", "warmup_steps": 0}), 1)
+    constant = build_deepspeed_config(
+        _cfg(optimizer={"schedule": "constant", "warmup_steps": 0}), 1
+    )
     assert constant["scheduler"]["type"] == "WarmupLR"
     assert constant["scheduler"]["params"]["warmup_num_steps"] == 1
