@@ -88,6 +88,7 @@ def _print_summary(summary: object) -> None:
         print(f"  checkpoint: {summary.checkpoint_path}")
     uri = summary.tracking_uri
     print(f"  MLflow run {summary.run_id} in {uri}")
+    print("  artifacts: config.yaml, summary.json, plots/embeddings.png, plots/training_curves.png")
     if uri.startswith("sqlite:") or uri.startswith("file:"):
         print(f"  open it with: mlflow ui --backend-store-uri {uri}")
     else:

@@ -125,3 +125,6 @@ class Evaluator:
             path = Path(tmp) / "embeddings.png"
             figure.savefig(path, dpi=110, bbox_inches="tight")
             tracker.log_artifact(path, "plots")
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)

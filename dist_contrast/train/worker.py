@@ -12,6 +12,7 @@ Ray appears here only through ``ray.train`` (context, report, checkpoints); Deep
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 import time
@@ -94,6 +95,7 @@ class Worker:
     normalizer: NormalizerEstimator = field(default_factory=NormalizerEstimator)
     progress_queue: Any = None
     last_metrics: dict[str, float] = field(default_factory=dict)
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     _epoch_length: int | None = None
 
     @property
@@ -285,8 +287,10 @@ class Worker:
                 window_start, window_samples = time.perf_counter(), 0
                 self.tracker.log_metrics(metrics, step=step)
                 self._send_progress(step, metrics)
+                self._remember(step, metrics)
             if self._is_eval_step(step):
                 metrics.update(self._evaluate(step))
+                self._remember(step, metrics)
                 self.tracker.log_metrics(
                     {k: v for k, v in metrics.items() if k.startswith("diag/")}, step=step
                 )
@@ -324,6 +328,30 @@ class Worker:
     def _epoch_batches(self, epoch: int, offset: int) -> Any:
         # Resume mid-epoch: the loader skips what was already trained on, without loading it.
         return iter(self._loader(epoch, skip_batches=offset))
+
+    PLOTTED = ("train/loss", "train/temperature", "eval/knn_acc", "diag/penalty_entropy")
+
+    def _remember(self, step: int, metrics: dict[str, float]) -> None:
+        """Keep the plotted series (rank 0's curves figure at the end)."""
+        for name in self.PLOTTED:
+            series = self.history.setdefault(name, [])
+            if name in metrics and (not series or series[-1][0] != step):
+                series.append((step, metrics[name]))
+
+    def log_curves(self) -> None:
+        from dist_contrast.plots import plot_curves
+
+        series = {name: points for name, points in self.history.items() if points}
+        if not series or not dist.is_rank_zero():
+            return
+        figure = plot_curves(series, title=str(self.cfg.experiment.run_name))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "training_curves.png")
+            figure.savefig(path, dpi=110, bbox_inches="tight")
+            self.tracker.log_artifact(path, "plots")
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
 
     def _send_progress(self, step: int, metrics: dict[str, float]) -> None:
         if self.progress_queue is None or not dist.is_rank_zero():
@@ -472,6 +500,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         worker.run()
         if worker.evaluator is not None:
             worker.evaluator.log_plots(worker.tracker)
+        worker.log_curves()
+        summary = {k: v for k, v in worker.last_metrics.items() if not k.startswith("diag/")}
+        worker.tracker.log_text(json.dumps(summary, indent=2, sort_keys=True), "summary.json")
         worker.tracker.close("FINISHED")
     except BaseException:
         worker.tracker.close("FAILED")
