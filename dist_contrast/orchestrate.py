@@ -119,7 +119,7 @@ def run_training(cfg: Config) -> TrainingSummary:
         uri, cfg.tracking.experiment, Path.cwd() / "mlartifacts" if local_store else None
     )
     ray = _start_ray(cfg)
-    from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.util.queue import Queue
 
@@ -132,8 +132,12 @@ def run_training(cfg: Config) -> TrainingSummary:
         "params": flatten(cfg),
         "config_yaml": to_yaml(cfg),
         "progress_queue": queue,
+        # Ray Train V2 has no resume_from_checkpoint: the workers load this path themselves
+        # when Ray offers no newer checkpoint of this run (get_checkpoint() wins).
+        "resume_from": str(Path(cfg.trainer.resume_from).resolve())
+        if cfg.trainer.resume_from
+        else None,
     }
-    resume = cfg.trainer.resume_from
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -151,7 +155,6 @@ def run_training(cfg: Config) -> TrainingSummary:
             # Ray Train V2's RunConfig; mypy sees the V1 class of the same name.
             worker_runtime_env={"env_vars": _worker_env(use_gpu, cfg)},  # type: ignore[call-arg]
         ),
-        resume_from_checkpoint=Checkpoint(str(Path(resume).resolve())) if resume else None,
     )
     display = ProgressDisplay(queue, total=cfg.trainer.max_steps)
     display.start()

@@ -96,7 +96,9 @@ def test_cli_trains_with_two_ray_workers_and_logs_to_mlflow(tmp_path: Path) -> N
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "config.yaml" in artifacts
 
-    checkpoints = sorted((tmp_path / "results" / "e2e").glob("checkpoint_*"))
+    checkpoints = sorted(
+        p for p in (tmp_path / "results" / "e2e").glob("checkpoint_*") if p.is_dir()
+    )
     assert checkpoints, "no checkpoint reported"
     files = {p.name for p in checkpoints[-1].iterdir()}
     assert {"trainer_state_rank0.pt", "trainer_state_rank1.pt", "ds"} <= files

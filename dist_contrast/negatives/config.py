@@ -52,7 +52,13 @@ class MinerConfig(_Section):
     device: Literal["auto", "cpu", "gpu"] = "auto"
     nlist: int = Field(default=1024, ge=1)
     nprobe: int = Field(default=32, ge=1)
+    # IVF coarse quantizer: "flat" compares a vector with every centroid; "hnsw" walks an HNSW
+    # graph over the centroids, which makes assigning vectors (search, refresh and the adds of
+    # a rebuild) much cheaper at large nlist (thousands of lists) for a little recall.
+    quantizer: Literal["flat", "hnsw"] = "flat"
     hnsw_m: int = Field(default=32, ge=4)
+    # Graph build effort (HNSW index and HNSW quantizer): higher is slower to build, better recall.
+    ef_construction: int = Field(default=40, ge=1)
     ef_search: int = Field(default=128, ge=1)
     pq_m: int = Field(default=16, ge=1)
     # IVF-PQ distances are coarse: search refine_factor × as many candidates, then re-score.
@@ -63,19 +69,28 @@ class MinerConfig(_Section):
     num_threads: int | None = Field(default=None, ge=1)
     layout: Layout = "replicated"
     num_negatives: int = Field(default=64, ge=1)
-    # Extra candidates searched so that dropping the anchor, its positive and same-label
-    # entries still leaves num_negatives.
+    # Extra candidates searched so that dropping the anchor, its positive (and, with
+    # filter_same_label, same-label entries) still leaves num_negatives.
     extra: int = Field(default=16, ge=0)
     # Sample num_negatives from the filtered ranks [lo, hi) instead of taking the nearest:
     # skipping the very nearest avoids most false negatives.
     rank_window: tuple[int, int] | None = None
-    filter_same_label: bool = True
+    # Drop candidates that share the anchor's label. Off by default: training is
+    # self-supervised and labels are for evaluation only, so filtering by them would leak
+    # labels into training. Turn on only for supervised use. The metric
+    # miner/same_label_fraction (share of mined negatives with the anchor's label, i.e. likely
+    # false negatives) is reported whenever labels are known, whatever this setting.
+    filter_same_label: bool = False
     # Incremental refresh of the entries whose keys changed, every refresh_every steps.
     refresh_every: int = Field(default=1, ge=1)
     # Full rebuild (IVF centroids retrained) every rebuild_every steps.
     rebuild_every: int = Field(default=1000, ge=1)
     # Training sample for IVF centroids: nlist × train_per_list vectors (or the whole bank).
     train_per_list: int = Field(default=64, ge=1)
+    # k-means iterations of a rebuild after the first: the centroids start from the previous
+    # ones (the keys drift slowly between rebuilds), so a few iterations suffice. The first
+    # build runs faiss's default 10 from a random start.
+    retrain_iterations: int = Field(default=4, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> MinerConfig:

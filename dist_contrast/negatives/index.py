@@ -32,13 +32,67 @@ def effective_nlist(cfg: MinerConfig, rows: int) -> int:
     return max(1, min(cfg.nlist, rows // 8 if rows >= 8 else 1))
 
 
-def build_index(cfg: MinerConfig, dim: int, train: np.ndarray) -> faiss.Index:
+def train_centroids(
+    cfg: MinerConfig, train: np.ndarray, nlist: int, init: np.ndarray | None = None, seed: int = 0
+) -> np.ndarray:
+    """Spherical k-means centroids of ``train`` (unit centroids suit inner-product search).
+
+    With ``init`` (the previous build's centroids) k-means starts from them and runs
+    ``cfg.retrain_iterations``: between rebuilds the keys drift a little, so a few iterations
+    re-fit the lists at a fraction of a cold start's cost (10 iterations from random points).
+
+    Shape: train [T, D] float32, init [nlist, D] or None -> centroids [nlist, D] float32.
+    """
+    train = np.ascontiguousarray(train, dtype=np.float32)
+    dim = train.shape[1]
+    clustering = faiss.Clustering(dim, nlist)
+    clustering.spherical = True
+    clustering.seed = seed
+    # The caller already subsampled; faiss would otherwise subsample again (256 per list).
+    clustering.max_points_per_centroid = max(1, train.shape[0] // nlist + 1)
+    clustering.niter = 10
+    if init is not None and init.shape == (nlist, dim):
+        clustering.niter = cfg.retrain_iterations
+        faiss.copy_array_to_vector(
+            np.ascontiguousarray(init, dtype=np.float32).ravel(), clustering.centroids
+        )
+    clustering.train(train, faiss.IndexFlatIP(dim))
+    return faiss.vector_to_array(clustering.centroids).reshape(nlist, dim)
+
+
+def coarse_quantizer(cfg: MinerConfig, centroids: np.ndarray) -> faiss.Index:
+    """The IVF coarse quantizer over ``centroids``: exhaustive, or an HNSW graph.
+
+    Shape: centroids [nlist, D] float32.
+    """
+    dim = centroids.shape[1]
+    quantizer: Any
+    if cfg.quantizer == "hnsw":
+        quantizer = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        quantizer.hnsw.efConstruction = cfg.ef_construction
+        # The graph must return nprobe lists per query: its beam is at least that wide.
+        quantizer.hnsw.efSearch = max(cfg.ef_search, cfg.nprobe)
+    else:
+        quantizer = faiss.IndexFlatIP(dim)
+    quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    return quantizer
+
+
+def build_index(
+    cfg: MinerConfig,
+    dim: int,
+    train: np.ndarray,
+    *,
+    centroids: np.ndarray | None = None,
+    seed: int = 0,
+) -> faiss.Index:
     """An empty inner-product index of ``cfg.index`` that accepts ``add_with_ids``.
 
-    IVF indexes are trained on ``train`` here. They get a hash-table direct map so that
+    IVF indexes are trained on ``train`` here (k-means warm-started from ``centroids`` when
+    given, see :func:`train_centroids`). They get a hash-table direct map so that
     ``remove_ids`` of a few changed entries costs O(changed), not a scan of every list.
 
-    Shape: train [T, D] float32.
+    Shape: train [T, D] float32, centroids [nlist, D] or None.
     """
     metric = faiss.METRIC_INNER_PRODUCT
     if cfg.index == "exact":
@@ -46,25 +100,37 @@ def build_index(cfg: MinerConfig, dim: int, train: np.ndarray) -> faiss.Index:
     if cfg.index == "hnsw":
         hnsw = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, metric)
         hnsw.hnsw.efSearch = cfg.ef_search
-        # efConstruction well above M keeps the graph's recall near the exact search's.
-        hnsw.hnsw.efConstruction = max(40, 2 * cfg.hnsw_m)
+        hnsw.hnsw.efConstruction = cfg.ef_construction
         return faiss.IndexIDMap2(hnsw)
+    if cfg.index == "ivf_pq" and dim % cfg.pq_m != 0:
+        raise ValueError(f"negatives.miner.pq_m={cfg.pq_m} must divide the embedding dim {dim}")
+    train = np.ascontiguousarray(train, dtype=np.float32)
     nlist = effective_nlist(cfg, train.shape[0])
-    quantizer = faiss.IndexFlatIP(dim)
+    # A quantizer that already holds nlist centroids makes the IVF index count as trained
+    # (IVF-PQ still trains its codebooks on the residuals below).
+    quantizer = coarse_quantizer(cfg, train_centroids(cfg, train, nlist, centroids, seed))
     index: Any
     if cfg.index == "ivf_flat":
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, metric)
     else:
-        if dim % cfg.pq_m != 0:
-            raise ValueError(
-                f"negatives.miner.pq_m={cfg.pq_m} must divide the embedding dim {dim}"
-            )
         nbits = 8 if train.shape[0] >= 256 * 4 else 4
         index = faiss.IndexIVFPQ(quantizer, dim, nlist, cfg.pq_m, nbits, metric)
-    index.train(np.ascontiguousarray(train, dtype=np.float32))
+        index.train(train)
     index.nprobe = min(cfg.nprobe, nlist)
     index.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
     return index
+
+
+def ivf_centroids(index: faiss.Index) -> np.ndarray | None:
+    """The coarse centroids of an IVF index (None for other types), to warm-start a rebuild.
+
+    Shape: -> [nlist, D] float32.
+    """
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+    return np.asarray(ivf.quantizer.reconstruct_n(0, ivf.nlist), dtype=np.float32)
 
 
 def remove_ids(index: faiss.Index, ids: np.ndarray) -> None:

@@ -4,9 +4,11 @@ Refresh policy. After every ``update`` the ids whose bank entries changed are ma
 Every ``refresh_every`` steps the dirty entries are re-indexed in place (``remove_ids`` +
 ``add_with_ids``; IVF keeps its centroids), and every ``rebuild_every`` steps the index is
 rebuilt from the whole bank (IVF centroids retrained on the current keys, so the lists
-follow the encoder's drift). HNSW graphs cannot remove entries, so for ``hnsw`` every
-refresh is a full rebuild: use a larger ``refresh_every`` with HNSW. Staleness is measured
-per entry as the steps since it was (re)written into the index.
+follow the encoder's drift; k-means starts from the previous centroids and runs
+``retrain_iterations``, which keeps a rebuild cheap enough to amortise). HNSW graphs cannot
+remove entries, so for ``hnsw`` every refresh is a full rebuild: use a larger
+``refresh_every`` with HNSW. Staleness is measured per entry as the steps since it was
+(re)written into the index.
 
 Candidates are re-scored against the bank's *current* keys (``rerank``), so a stale index
 entry can only cost recall, never mis-rank what is returned. The index is not checkpointed:
@@ -31,7 +33,13 @@ from torch import Tensor
 from dist_contrast.negatives.bank import MemoryBank
 from dist_contrast.negatives.base import Negatives
 from dist_contrast.negatives.config import MinerConfig
-from dist_contrast.negatives.index import SearchIndex, build_index, remove_ids, resolve_device
+from dist_contrast.negatives.index import (
+    SearchIndex,
+    build_index,
+    ivf_centroids,
+    remove_ids,
+    resolve_device,
+)
 
 
 def shard_range(size: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -88,13 +96,21 @@ class FaissMiner:
         return rows.detach().to("cpu", torch.float32).numpy()
 
     def rebuild(self, step: int) -> None:
-        """Build the index from the whole bank shard (IVF centroids retrained)."""
+        """Build the index from the whole bank shard (IVF centroids retrained, warm-started)."""
         start = time.perf_counter()
         rows = self.hi - self.lo
         sample = min(rows, max(256, self.cfg.nlist * self.cfg.train_per_list))
         generator = torch.Generator().manual_seed(self.seed + 7919 * (self.rebuilds + 1))
         train_rows = torch.randperm(rows, generator=generator)[:sample]
-        cpu_index = build_index(self.cfg, self.bank.dim, self._vectors(train_rows))
+        previous = ivf_centroids(self.index.cpu) if self.index is not None else None
+        self.index = None  # free the old index before the new one fills: one index at a time
+        cpu_index = build_index(
+            self.cfg,
+            self.bank.dim,
+            self._vectors(train_rows),
+            centroids=previous,
+            seed=self.seed + self.rebuilds,
+        )
         ids = np.arange(self.lo, self.hi, dtype=np.int64)
         cpu_index.add_with_ids(self._vectors(), ids)
         self.index = SearchIndex(cpu_index, self.device, self.cfg.index)

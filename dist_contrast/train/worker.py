@@ -483,7 +483,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(cfg.trainer.threads_per_worker))
     _quiet_deepspeed()
 
+    # A restart within this run (or a re-run with the same name and storage path) gets Ray's
+    # latest checkpoint; otherwise trainer.resume_from names one to start from.
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and loop_config.get("resume_from"):
+        checkpoint = ray.train.Checkpoint(loop_config["resume_from"])
     run_id = _run_id_from(checkpoint) if checkpoint is not None else None
     worker = build_worker(cfg, loop_config.get("progress_queue"), run_id=run_id)
     if checkpoint is not None:
