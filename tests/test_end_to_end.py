@@ -92,7 +92,9 @@ def test_cli_trains_with_two_ray_workers_and_logs_to_mlflow(tmp_path: Path) -> N
     assert metrics["train/negatives_per_query"] == 2 * 64 - 1
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     history = client.get_metric_history(run.info.run_id, "train/loss")
-    assert [m.step for m in history] == [4, 8, 12]
+    assert [m.step for m in history] == list(range(1, 13))  # every step
+    rates = client.get_metric_history(run.info.run_id, "train/samples_per_s")
+    assert [m.step for m in rates] == [4, 8, 12]  # every trainer.log_every steps
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "config.yaml" in artifacts
 

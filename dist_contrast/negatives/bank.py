@@ -80,7 +80,8 @@ class MemoryBank:
 
         Shape: query [B, D], ids [B] -> noise [B, m, D]; pool [n, D], pool_mask [B, n].
         """
-        noise, _ = self.noise(query.shape[0])
+        # noise_samples=0: no NCE loss reads noise, so none is drawn (it is B·m·D floats).
+        noise = self.noise(query.shape[0])[0] if self.noise_samples > 0 else None
         written = self.write_step >= 0
         metrics = {"bank/written_fraction": float(written.float().mean())}
         if not self.as_pool:

@@ -136,11 +136,13 @@ def build_negative_pool(
     world_size: int,
     device: torch.device | str = "cpu",
     seed: int = 0,
+    nce_noise: bool = True,
 ) -> NegativePool:
     """The composite of ``cfg.sources``; rank and world size come in explicitly.
 
     The same ``seed`` on every rank gives every rank the same bank initialisation; noise and
-    rank-window sampling use per-rank streams derived from it.
+    rank-window sampling use per-rank streams derived from it. With ``nce_noise=False`` (the
+    loss is not NCE) the bank draws no noise samples: they would be B·m·D unused floats.
     """
     sources = set(cfg.sources)
     queue = bank = miner = None
@@ -159,7 +161,7 @@ def build_negative_pool(
             dataset_size,
             dim,
             momentum=cfg.bank.momentum,
-            noise_samples=cfg.bank.noise_samples,
+            noise_samples=cfg.bank.noise_samples if nce_noise else 0,
             as_pool=cfg.bank.as_pool,
             seed=seed,
             noise_seed=seed + 1 + rank,

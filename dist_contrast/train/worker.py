@@ -96,6 +96,8 @@ class Worker:
     progress_queue: Any = None
     last_metrics: dict[str, float] = field(default_factory=dict)
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    # Loss, τ and LR of every step since the last flush: logged every step, written in batches.
+    pending: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     _epoch_length: int | None = None
 
     @property
@@ -281,11 +283,14 @@ class Worker:
             window_samples += batch["view1"].shape[0] * dist.world_size()
             step = self.progress.step
 
+            self.pending.append((step, {k: metrics[k] for k in self.EVERY_STEP}))
             if step % cfg.trainer.log_every == 0 or step == total:
                 elapsed = time.perf_counter() - window_start
                 metrics["train/samples_per_s"] = window_samples / max(elapsed, 1e-9)
                 window_start, window_samples = time.perf_counter(), 0
-                self.tracker.log_metrics(metrics, step=step)
+                self.pending[-1] = (step, metrics)
+                self.tracker.log_metric_history(self.pending)
+                self.pending = []
                 self._send_progress(step, metrics)
                 self._remember(step, metrics)
             if self._is_eval_step(step):
@@ -329,6 +334,7 @@ class Worker:
         # Resume mid-epoch: the loader skips what was already trained on, without loading it.
         return iter(self._loader(epoch, skip_batches=offset))
 
+    EVERY_STEP = ("train/loss", "train/temperature", "train/lr")
     PLOTTED = ("train/loss", "train/temperature", "eval/knn_acc", "diag/penalty_entropy")
 
     def _remember(self, step: int, metrics: dict[str, float]) -> None:
@@ -452,6 +458,7 @@ def build_worker(cfg: Config, progress_queue: Any = None, run_id: str | None = N
             world_size=dist.world_size(),
             device=device,
             seed=cfg.experiment.seed,
+            nce_noise=cfg.loss.name.startswith("nce"),
         )
     tracker = make_tracker(
         dist.is_rank_zero(),

@@ -88,3 +88,16 @@ def test_momentum_encoder_built_from_config():
     assert build_momentum_encoder(NegativesConfig(), encoder) is None
     key_encoder = build_momentum_encoder(_config(momentum=0.99), encoder)
     assert key_encoder is not None and key_encoder.momentum == 0.99
+
+
+def test_bank_draws_no_noise_unless_the_loss_is_nce() -> None:
+    cfg = NegativesConfig(sources=["batch", "bank"], bank={"as_pool": True})
+    query = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    ids = torch.arange(4)
+    with_noise = build_negative_pool(cfg, dataset_size=32, dim=8, rank=0, world_size=1)
+    without = build_negative_pool(
+        cfg, dataset_size=32, dim=8, rank=0, world_size=1, nce_noise=False
+    )
+    assert with_noise.negatives(query, ids, None).noise is not None
+    negatives = without.negatives(query, ids, None)
+    assert negatives.noise is None and negatives.pool is not None
