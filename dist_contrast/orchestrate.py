@@ -31,7 +31,10 @@ class TrainingSummary:
 def resolve(cfg: Config) -> Config:
     """Fill what depends on where we run: run name, absolute output dir, tracking URI."""
     run_name = cfg.experiment.run_name or f"{cfg.experiment.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    output_dir = str(Path(cfg.experiment.output_dir).resolve())
+    # Local folders become absolute (workers run elsewhere); URIs (s3://, gs://) stay as they are.
+    output_dir = cfg.experiment.output_dir
+    if "://" not in output_dir:
+        output_dir = str(Path(output_dir).resolve())
     tracking_uri = cfg.tracking.tracking_uri or default_tracking_uri()
     return cfg.model_copy(
         update={
@@ -58,6 +61,38 @@ def preflight(cfg: Config) -> None:
         )
 
 
+def _enable_token_auth_if_available() -> None:
+    """Ray 2.5x clusters authenticate with a token; a client sends it only in token mode."""
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if "RAY_AUTH_MODE" not in os.environ and (
+        os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file()
+    ):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, not after Ray's minutes of retries, when nothing listens at the address."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if address == "auto":
+        return
+    if address.startswith(("http://", "https://")):
+        raise UserError(
+            f"RAY_ADDRESS={address} is a job-server URL; use it with `ray job submit` "
+            "(launch/submit.sh), or set RAY_ADDRESS to the head's GCS address host:6379"
+        )
+    parsed = urlsplit(address if "://" in address else f"ray://{address}")
+    try:
+        with socket.create_connection((parsed.hostname or "", parsed.port or 6379), timeout=5):
+            pass
+    except OSError as exc:
+        raise UserError(
+            f"cannot reach the Ray cluster at RAY_ADDRESS={address} ({exc.strerror or exc}); "
+            "start it or unset RAY_ADDRESS to run locally"
+        ) from None
+
+
 def _use_gpu(cfg: Config, ray: Any) -> bool:
     if cfg.trainer.use_gpu != "auto":
         return cfg.trainer.use_gpu == "true"
@@ -66,6 +101,10 @@ def _use_gpu(cfg: Config, ray: Any) -> bool:
 
 def _start_ray(cfg: Config) -> Any:
     import logging
+
+    if os.environ.get("RAY_ADDRESS"):
+        _check_reachable(os.environ["RAY_ADDRESS"])
+        _enable_token_auth_if_available()  # read by Ray when it is imported
 
     import ray
 
@@ -76,7 +115,8 @@ def _start_ray(cfg: Config) -> Any:
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise UserError(
                 f"cannot reach the Ray cluster at RAY_ADDRESS={os.environ['RAY_ADDRESS']} "
-                f"({str(exc).splitlines()[0][:160]}); start it or unset RAY_ADDRESS to run locally"
+                f"({str(exc).splitlines()[0][:160]}); start it, give its token (RAY_AUTH_TOKEN or "
+                "~/.ray/auth_token), or unset RAY_ADDRESS to run locally"
             ) from None
         available = float(ray.cluster_resources().get("CPU", 0))
         if available < needed:

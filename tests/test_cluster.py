@@ -1,0 +1,107 @@
+"""With RAY_ADDRESS set, the same command runs on that cluster (a real `ray start --head`).
+
+Runs with a fresh HOME, as on a new machine: `ray start` writes the cluster's auth token to
+~/.ray/auth_token and the CLI must find it and authenticate by itself.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_train_runs_on_an_existing_cluster(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home), "DS_ACCELERATOR": "cpu"}
+    for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "MLFLOW_TRACKING_URI"):
+        env.pop(key, None)
+    # Share the compiled DeepSpeed op with the real HOME so it is not rebuilt for this test.
+    extensions = Path.home() / ".cache" / "torch_extensions"
+    env["TORCH_EXTENSIONS_DIR"] = str(extensions)
+    port = _free_port()
+    start = subprocess.run(
+        [
+            RAY,
+            "start",
+            "--head",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert start.returncode == 0, start.stderr[-2000:]
+    try:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dist_contrast.cli",
+                "train",
+                str(ROOT / "configs/synthetic.yaml"),
+                "trainer.max_steps=6",
+                "trainer.batch_size=32",
+                "eval.every_steps=6",
+                "checkpoint.every_steps=6",
+                "optimizer.warmup_steps=2",
+                "data.num_samples=1000",
+                f"experiment.output_dir={tmp_path / 'results'}",
+                "experiment.run_name=on-cluster",
+                f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+            ],
+            env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "finished at step 6" in proc.stdout
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("dist-contrast")
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+
+
+def test_unreachable_cluster_is_one_line(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": f"127.0.0.1:{_free_port()}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "dist_contrast.cli", "train", str(ROOT / "configs/synthetic.yaml")],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("dist-contrast: error: cannot reach the Ray cluster")
+    assert "Traceback" not in proc.stderr
