@@ -291,6 +291,34 @@ def partials_lse(p: PoolPartials) -> Tensor:
     return p.max + torch.log(p.sum_exp)
 
 
+def lse_backward(
+    saved: Sequence[Tensor],
+    grad_lse: Tensor,
+    needs_grad: Sequence[bool],
+    query_dtype: torch.dtype,
+) -> tuple[Tensor | None, Tensor | None]:
+    """Gradients of ``LSE = max + log(sum_exp)`` w.r.t. the query and τ, from saved partials.
+
+    ``saved`` is ``(sum_exp, weighted_keys, weighted_sim, tau)``; ∂LSE/∂q = W/(S·τ) and
+    ∂LSE/∂τ = −U/(S·τ²), scaled by the incoming ``grad_lse``. A query whose whole pool was
+    masked has LSE −inf and gets no gradient (guarded against 0/0).
+
+    Shape:
+        sum_exp, weighted_sim, grad_lse: [B]. weighted_keys: [B, D]. tau: 0-dim.
+        Returns ([B, D] or None, 0-dim or None).
+    """
+    sum_exp, weighted_keys, weighted_sim, tau = saved
+    tau = tau.detach()
+    nonempty = sum_exp > 0
+    scale = torch.where(nonempty, grad_lse, 0.0) / torch.where(nonempty, sum_exp, 1.0)
+    grad_query = grad_tau = None
+    if needs_grad[0]:
+        grad_query = (weighted_keys * (scale / tau)[:, None]).to(query_dtype)
+    if needs_grad[1]:
+        grad_tau = (-(scale * weighted_sim).sum() / tau**2).to(tau.dtype)
+    return grad_query, grad_tau
+
+
 class ConstantPoolLSE(torch.autograd.Function):
     """LSE over a pool that needs no gradient; one streaming pass, no second pass in backward.
 
@@ -319,16 +347,9 @@ class ConstantPoolLSE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_lse: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        sum_exp, weighted_keys, weighted_sim, tau = ctx.saved_tensors
-        tau = tau.detach()
-        nonempty = sum_exp > 0
-        # An empty pool's LSE is −inf and has no gradient; guarding avoids 0/0.
-        scale = torch.where(nonempty, grad_lse, 0.0) / torch.where(nonempty, sum_exp, 1.0)
-        grad_query = grad_tau = None
-        if ctx.needs_input_grad[0]:
-            grad_query = (weighted_keys * (scale / tau)[:, None]).to(ctx.query_dtype)
-        if ctx.needs_input_grad[1]:
-            grad_tau = -(scale * weighted_sim).sum() / tau**2
+        grad_query, grad_tau = lse_backward(
+            ctx.saved_tensors, grad_lse, ctx.needs_input_grad[:2], ctx.query_dtype
+        )
         return grad_query, grad_tau, None, None, None, None, None
 
 

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from dist_contrast import dist
 from dist_contrast.losses import PoolPartials, partials_lse, pool_partials
+from dist_contrast.losses.partials import lse_backward
 from dist_contrast.negatives.base import Negatives
 
 if TYPE_CHECKING:
@@ -125,16 +126,9 @@ class _ShardedPoolLSE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_lse: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        sum_exp, weighted_keys, weighted_sim, tau = ctx.saved_tensors
-        tau = tau.detach()
-        nonempty = sum_exp > 0
-        # A query whose whole pool is masked has LSE −inf and no gradient; avoid 0/0.
-        scale = torch.where(nonempty, grad_lse, 0.0) / torch.where(nonempty, sum_exp, 1.0)
-        grad_query = grad_tau = None
-        if ctx.needs_input_grad[0]:
-            grad_query = (weighted_keys * (scale / tau)[:, None]).to(ctx.query_dtype)
-        if ctx.needs_input_grad[1]:
-            grad_tau = (-(scale * weighted_sim).sum() / tau**2).to(tau.dtype)
+        grad_query, grad_tau = lse_backward(
+            ctx.saved_tensors, grad_lse, ctx.needs_input_grad[:2], ctx.query_dtype
+        )
         return grad_query, grad_tau, None, None, None, None
 
 
