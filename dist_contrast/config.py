@@ -24,7 +24,7 @@ from dist_contrast.data.config import DataConfig
 from dist_contrast.errors import UserError
 from dist_contrast.models.config import ModelConfig
 from dist_contrast.negatives.config import NegativesConfig
-from dist_contrast.objectives import LOSS_NAMES
+from dist_contrast.objectives import LOSS_NAMES, loss_options
 
 
 class _Section(BaseModel):
@@ -56,6 +56,21 @@ class LossConfig(_Section):
             raise ValueError(
                 f"loss.name '{self.name}' is unknown; choose one of {', '.join(LOSS_NAMES)}"
             )
+        options = loss_options(self.name)
+        if {"tile_size", "in_batch"} & set(self.params):
+            raise ValueError(
+                "set loss.tile_size and negatives.sources (batch = in-batch negatives) "
+                "instead of loss.params.tile_size / in_batch"
+            )
+        unknown = sorted(set(self.params) - options)
+        if unknown:
+            allowed = ", ".join(sorted(options - {"tile_size", "in_batch"})) or "none"
+            raise ValueError(
+                f"loss.params.{unknown[0]} is not an option of loss.name={self.name} "
+                f"(its options: {allowed})"
+            )
+        if self.tile_size is not None and "tile_size" not in options:
+            raise ValueError(f"loss.tile_size does not apply to loss.name={self.name}")
         if self.temperature_mode == "cosine" and self.temperature_final is None:
             raise ValueError(
                 "loss.temperature_mode=cosine needs loss.temperature_final (τ at the end)"

@@ -167,6 +167,13 @@ _OBJECTIVES: dict[str, tuple[Callable[..., Tensor], frozenset[str]]] = {
 LOSS_NAMES: tuple[str, ...] = tuple(_OBJECTIVES)
 
 
+def loss_options(name: str) -> frozenset[str]:
+    """The keyword options ``compute_objective(name, ...)`` accepts (for config validation)."""
+    if name not in _OBJECTIVES:
+        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSS_NAMES)}")
+    return _OBJECTIVES[name][1]
+
+
 def compute_objective(
     name: str, inputs: ObjectiveInputs, temperature: Tensor | float, **params: Any
 ) -> Tensor:

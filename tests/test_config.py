@@ -72,6 +72,10 @@ def test_apply_overrides_does_not_mutate_input() -> None:
         (["negatives.sources=[queue]"], "momentum_encoder"),
         (["noequals"], "section.key=value"),
         (["loss.temperature.x=1"], "not a section"),
+        (["loss.params={top_k: 5}"], "loss.params.top_k is not an option of loss.name=info_nce"),
+        (["loss.name=hard_info_nce", "loss.params={bogus: 1}"], "its options: quantile, top_k"),
+        (["loss.params={tile_size: 64}"], "set loss.tile_size"),
+        (["loss.name=triplet", "loss.tile_size=64"], "does not apply"),
     ],
 )
 def test_bad_values_are_one_clear_line(tmp_path: Path, overrides: list[str], needle: str) -> None:

@@ -42,7 +42,7 @@ from dist_contrast.negatives.collective import (
     collect_negatives,
     sharded_pool_lse,
 )
-from dist_contrast.objectives import ObjectiveInputs, compute_objective
+from dist_contrast.objectives import ObjectiveInputs, compute_objective, loss_options
 from dist_contrast.temperature import Temperature
 from dist_contrast.tracking import Tracker, make_tracker
 from dist_contrast.train.evaluation import Evaluator
@@ -174,8 +174,12 @@ class Worker:
 
     def _loss_params(self) -> dict[str, Any]:
         params: dict[str, Any] = dict(self.cfg.loss.params)
+        options = loss_options(self.cfg.loss.name)
         if self.cfg.loss.tile_size is not None:
             params["tile_size"] = self.cfg.loss.tile_size
+        if "in_batch" in options:
+            # The other keys of the global batch are negatives only when 'batch' is a source.
+            params["in_batch"] = "batch" in self.cfg.negatives.sources
         return params
 
     def _is_eval_step(self, step: int) -> bool:
