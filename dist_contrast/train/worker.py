@@ -111,66 +111,68 @@ class Worker:
     # ------------------------------------------------------------------ one step
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        cfg = self.cfg
-        model = self.engine.module
-        view1 = batch["view1"].to(self.device)
-        view2 = batch["view2"].to(self.device)
+        """One optimiser step in the order the module docstring gives; returns its metrics."""
         ids = batch["index"].to(self.device)
         # Labels exist for evaluation; the pools see them only for their label-aware options.
         labels = batch["label"].to(self.device) if self.data.num_classes is not None else None
-        local_batch = view1.shape[0]
-
-        query = self.engine(view1)  # [B, D], unit norm
-        keys_local = self._key_forward(view2)  # [B, D]
-        # Global batch: the local rows keep their graph; other ranks' rows send their
-        # gradient home in backward (see dist.all_gather_with_grad).
-        if keys_local.requires_grad:
-            keys = dist.all_gather_with_grad(keys_local)
-        else:
-            keys = dist.all_gather_no_grad(keys_local)
+        query = self.engine(batch["view1"].to(self.device))  # [B, D], unit norm
+        keys = self._global_keys(batch["view2"].to(self.device))  # [W·B, D]
         key_labels = dist.all_gather_no_grad(labels) if labels is not None else None
-        positive_index = dist.rank() * local_batch + torch.arange(local_batch, device=self.device)
+        positive_index = dist.rank() * len(ids) + torch.arange(len(ids), device=self.device)
 
-        tau = model.temperature(self.progress.step)
+        tau = self.engine.module.temperature(self.progress.step)
         negatives = collect_negatives(self.pool, query.detach(), ids, labels) if self.pool else None
         inputs = ObjectiveInputs(
-            query=query,
-            key=keys,
-            positive_index=positive_index,
-            labels=labels if cfg.loss.name == "supcon" else None,
-            key_labels=key_labels if cfg.loss.name == "supcon" else None,
-            dataset_size=len(self.data.train),
+            query=query, key=keys, positive_index=positive_index, dataset_size=len(self.data.train)
         )
+        if self.cfg.loss.name == "supcon":  # supervised: same-label samples are positives
+            inputs.labels, inputs.key_labels = labels, key_labels
         if negatives is not None:
             self._attach_negatives(inputs, negatives, query, ids, tau)
-        loss = compute_objective(cfg.loss.name, inputs, tau, **self._loss_params())
-        if cfg.negatives.bank.proximal > 0 and self.pool is not None and self.pool.bank is not None:
-            # InstDisc's proximal term, against the bank entries before this step's update.
-            loss = loss + self.pool.bank.proximal_penalty(query, ids, cfg.negatives.bank.proximal)
+        loss = self._loss(inputs, tau, ids)
         diagnostics = self._diagnostics(query, keys, negatives, tau, labels, positive_index)
 
         self.engine.backward(loss)
         self.engine.step()
-
-        with torch.no_grad():
-            if self.momentum_encoder is not None:
-                self.momentum_encoder.update(model.encoder)
-            if self.pool is not None:
-                gathered_ids = dist.all_gather_no_grad(ids)
-                self.pool.update(keys.detach(), gathered_ids, key_labels, self.progress.step + 1)
-
+        self._update_pools(keys, ids, key_labels)
         self.progress.step += 1
-        self.progress.samples_seen += local_batch * dist.world_size()
+        self.progress.samples_seen += len(ids) * dist.world_size()
         metrics = {
             "train/loss": float(loss.detach()),
             "train/temperature": float(tau.detach()),
             "train/lr": float(self.engine.get_lr()[0]),
-            "train/negatives_per_query": float(self._negatives_per_query(keys, negatives)),
+            "train/negatives_per_query": self._negatives_per_query(keys, negatives),
+            **(negatives.metrics if negatives is not None else {}),
+            **diagnostics,
         }
-        if negatives is not None:
-            metrics.update({k: float(v) for k, v in negatives.metrics.items()})
-        metrics.update(diagnostics)
         return metrics
+
+    def _global_keys(self, view2: torch.Tensor) -> torch.Tensor:
+        """Keys of the global batch: the local rows keep their graph; other ranks' rows send
+        their gradient home in backward (see ``dist.all_gather_with_grad``)."""
+        keys_local = self._key_forward(view2)
+        if keys_local.requires_grad:
+            return dist.all_gather_with_grad(keys_local)
+        return dist.all_gather_no_grad(keys_local)
+
+    def _loss(self, inputs: ObjectiveInputs, tau: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        loss = compute_objective(self.cfg.loss.name, inputs, tau, **self._loss_params())
+        proximal = self.cfg.negatives.bank.proximal
+        if proximal > 0 and self.pool is not None and self.pool.bank is not None:
+            # InstDisc's proximal term, against the bank entries before this step's update.
+            loss = loss + self.pool.bank.proximal_penalty(inputs.query, ids, proximal)
+        return loss
+
+    @torch.no_grad()
+    def _update_pools(
+        self, keys: torch.Tensor, ids: torch.Tensor, key_labels: torch.Tensor | None
+    ) -> None:
+        """After the optimiser step: momentum encoder first, then the pools take the keys."""
+        if self.momentum_encoder is not None:
+            self.momentum_encoder.update(self.engine.module.encoder)
+        if self.pool is not None:
+            gathered_ids = dist.all_gather_no_grad(ids)
+            self.pool.update(keys.detach(), gathered_ids, key_labels, self.progress.step + 1)
 
     def _loss_params(self) -> dict[str, Any]:
         params: dict[str, Any] = dict(self.cfg.loss.params)
