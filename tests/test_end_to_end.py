@@ -12,11 +12,14 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _train(tmp_path: Path, config: str, *overrides: str) -> subprocess.CompletedProcess[str]:
+def _train(
+    tmp_path: Path, config: str, *overrides: str, run_name: str = "e2e"
+) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
@@ -31,7 +34,7 @@ def _train(tmp_path: Path, config: str, *overrides: str) -> subprocess.Completed
             "train",
             str(ROOT / config),
             f"experiment.output_dir={tmp_path / 'results'}",
-            "experiment.run_name=e2e",
+            f"experiment.run_name={run_name}",
             *overrides,
         ],
         cwd=tmp_path,
@@ -120,3 +123,53 @@ def test_cli_trains_with_two_ray_workers_and_logs_to_mlflow(tmp_path: Path) -> N
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "finished at step 18" in resumed.stdout
+
+
+@pytest.mark.slow
+def test_cli_moco_queue_and_mined_negatives_zero2_bf16(tmp_path: Path) -> None:
+    """Queue + FAISS-mined negatives, momentum encoder with shuffle-BN, ZeRO-2, bf16."""
+    proc = _train(
+        tmp_path,
+        "configs/moco_mined.yaml",
+        "trainer.max_steps=12",
+        "trainer.batch_size=64",
+        "eval.every_steps=6",
+        "checkpoint.every_steps=6",
+        "optimizer.warmup_steps=2",
+        "data.num_samples=4000",
+        "negatives.queue.size=1000",
+        "negatives.miner.nlist=16",
+        "negatives.miner.nprobe=4",
+        "deepspeed.zero_stage=2",
+        "deepspeed.precision=bf16",
+        run_name="moco-mined",
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics = _run(tmp_path).data.metrics
+    # The queue filled to its size (12 steps x 128 keys > 1000) and the miner delivered.
+    assert metrics["queue/filled"] == 1000
+    assert metrics["negatives/mined"] == 64
+    assert metrics["negatives/batch"] == 2 * 64 - 1
+    assert metrics["train/negatives_per_query"] == 127 + 1000 + 64 - metrics.get(
+        "queue/masked_per_query", 0.0
+    )
+    for key in (
+        "miner/search_seconds",
+        "miner/index_age_mean",
+        "miner/same_label_fraction",
+        "diag/penalty_entropy",
+        "diag/top10_penalty_share",
+    ):
+        assert key in metrics, key
+    checkpoint = max(
+        (p for p in (tmp_path / "results" / "moco-mined").glob("checkpoint_*") if p.is_dir()),
+        key=lambda p: p.name,
+    )
+    state = torch.load(checkpoint / "trainer_state_rank1.pt", weights_only=False)
+    assert state["progress"]["step"] == 12
+    assert state["momentum_encoder"] is not None
+    queue = state["negatives"]["queue"]
+    assert queue["keys"].shape == (1000, 64)
+    assert queue["total"] == 12 * 2 * 64  # every global batch was enqueued
+    assert state["negatives"]["bank"]["vectors"].shape[1] == 64
+    assert state["negatives"]["miner"]["step"] == 12

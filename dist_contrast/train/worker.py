@@ -440,7 +440,7 @@ def build_worker(cfg: Config, progress_queue: Any = None, run_id: str | None = N
     model = ContrastiveModel(encoder, build_temperature(cfg))
     # τ gets no weight decay: decaying log τ would drag the temperature towards 1.
     encoder_params = [p for p in encoder.parameters() if p.requires_grad]
-    temperature_params = list(model.temperature.parameters())
+    temperature_params = [p for p in model.temperature.parameters() if p.requires_grad]
     groups: list[dict[str, Any]] = [{"params": encoder_params}]
     if temperature_params:
         groups.append({"params": temperature_params, "weight_decay": 0.0})
@@ -450,6 +450,11 @@ def build_worker(cfg: Config, progress_queue: Any = None, run_id: str | None = N
         config=build_deepspeed_config(cfg, dist.world_size()),
     )
     device = torch.device(engine.device)
+    if cfg.deepspeed.precision == "bf16":
+        # DeepSpeed casts parameters but not buffers: BatchNorm's running statistics would
+        # stay float32 and clash with bf16 weights. Parameters are bf16 already, so this
+        # converts only the buffers and leaves DeepSpeed's flat parameter storage alone.
+        engine.module.to(torch.bfloat16)
     check_zero_stage(cfg.deepspeed.zero_stage)
     momentum_encoder = build_momentum_encoder(cfg.negatives, encoder)
     if momentum_encoder is not None:
