@@ -1,25 +1,36 @@
 """Benchmark of the hard-negative miner and the sharded queue (not a timed test).
 
-Measures, on a synthetic bank with overlapping clusters of spread sizes and variances
-(``dist_contrast.negatives.synthetic.clustered_keys``):
+Banks (both L2-normalised, D = 128; the score is the inner product):
 
-* queries/s and recall@k of each FAISS index type against exact ``torch.topk`` over the same
-  bank (the bank's keys are L2-normalised; the score is the inner product);
-* the miner's per-step cost (search + filter/rerank of one batch, incremental refresh of the
-  batch's changed entries, a full rebuild amortised over ``rebuild_every`` steps) as a
-  fraction of a representative training step timed in the same run: an MLP encoder
-  (512→1024→BN→ReLU→128) forward + backward on a batch of 256 with a momentum key
-  encoder and ``info_nce`` over a 65,536-key queue, SGD step, momentum and queue update;
+* ``encoder``: keys of an MLP encoder (``configs/moco_mined.yaml``'s model, embedding 128)
+  briefly trained with in-batch InfoNCE on the synthetic dataset (``dist_contrast.data``),
+  then run over the clean rows; the queries are the encoder's embeddings of fresh views of
+  random bank instances. This is the realistic bank: its neighbourhoods are what a partly
+  trained encoder produces.
+* ``clustered``: ``negatives.synthetic.clustered_keys`` (overlapping clusters with noise
+  norm 1–2.5× the centre's). In 128 dimensions this is nearly uniform on the sphere (mean
+  top-64 similarity ≈ 0.35, like random vectors): a worst case kept for comparison.
+
+Measured, all in one run:
+
+* queries/s (one search call of all queries) and recall@k of each FAISS index type against
+  exact ``torch.topk`` over the same bank;
+* the miner's per-step cost in the MoCo + mined configuration (search + filter/rerank of
+  one worker's batch, the incremental refresh every ``refresh_every`` steps, a warm-started
+  rebuild amortised over ``rebuild_every`` steps) as a share of a training step timed in the
+  same run (see ``train_step_seconds`` for exactly what it contains);
 * the peak resident memory per worker of the queue + loss, replicated vs sharded, with
   2 gloo processes.
 
-Run ``python benchmarks/mining.py`` (full; the 1,000,000-key bank takes minutes) or
-``--quick`` for a small smoke run. Results are printed as a Markdown table.
+Run ``python benchmarks/mining.py`` (full; the 1,000,000-key banks take minutes) or
+``--quick`` for a small smoke run. Results are printed as Markdown tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import resource
 import sys
 import time
@@ -30,12 +41,14 @@ from typing import Any
 import faiss
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dist_contrast import dist  # noqa: E402
+from dist_contrast.config import Config, load_config  # noqa: E402
+from dist_contrast.data.synthetic import SyntheticSource  # noqa: E402
 from dist_contrast.losses import info_nce  # noqa: E402
+from dist_contrast.models.build import build_model  # noqa: E402
 from dist_contrast.negatives import (  # noqa: E402
     FaissMiner,
     KeyQueue,
@@ -46,6 +59,8 @@ from dist_contrast.negatives import (  # noqa: E402
 from dist_contrast.negatives.collective import sharded_pool_lse  # noqa: E402
 from dist_contrast.negatives.synthetic import clustered_keys  # noqa: E402
 
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "moco_mined.yaml"
+
 
 @dataclass
 class Setup:
@@ -53,28 +68,47 @@ class Setup:
     queries: int
     k: int
     dim: int
-    batch: int
-    queue: int
+    encoder_steps: int
     memory_queue: int
     train_steps: int
+    mining_steps: int
+    # Global batch = workers × per-worker batch: every worker's bank and index see all of it.
+    workers: int = 2
+    memory_batch: int = 256
 
 
-FULL = Setup([100_000, 1_000_000], 4096, 64, 128, 256, 65_536, 262_144, 10)
-QUICK = Setup([4_000], 128, 16, 32, 32, 2048, 8192, 2)
+FULL = Setup([100_000, 1_000_000], 4096, 64, 128, 200, 262_144, 10, 40)
+QUICK = Setup([4_000], 128, 16, 32, 5, 8192, 2, 12, memory_batch=32)
+
+
+def nlist_for(size: int) -> int:
+    """IVF lists ≈ 4·√n, a power of two (4096 at 1M)."""
+    return 1 << max(4, round(math.log2(4 * size**0.5)))
 
 
 def index_configs(size: int, k: int) -> list[tuple[str, MinerConfig, str, list[int]]]:
-    """Index settings compared: (name, config, search knob, knob values). nlist ~ 2·√n."""
-    nlist = 1 << max(4, round(2 * size**0.5).bit_length() - 1)
-    common: dict[str, Any] = {"num_negatives": k, "extra": 0, "rerank": False}
+    """Index settings compared: (name, config, search knob, knob values)."""
+    nlist = nlist_for(size)
+    # Cheap k-means: 16 points per list (a warm-started rebuild needs no more, see below).
+    common: dict[str, Any] = {
+        "num_negatives": k, "extra": 0, "rerank": False, "train_per_list": 16
+    }
     return [
         ("exact (IndexFlatIP)", MinerConfig(index="exact", **common), "", [0]),
-        (f"ivf_flat nlist={nlist}", MinerConfig(index="ivf_flat", nlist=nlist, **common),
-         "nprobe", [16, 48, 96]),
-        ("hnsw M=32", MinerConfig(index="hnsw", hnsw_m=32, **common), "efSearch", [128, 256]),
-        (f"ivf_pq nlist={nlist} m=16 + exact rerank of 4k", MinerConfig(
-            index="ivf_pq", nlist=nlist, pq_m=16, refine_factor=4, num_negatives=k, extra=0,
-            rerank=True), "nprobe", [48]),
+        (f"ivf_flat nlist={nlist}, flat quantizer",
+         MinerConfig(index="ivf_flat", nlist=nlist, quantizer="flat", **common),
+         "nprobe", [16, 32]),
+        (f"ivf_flat nlist={nlist}, HNSW32 quantizer",
+         MinerConfig(index="ivf_flat", nlist=nlist, quantizer="hnsw", ef_search=32, **common),
+         "nprobe", [16, 32]),
+        # Timed through miner.negatives: search of 2k candidates + exact rerank against the bank.
+        (f"ivf_sq8 nlist={nlist}, flat quantizer, exact rerank of 2k",
+         MinerConfig(index="ivf_sq8", nlist=nlist, quantizer="flat", refine_factor=2,
+                     **{**common, "rerank": True}),
+         "nprobe", [24, 32]),
+        ("hnsw M=16 efConstruction=40",
+         MinerConfig(index="hnsw", hnsw_m=16, ef_construction=40, **common),
+         "efSearch", [64, 128, 256]),
     ]
 
 
@@ -83,7 +117,11 @@ def set_knob(miner: FaissMiner, knob: str, value: int) -> None:
     assert miner.index is not None
     index = miner.index.cpu
     if knob == "nprobe":
-        faiss.extract_index_ivf(index).nprobe = value
+        ivf = faiss.extract_index_ivf(index)
+        ivf.nprobe = value
+        if miner.cfg.quantizer == "hnsw":
+            quantizer = faiss.downcast_index(ivf.quantizer)
+            quantizer.hnsw.efSearch = max(miner.cfg.ef_search, value)
     elif knob == "efSearch":
         faiss.downcast_index(index.index).hnsw.efSearch = value
 
@@ -99,121 +137,224 @@ def recall(found: torch.Tensor, truth: torch.Tensor) -> float:
     return float((found[:, :, None] == truth[:, None, :]).any(dim=2).float().mean())
 
 
-def bench_indexes(setup: Setup, size: int, rows: list[str]) -> dict[str, Any]:
+# ----------------------------------------------------------------------------- banks
+
+
+def experiment_config(dim: int) -> Config:
+    """``configs/moco_mined.yaml`` with the embedding at the benchmark's D."""
+    return load_config(CONFIG, [f"model.embedding_dim={dim}"])
+
+
+def synthetic_source(cfg: Config, size: int) -> SyntheticSource:
+    data = cfg.data
+    return SyntheticSource(
+        seed=0, size=size, first_id=0, num_classes=data.num_classes, dim=data.dim,
+        signal_dim=data.signal_dim, within_class_scale=data.within_class_scale,
+        nuisance_scale=data.nuisance_scale, noise_scale=data.noise_scale,
+    )
+
+
+def encoder_bank(setup: Setup, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keys of a briefly trained encoder over ``size`` synthetic rows, query views, their ids.
+
+    Shape: -> keys [size, D], queries [Q, D], query_ids [Q].
+    """
+    cfg = experiment_config(setup.dim)
+    source = synthetic_source(cfg, size)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, source.input_shape)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    for step in range(setup.encoder_steps):
+        ids = torch.randint(0, size, (256,), generator=generator)
+        query = model(source.views(ids, 2 * step))
+        key = model(source.views(ids, 2 * step + 1))
+        loss = info_nce(query, key, temperature=cfg.loss.temperature)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval()
+    with torch.no_grad():
+        keys = torch.cat([
+            model(source.clean(torch.arange(lo, min(size, lo + 65_536))))
+            for lo in range(0, size, 65_536)
+        ])
+        query_ids = torch.randperm(size, generator=generator)[: setup.queries]
+        queries = model(source.views(query_ids, 10**6))
+    return keys.contiguous(), queries.contiguous(), query_ids
+
+
+def clustered_bank(setup: Setup, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``clustered_keys``; a query is a bank key plus a little noise. Same shapes as above."""
     keys, _ = clustered_keys(size, setup.dim, clusters=max(20, size // 1000), seed=0)
+    generator = torch.Generator().manual_seed(1)
+    query_ids = torch.randperm(size, generator=generator)[: setup.queries]
+    noise = torch.randn(setup.queries, setup.dim, generator=generator) / setup.dim**0.5
+    return keys, F.normalize(keys[query_ids] + 0.3 * noise, dim=1), query_ids
+
+
+def bench_indexes(
+    setup: Setup, name: str, keys: torch.Tensor, queries: torch.Tensor, only_ivf: bool
+) -> dict[str, Any]:
+    """One row per (index, knob value) for one bank; returns the exact rate and the rows."""
+    size = keys.shape[0]
     bank = MemoryBank(size, setup.dim, seed=0)
     bank.update(keys, torch.arange(size), None, step=0)
-    generator = torch.Generator().manual_seed(1)
-    picked = torch.randperm(size, generator=generator)[: setup.queries]
-    # A query is another view of a bank instance: its key plus a little noise.
-    queries = F.normalize(keys[picked] + 0.3 * torch.randn(
-        setup.queries, setup.dim, generator=generator) / setup.dim**0.5, dim=1)
-    truth, exact_qps = exact_topk(queries, keys, setup.k)
-    rows.append(f"| {size:,} | torch.topk (exact) | — | {exact_qps:,.0f} | 1.000 | 1.0× |")
-    print(rows[-1], flush=True)
-    results: dict[str, Any] = {"exact_qps": exact_qps}
-    for name, cfg, knob, values in index_configs(size, setup.k):
+    truth, exact_before = exact_topk(queries, keys, setup.k)
+    top_sim = float(torch.einsum("qd,qkd->qk", queries[:256], keys[truth[:256]]).mean())
+    print(f"\n{name} bank, {size:,} keys: mean top-{setup.k} similarity {top_sim:.3f}",
+          flush=True)
+    print(f"| {size:,} | {name} | torch.topk (exact), before | — | {exact_before:,.0f} | 1.000 "
+          "| 1.0× |", flush=True)
+    rows = []
+    results: dict[str, Any] = {}
+    for label, cfg, knob, values in index_configs(size, setup.k):
+        if only_ivf and cfg.index != "ivf_flat":
+            continue
         miner = FaissMiner(cfg, bank)
         start = time.perf_counter()
         miner.rebuild(0)
         build = time.perf_counter() - start
         for value in values:
             set_knob(miner, knob, value)
-            label = f"{name} {knob}={value}" if knob else name
+            row = f"{label}, {knob}={value}" if knob else label
             start = time.perf_counter()
             if cfg.rerank:
                 found = miner.negatives(queries, torch.full((setup.queries,), -1), None)
+                assert found.query_negative_ids is not None
                 found_ids = found.query_negative_ids
-                assert found_ids is not None
             else:
                 found_ids = miner.search(queries)[1][:, : setup.k]
             qps = setup.queries / (time.perf_counter() - start)
             rec = recall(found_ids, truth)
-            rows.append(f"| {size:,} | {label} | {build:.1f} | {qps:,.0f} | {rec:.3f} | "
-                        f"{qps / exact_qps:.1f}× |")
-            print(rows[-1], flush=True)
-            results[label] = {"qps": qps, "recall": rec, "build": build}
-    results["bank"] = bank
+            rows.append((row, build, qps, rec))
+            print(f"| {size:,} | {name} | {row} | {build:.1f} | {qps:,.0f} | {rec:.3f} | "
+                  f"{qps / exact_before:.1f}× |", flush=True)
+            results[row] = {"qps": qps, "recall": rec, "build": build}
+        del miner
+    # Exact top-k again after the indexes: the speed-ups divide by the faster of the two
+    # exact runs, so a load change on a shared machine cannot inflate them.
+    exact_after = exact_topk(queries, keys, setup.k)[1]
+    exact_qps = max(exact_before, exact_after)
+    results["exact_qps"] = exact_qps
+    print(f"| {size:,} | {name} | torch.topk (exact), after | — | {exact_after:,.0f} | 1.000 "
+          "| 1.0× |", flush=True)
+    print(f"\n{name} bank, {size:,} keys, speed-ups against the faster exact run "
+          f"({exact_qps:,.0f} q/s):\n| index | build s | queries/s | recall@k | vs exact |"
+          "\n|---|---|---|---|---|")
+    for row, build, qps, rec in rows:
+        print(f"| {row} | {build:.1f} | {qps:,.0f} | {rec:.3f} | {qps / exact_qps:.1f}× |")
+    print(flush=True)
     return results
 
 
-class Encoder(nn.Sequential):
-    def __init__(self, dim: int) -> None:
-        super().__init__(
-            nn.Linear(512, 1024), nn.BatchNorm1d(1024), nn.ReLU(), nn.Linear(1024, dim)
-        )
+# ----------------------------------------------------------------------------- step costs
 
 
-def train_step_seconds(setup: Setup) -> float:
-    """Median seconds of one MoCo step: query fwd, key fwd, info_nce over the queue, bwd, step,
-    momentum update, queue update."""
+def train_step_seconds(setup: Setup, cfg: Config, query_negatives: int) -> float:
+    """Median seconds of one worker's MoCo + mined training step (after 2 warm-up steps).
+
+    Timed: query encoder forward on the batch's first view, momentum key encoder forward on
+    the second (no grad), ``info_nce`` over the in-batch keys + the queue
+    (``tile_size`` from the config) + ``query_negatives`` mined negatives per query,
+    backward, AdamW step, momentum update, queue update. Not timed: making the views (the
+    data loader's job), the cross-worker gathers, and the miner (measured separately).
+    """
     torch.manual_seed(0)
-    encoder = Encoder(setup.dim)
-    key_encoder = MomentumEncoder(encoder, 0.999)
-    optimiser = torch.optim.SGD(encoder.parameters(), lr=0.03, momentum=0.9)
-    queue = KeyQueue(setup.queue, setup.dim)
-    queue.update(F.normalize(torch.randn(setup.queue, setup.dim), dim=1),
-                 torch.arange(setup.queue) + 10**7, None, 0)
+    source = synthetic_source(cfg, 100_000)
+    encoder = build_model(cfg.model, source.input_shape)
+    key_encoder = MomentumEncoder(encoder, cfg.negatives.momentum)
+    optimiser = torch.optim.AdamW(encoder.parameters(), lr=cfg.optimizer.lr)
+    dim, batch = cfg.model.embedding_dim, cfg.trainer.batch_size
+    queue = KeyQueue(cfg.negatives.queue.size, dim)
+    queue.update(F.normalize(torch.randn(queue.size, dim), dim=1),
+                 torch.arange(queue.size) + 10**7, None, 0)
     times = []
     for step in range(setup.train_steps + 2):
-        x = torch.randn(setup.batch, 512)
-        ids = torch.arange(setup.batch) + step * setup.batch
+        ids = torch.arange(batch) + step * batch
+        view_q, view_k = source.views(ids, 2 * step), source.views(ids, 2 * step + 1)
+        mined = F.normalize(torch.randn(batch, query_negatives, dim), dim=2)
         start = time.perf_counter()
-        query = F.normalize(encoder(x + 0.1 * torch.randn_like(x)), dim=1)
-        key = F.normalize(key_encoder(x), dim=1)
+        query = encoder(view_q)
+        with torch.no_grad():
+            key = key_encoder(view_k)
         negatives = queue.negatives(query, ids, None)
-        loss = info_nce(query, key, negatives.pool, temperature=0.2,
-                        negative_mask=negatives.pool_mask)
+        loss = info_nce(query, key, negatives.pool, temperature=cfg.loss.temperature,
+                        negative_mask=negatives.pool_mask, tile_size=cfg.loss.tile_size,
+                        query_negatives=mined)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
         key_encoder.update(encoder)
         queue.update(key, ids, None, step)
-        if step >= 2:  # warm-up steps excluded
+        if step >= 2:
             times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
 
 
-def mining_step_seconds(setup: Setup, bank: MemoryBank, cfg: MinerConfig, steps: int) -> dict:
-    """Per-step miner cost at batch size ``setup.batch``: search+select, incremental refresh,
-    rebuild (amortised over cfg.rebuild_every)."""
+def mining_step_seconds(
+    setup: Setup, bank: MemoryBank, queries: torch.Tensor, query_ids: torch.Tensor,
+    cfg: MinerConfig, batch: int,
+) -> dict[str, float]:
+    """One worker's miner cost per training step, in seconds.
+
+    Each step: ``negatives`` for ``batch`` queries (search + rerank + filter + gather), then
+    the bank and the miner absorb the *global* batch (``setup.workers`` × ``batch`` keys:
+    the query embeddings of the step, i.e. drifted versions of those entries), which runs the
+    incremental refresh every ``cfg.refresh_every`` steps. The rebuild is timed once, warm
+    (from the first build's centroids, as in training), and amortised over
+    ``cfg.rebuild_every`` steps.
+    """
     miner = FaissMiner(cfg, bank)
     start = time.perf_counter()
     miner.rebuild(0)
-    rebuild = time.perf_counter() - start
+    cold = time.perf_counter() - start
     generator = torch.Generator().manual_seed(5)
-    search, refresh = [], []
-    for step in range(1, steps + 1):
-        ids = torch.randint(0, bank.size, (setup.batch,), generator=generator)
-        query = F.normalize(bank.vectors[ids] + 0.05 * torch.randn(
-            setup.batch, bank.dim, generator=generator), dim=1)
+    search, update = [], []
+    global_batch = setup.workers * batch
+    for step in range(1, setup.mining_steps + 1):
+        rows = torch.randint(0, queries.shape[0], (global_batch,), generator=generator)
+        ids, keys = query_ids[rows], queries[rows]
         start = time.perf_counter()
-        miner.negatives(query, ids, None)
+        miner.negatives(keys[:batch], ids[:batch], None)
         search.append(time.perf_counter() - start)
-        # The step's keys: drifted versions of the batch's entries.
-        new = F.normalize(bank.vectors[ids] + 0.05 * torch.randn(
-            setup.batch, bank.dim, generator=generator), dim=1)
-        bank.update(new, ids, None, step)
+        bank.update(keys, ids, None, step)
         start = time.perf_counter()
-        miner.dirty[ids] = True
-        miner.refresh(step)
-        refresh.append(time.perf_counter() - start)
-    median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+        miner.update(keys, ids, None, step)
+        update.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    miner.rebuild(setup.mining_steps)
+    warm = time.perf_counter() - start
     return {
-        "search": median(search),
-        "refresh": median(refresh),
-        "rebuild": rebuild,
-        "amortised_rebuild": rebuild / cfg.rebuild_every,
+        "search": sorted(search)[len(search) // 2],
+        "refresh": sum(update) / len(update),
+        "refreshes": float(setup.mining_steps // cfg.refresh_every),
+        "candidates": float(miner.candidates),
+        "cold_rebuild": cold,
+        "rebuild": warm,
+        "amortised_rebuild": warm / cfg.rebuild_every,
     }
 
 
 # ----------------------------------------------------------------------------- memory
 
 
+def _high_water_mib() -> float:
+    """This process's peak resident memory (MiB) since its exec.
+
+    ``VmHWM``, not ``ru_maxrss``: Linux carries ``ru_maxrss`` over fork + exec, so a worker
+    spawned by a large parent would report the parent's peak.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def _peak_memory_worker(layout: str, size: int, batch: int, dim: int) -> float:
     """Peak RSS growth (MiB) of one worker holding the queue and running the loss."""
     torch.set_num_threads(1)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _high_water_mib()
     rank, world = dist.rank(), dist.world_size()
     queue = KeyQueue(size, dim, sharded=layout == "sharded", rank=rank, world_size=world)
     generator = torch.Generator().manual_seed(0)
@@ -231,8 +372,7 @@ def _peak_memory_worker(layout: str, size: int, batch: int, dim: int) -> float:
         loss = info_nce(query, key, negatives.pool, temperature=0.2,
                         negative_mask=negatives.pool_mask, tile_size=8192)
     loss.backward()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return (peak - base) / 1024.0
+    return _high_water_mib() - base
 
 
 def bench_memory(setup: Setup) -> list[str]:
@@ -241,7 +381,7 @@ def bench_memory(setup: Setup) -> list[str]:
     rows = []
     for layout in ("replicated", "sharded"):
         peaks = run_distributed(
-            _peak_memory_worker, layout, setup.memory_queue, setup.batch, setup.dim
+            _peak_memory_worker, layout, setup.memory_queue, setup.memory_batch, setup.dim
         )
         rows.append(f"| {layout} | {setup.memory_queue:,} | {max(peaks):.0f} |")
         print(rows[-1], flush=True)
@@ -251,46 +391,117 @@ def bench_memory(setup: Setup) -> list[str]:
 # ----------------------------------------------------------------------------- main
 
 
+def best_point(results: dict[str, Any], target: float) -> tuple[str, dict[str, Any]] | None:
+    """The fastest approximate row at recall ≥ ``target``."""
+    rows = [(name, row) for name, row in results.items()
+            if isinstance(row, dict) and not name.startswith("exact") and row["recall"] >= target]
+    return max(rows, key=lambda item: item[1]["qps"]) if rows else None
+
+
+def print_step_costs(
+    setup: Setup, cfg: MinerConfig, cost: dict[str, float], step: float, batch: int
+) -> None:
+    total = cost["search"] + cost["refresh"] + cost["amortised_rebuild"]
+    print(f"\nminer per step, one worker, {setup.sizes[-1]:,} keys: {cfg.index} "
+          f"nlist={cfg.nlist}, {cfg.quantizer} quantizer, nprobe={cfg.nprobe}, "
+          f"{cost['candidates']:.0f} candidates reranked for M={cfg.num_negatives}; "
+          f"global batch {setup.workers}×{batch}; refresh every {cfg.refresh_every}, "
+          f"rebuild every {cfg.rebuild_every} (cold build {cost['cold_rebuild']:.1f} s):")
+    print("| part | ms/step | share of training step |\n|---|---|---|")
+    for name, seconds in (
+        ("search + rerank/filter/gather (median)", cost["search"]),
+        (f"incremental refresh (mean over {setup.mining_steps} steps, "
+         f"{cost['refreshes']:.0f} refreshes)", cost["refresh"]),
+        (f"warm rebuild {cost['rebuild']:.1f} s / {cfg.rebuild_every}",
+         cost["amortised_rebuild"]),
+        ("total", total),
+    ):
+        print(f"| {name} | {1000 * seconds:.1f} | {100 * seconds / step:.1f}% |")
+    print(f"\nmining + refresh = {100 * total / (step + total):.1f}% of training time "
+          "(miner / (step + miner))", flush=True)
+
+
+def print_load(when: str) -> None:
+    """The machine's load averages: other processes on a shared machine skew the timings."""
+    one, five, fifteen = os.getloadavg()
+    print(f"\nload average {when}: {one:.2f} {five:.2f} {fifteen:.2f} ({os.cpu_count()} CPUs)",
+          flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small smoke run")
     parser.add_argument("--threads", type=int, default=2, help="FAISS/torch threads")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--step-costs-only", action="store_true",
+                        help="skip the index tables: only the largest encoder bank, the training "
+                             "step and the miner's step costs (a re-run of target 2)")
     args = parser.parse_args(argv)
     setup = QUICK if args.quick else FULL
     faiss.omp_set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
     print(f"# mining benchmark ({'quick' if args.quick else 'full'}), {args.threads} threads")
-    print("\n| bank | index | build s | queries/s | recall@k | vs exact |")
-    print("|---|---|---|---|---|---|")
-    rows: list[str] = []
-    banks = {}
-    for size in setup.sizes:
-        banks[size] = bench_indexes(setup, size, rows)["bank"]
-    step = train_step_seconds(setup)
-    print(f"\ntraining step (MLP 512→1024→{setup.dim}, batch {setup.batch}, info_nce over a "
-          f"{setup.queue:,} queue, momentum + queue update): {1000 * step:.1f} ms")
-    size = setup.sizes[-1]
-    nlist = 1 << max(4, round(2 * size**0.5).bit_length() - 1)
-    cfg = MinerConfig(index="ivf_flat", nlist=nlist, nprobe=48, num_negatives=setup.k,
-                      extra=16, rebuild_every=1000)
-    cost = mining_step_seconds(setup, banks[size], cfg, steps=5 if args.quick else 20)
-    total = cost["search"] + cost["refresh"] + cost["amortised_rebuild"]
-    print(f"\nminer per step at {size:,} keys ({cfg.index}, nlist={nlist}, nprobe=48, batch "
-          f"{setup.batch}, M={setup.k}+16, rebuild every {cfg.rebuild_every}):")
-    print("| part | ms/step | share of training step |\n|---|---|---|")
-    for name, seconds in (("search + filter/rerank", cost["search"]),
-                          ("incremental refresh", cost["refresh"]),
-                          (f"rebuild {cost['rebuild']:.1f} s / {cfg.rebuild_every}",
-                           cost["amortised_rebuild"]),
-                          ("total", total)):
-        print(f"| {name} | {1000 * seconds:.1f} | {100 * seconds / step:.1f}% |")
-    print(f"\nmining + refresh = {100 * total / (step + total):.1f}% of training time "
-          "(miner / (step + miner))")
+    print_load("start")
     if not args.skip_memory:
+        # First, while this process is small: forked workers inherit its peak RSS, and the
+        # growth above that peak is what is reported.
         print("\npeak RSS growth per worker, 2 gloo workers, queue + info_nce fwd/bwd:")
         print("| layout | queue K | MiB per worker (max over ranks) |\n|---|---|---|")
         bench_memory(setup)
+    print("\n| keys | bank | index | build s | queries/s | recall@k | vs exact |")
+    print("|---|---|---|---|---|---|---|")
+    largest = setup.sizes[-1]
+    kept: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    target_results: dict[str, Any] = {}
+    for size in setup.sizes:
+        for name, make in (("encoder", encoder_bank), ("clustered", clustered_bank)):
+            if args.step_costs_only:
+                if name == "encoder" and size == largest:
+                    kept = make(setup, size)
+                continue
+            keys, queries, query_ids = make(setup, size)
+            results = bench_indexes(setup, name, keys, queries, only_ivf=name == "clustered")
+            if name == "encoder" and size == largest:
+                kept = (keys, queries, query_ids)
+                target_results = results
+            del keys, queries
+    best = best_point(target_results, 0.95)
+    exact_qps = target_results.get("exact_qps", 0.0)
+    if args.step_costs_only:
+        pass
+    elif best is None:
+        print(f"\ntarget 1 at {largest:,} (encoder bank): no index reached recall@k ≥ 0.95")
+    else:
+        name, row = best
+        print(f"\ntarget 1 at {largest:,} (encoder bank): {name}: recall {row['recall']:.3f}, "
+              f"{row['qps']:,.0f} q/s = {row['qps'] / exact_qps:.1f}× exact torch.topk "
+              f"({exact_qps:,.0f} q/s)")
+
+    cfg = experiment_config(setup.dim)
+    if args.quick:
+        cfg = load_config(CONFIG, [f"model.embedding_dim={setup.dim}", "trainer.batch_size=32",
+                                   "negatives.queue.size=2048"])
+    batch, miner_cfg = cfg.trainer.batch_size, cfg.negatives.miner
+    step = train_step_seconds(setup, cfg, miner_cfg.num_negatives)
+    print(f"\ntraining step (one worker; {cfg.model.name} encoder with BatchNorm, batch {batch}, "
+          f"info_nce over in-batch + {cfg.negatives.queue.size:,}-key queue (tile "
+          f"{cfg.loss.tile_size}) + {miner_cfg.num_negatives} mined/query, fwd + bwd + AdamW + "
+          f"momentum + queue update; median of {setup.train_steps}): {1000 * step:.1f} ms")
+    assert kept is not None
+    keys, queries, query_ids = kept
+    nlist = nlist_for(largest)
+    # (index, quantizer, nprobe): the recall ≥ 0.95 point of the table, and a cheaper one.
+    for index, quantizer, nprobe in (("ivf_flat", "flat", 32), ("ivf_flat", "hnsw", 16)):
+        mining_cfg = miner_cfg.model_copy(update={
+            "index": index, "nlist": nlist, "nprobe": min(nprobe, nlist),
+            "quantizer": quantizer, "ef_search": 32, "train_per_list": 16,
+            "num_threads": args.threads,
+        })
+        bank = MemoryBank(largest, setup.dim, seed=0)
+        bank.update(keys, torch.arange(largest), None, step=0)
+        cost = mining_step_seconds(setup, bank, queries, query_ids, mining_cfg, batch)
+        print_step_costs(setup, mining_cfg, cost, step, batch)
+    print_load("after the step costs")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""FAISS index construction for the miner: exact, IVF-Flat, HNSW, IVF-PQ; CPU or GPU."""
+"""FAISS index construction for the miner: exact, IVF-Flat, IVF-SQ8, HNSW, IVF-PQ; CPU or GPU."""
 
 from __future__ import annotations
 
@@ -48,8 +48,10 @@ def train_centroids(
     clustering = faiss.Clustering(dim, nlist)
     clustering.spherical = True
     clustering.seed = seed
-    # The caller already subsampled; faiss would otherwise subsample again (256 per list).
+    # The caller already subsampled (a few points per list keep a rebuild cheap): faiss must
+    # neither subsample again (256 per list) nor warn below 39 per list.
     clustering.max_points_per_centroid = max(1, train.shape[0] // nlist + 1)
+    clustering.min_points_per_centroid = 1
     clustering.niter = 10
     if init is not None and init.shape == (nlist, dim):
         clustering.niter = cfg.retrain_iterations
@@ -112,6 +114,11 @@ def build_index(
     index: Any
     if cfg.index == "ivf_flat":
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, metric)
+    elif cfg.index == "ivf_sq8":
+        index = faiss.IndexIVFScalarQuantizer(
+            quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, metric
+        )
+        index.train(train)  # the per-dimension ranges of the 8-bit codes
     else:
         nbits = 8 if train.shape[0] >= 256 * 4 else 4
         index = faiss.IndexIVFPQ(quantizer, dim, nlist, cfg.pq_m, nbits, metric)

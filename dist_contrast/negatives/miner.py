@@ -86,8 +86,9 @@ class FaissMiner:
 
     @property
     def candidates(self) -> int:
-        """Candidates searched per query (more for IVF-PQ, whose scores are coarse)."""
-        factor = self.cfg.refine_factor if self.cfg.index == "ivf_pq" and self.cfg.rerank else 1
+        """Candidates searched per query (more for IVF-PQ/SQ8, whose scores are coarse)."""
+        coarse = self.cfg.index in ("ivf_pq", "ivf_sq8")
+        factor = self.cfg.refine_factor if coarse and self.cfg.rerank else 1
         return self.cfg.search_k * factor
 
     def _vectors(self, positions: Tensor | None = None) -> np.ndarray:

@@ -10,6 +10,13 @@ def test_defaults_are_in_batch_only():
     assert cfg.queue.size == 65536 and cfg.momentum == 0.999
 
 
+def test_miner_defaults_do_not_use_labels():
+    # Training is self-supervised: filtering mined negatives by label must be opted into.
+    miner = NegativesConfig().miner
+    assert miner.filter_same_label is False
+    assert miner.quantizer == "flat" and miner.retrain_iterations >= 1
+
+
 def test_full_combination_validates():
     cfg = NegativesConfig.model_validate(
         {

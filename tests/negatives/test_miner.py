@@ -4,6 +4,7 @@ import torch
 from dist_contrast import dist
 from dist_contrast.negatives import FaissMiner, MemoryBank, MinerConfig
 from dist_contrast.negatives.collective import mine_sharded
+from dist_contrast.negatives.index import build_index, ivf_centroids, train_centroids
 from dist_contrast.negatives.synthetic import clustered_keys
 from tests.gloo import run_distributed
 from tests.negatives._portable import portable, tensors
@@ -47,6 +48,23 @@ def test_without_label_filter_takes_the_nearest_non_anchor():
     assert negatives.query_negative_ids is not None
     assert torch.equal(negatives.query_negative_ids, scores.topk(5, dim=1).indices)
     assert negatives.metrics["miner/same_label_fraction"] > 0.0
+
+
+def test_label_filter_is_off_by_default_and_the_metric_still_reports():
+    # Self-supervised training: labels are for evaluation, so by default they must not
+    # change which negatives are mined; the metric still counts same-label negatives.
+    bank = _bank()
+    query_ids = torch.arange(0, 600, 37)
+    query = bank.vectors[query_ids]
+    labels = bank.labels[query_ids]
+    default = FaissMiner(MinerConfig(index="exact", num_negatives=20, extra=8), bank)
+    unfiltered = FaissMiner(
+        MinerConfig(index="exact", num_negatives=20, extra=8, filter_same_label=False), bank
+    )
+    got = default.negatives(query, query_ids, labels)
+    want = unfiltered.negatives(query, query_ids, None)
+    assert torch.equal(got.query_negative_ids, want.query_negative_ids)
+    assert got.metrics["miner/same_label_fraction"] > 0.0
 
 
 def test_rank_window_samples_inside_the_window():
@@ -93,6 +111,8 @@ def _recall(kind: str, **options) -> float:
     ("kind", "options", "floor"),
     [
         ("ivf_flat", {"nlist": 64, "nprobe": 16}, 0.9),
+        ("ivf_flat", {"nlist": 64, "nprobe": 16, "quantizer": "hnsw", "ef_search": 32}, 0.9),
+        ("ivf_sq8", {"nlist": 64, "nprobe": 16}, 0.85),
         ("hnsw", {"hnsw_m": 16, "ef_search": 128}, 0.9),
         ("ivf_pq", {"nlist": 32, "nprobe": 16, "pq_m": 8}, 0.5),
     ],
@@ -120,6 +140,70 @@ def test_ivf_pq_with_rerank_recovers_recall():
     recall = float((got[:, :, None] == want[:, None, :]).any(dim=2).float().mean())
     print(f"ivf_pq + rerank recall@16 = {recall:.3f}")
     assert recall >= 0.75
+
+
+def test_hnsw_quantizer_ivf_refreshes_in_place():
+    bank = _bank(count=2000, dim=16)
+    cfg = MinerConfig(
+        index="ivf_flat", nlist=32, nprobe=32, quantizer="hnsw", ef_search=64,
+        num_negatives=8, extra=0, rerank=False, refresh_every=1, rebuild_every=100,
+    )
+    miner = FaissMiner(cfg, bank)
+    miner.rebuild(0)
+    ids = torch.arange(50)
+    moved = bank.vectors[ids + 1000].clone()  # entries 0..49 now sit where 1000..1049 are
+    bank.update(moved, ids, None, step=1)
+    miner.update(moved, ids, None, step=1)
+    assert miner.rebuilds == 1 and miner.index is not None and miner.index.ntotal == 2000
+    # Probing every list is exact: each moved entry is found at its new place.
+    scores, found, _ = miner.search(moved)
+    assert (found == ids[:, None]).any(dim=1).all()
+    torch.testing.assert_close(scores[:, 0], torch.ones(50), atol=1e-4, rtol=0)
+
+
+def test_rebuild_warm_starts_from_the_previous_centroids():
+    bank = _bank(count=2000, dim=16)
+    cfg = MinerConfig(index="ivf_flat", nlist=16, nprobe=4, retrain_iterations=1)
+    miner = FaissMiner(cfg, bank)
+    miner.rebuild(0)
+    assert miner.index is not None
+    first = ivf_centroids(miner.index.cpu)
+    assert first is not None and first.shape == (16, 16)
+    miner.rebuild(1)
+    second = ivf_centroids(miner.index.cpu)
+    assert second is not None
+    # One iteration from the old centroids on the same keys moves each centroid a little;
+    # a cold start (random points) would permute them and land elsewhere.
+    cosine = (torch.from_numpy(first) * torch.from_numpy(second)).sum(dim=1)
+    assert float(cosine.min()) > 0.95
+    assert ivf_centroids(build_index(MinerConfig(index="exact"), 16, first)) is None
+
+
+def test_train_centroids_are_unit_norm_and_warm_start_keeps_converged_ones():
+    keys, _ = clustered_keys(3000, 16, clusters=8, seed=3)
+    cfg = MinerConfig(retrain_iterations=2)
+    cold = train_centroids(cfg, keys.numpy(), 8, seed=0)
+    norms = torch.from_numpy(cold).norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones(8), atol=1e-5, rtol=0)
+    warm = train_centroids(cfg, keys.numpy(), 8, init=cold, seed=0)
+    torch.testing.assert_close(torch.from_numpy(warm), torch.from_numpy(cold), atol=0.05, rtol=0)
+
+
+def test_ivf_sq8_searches_more_candidates_and_reranks_exactly():
+    bank = _bank(count=2000, dim=16)
+    cfg = MinerConfig(index="ivf_sq8", nlist=16, nprobe=16, num_negatives=8, extra=0,
+                      refine_factor=3)
+    miner = FaissMiner(cfg, bank)
+    assert miner.candidates == 24
+    query_ids = torch.arange(20)
+    negatives = miner.negatives(bank.vectors[query_ids], query_ids, None)
+    assert negatives.query_negative_ids is not None
+    # All lists probed and 3× the candidates re-scored exactly: the exact top-8.
+    scores = bank.vectors[query_ids] @ bank.vectors.T
+    scores[torch.arange(20), query_ids] = float("-inf")
+    want = scores.topk(8, dim=1).indices
+    hits = (negatives.query_negative_ids[:, :, None] == want[:, None, :]).any(dim=2)
+    assert float(hits.float().mean()) >= 0.97
 
 
 def test_refresh_policy_ages_and_rebuilds():
