@@ -38,7 +38,7 @@ def _rank_embedding_grads(rows: int, dim: int) -> tuple[float, torch.Tensor, tor
     loss = info_nce(q, keys, temperature=TAU, positive_index=r * rows + torch.arange(rows))
     loss.backward()
     assert q.grad is not None and k.grad is not None
-    return float(loss), q.grad.clone(), k.grad.clone()
+    return float(loss.detach()), q.grad.clone(), k.grad.clone()
 
 
 def test_loss_and_embedding_gradients_match_single_process() -> None:
