@@ -31,10 +31,7 @@ class TrainingSummary:
 def resolve(cfg: Config) -> Config:
     """Fill what depends on where we run: run name, absolute output dir, tracking URI."""
     run_name = cfg.experiment.run_name or f"{cfg.experiment.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    # Local folders become absolute (workers run elsewhere); URIs (s3://, gs://) stay as they are.
-    output_dir = cfg.experiment.output_dir
-    if "://" not in output_dir:
-        output_dir = str(Path(output_dir).resolve())
+    output_dir = _local_or_uri(cfg.experiment.output_dir)
     tracking_uri = cfg.tracking.tracking_uri or default_tracking_uri()
     return cfg.model_copy(
         update={
@@ -54,7 +51,8 @@ def preflight(cfg: Config) -> None:
         build_data(cfg.data, seed=cfg.experiment.seed)
     except DataError as exc:
         raise UserError(str(exc)) from None
-    if cfg.trainer.resume_from is not None and not Path(cfg.trainer.resume_from).is_dir():
+    resume = cfg.trainer.resume_from
+    if resume is not None and "://" not in resume and not Path(resume).is_dir():
         raise UserError(
             f"trainer.resume_from '{cfg.trainer.resume_from}' is not a checkpoint folder; "
             "pass a checkpoint_* folder from a previous run's results"
@@ -159,43 +157,10 @@ def run_training(cfg: Config) -> TrainingSummary:
         uri, cfg.tracking.experiment, Path.cwd() / "mlartifacts" if local_store else None
     )
     ray = _start_ray(cfg)
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.util.queue import Queue
 
-    from dist_contrast.train.worker import train_loop_per_worker
-
-    use_gpu = _use_gpu(cfg, ray)
     queue = Queue()
-    loop_config = {
-        "config": cfg.model_dump(mode="json"),
-        "params": flatten(cfg),
-        "config_yaml": to_yaml(cfg),
-        "progress_queue": queue,
-        # Ray Train V2 has no resume_from_checkpoint: the workers load this path themselves
-        # when Ray offers no newer checkpoint of this run (get_checkpoint() wins).
-        "resume_from": str(Path(cfg.trainer.resume_from).resolve())
-        if cfg.trainer.resume_from
-        else None,
-    }
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config,
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(
-            num_workers=cfg.trainer.num_workers,
-            use_gpu=use_gpu,
-            resources_per_worker={"CPU": cfg.trainer.cpus_per_worker},
-        ),
-        run_config=RunConfig(
-            name=cfg.experiment.run_name,
-            storage_path=cfg.experiment.output_dir,
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
-            failure_config=FailureConfig(max_failures=cfg.trainer.max_failures),
-            # Ray Train V2's RunConfig; mypy sees the V1 class of the same name.
-            worker_runtime_env={"env_vars": _worker_env(use_gpu, cfg)},  # type: ignore[call-arg]
-        ),
-    )
+    trainer = _trainer(cfg, _use_gpu(cfg, ray), queue)
     display = ProgressDisplay(queue, total=cfg.trainer.max_steps)
     display.start()
     try:
@@ -212,6 +177,48 @@ def run_training(cfg: Config) -> TrainingSummary:
         tracking_uri=str(cfg.tracking.tracking_uri),
         checkpoint_path=result.checkpoint.path if result.checkpoint else None,
         metrics=metrics,
+    )
+
+
+def _local_or_uri(path: str) -> str:
+    """Local paths become absolute (workers run elsewhere); URIs (s3://, gs://) stay as given."""
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def _trainer(cfg: Config, use_gpu: bool, queue: Any) -> Any:
+    """The TorchTrainer for ``cfg``; every worker runs ``train_loop_per_worker``."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from dist_contrast.train.worker import train_loop_per_worker
+
+    resume = cfg.trainer.resume_from
+    loop_config = {
+        "config": cfg.model_dump(mode="json"),
+        "params": flatten(cfg),
+        "config_yaml": to_yaml(cfg),
+        "progress_queue": queue,
+        # Ray Train V2 has no resume_from_checkpoint: the workers load this path themselves
+        # when Ray offers no newer checkpoint of this run (get_checkpoint() wins).
+        "resume_from": _local_or_uri(resume) if resume else None,
+    }
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.trainer.num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": cfg.trainer.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=cfg.experiment.run_name,
+            storage_path=cfg.experiment.output_dir,
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
+            failure_config=FailureConfig(max_failures=cfg.trainer.max_failures),
+            # Ray Train V2's RunConfig; mypy sees the V1 class of the same name.
+            worker_runtime_env={"env_vars": _worker_env(use_gpu, cfg)},  # type: ignore[call-arg]
+        ),
     )
 
 
