@@ -416,17 +416,17 @@ class Worker:
             train.report(report, checkpoint=checkpoint)
 
 
-def restore(worker: Worker, checkpoint: Any) -> None:
-    with checkpoint.as_directory() as directory:
-        load_path, _ = worker.engine.load_checkpoint(directory, tag=DEEPSPEED_TAG)
-        if load_path is None:
-            from dist_contrast.errors import UserError
+def restore(worker: Worker, directory: str, state: dict[str, Any]) -> None:
+    """DeepSpeed's state from ``directory``, then the trainer state already read from it."""
+    load_path, _ = worker.engine.load_checkpoint(directory, tag=DEEPSPEED_TAG)
+    if load_path is None:
+        from dist_contrast.errors import UserError
 
-            raise UserError(
-                f"checkpoint '{directory}' has no DeepSpeed state; "
-                "resume from a checkpoint this tool wrote or start a fresh run"
-            )
-        worker.load_trainer_state(load_trainer_state(directory, dist.rank()))
+        raise UserError(
+            f"checkpoint '{directory}' has no DeepSpeed state; "
+            "resume from a checkpoint this tool wrote or start a fresh run"
+        )
+    worker.load_trainer_state(state)
 
 
 def build_worker(cfg: Config, progress_queue: Any = None, run_id: str | None = None) -> Worker:
@@ -506,11 +506,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None and loop_config.get("resume_from"):
         checkpoint = ray.train.Checkpoint(loop_config["resume_from"])
-    run_id = _run_id_from(checkpoint) if checkpoint is not None else None
-    worker = build_worker(cfg, loop_config.get("progress_queue"), run_id=run_id)
+    queue = loop_config.get("progress_queue")
     if checkpoint is not None:
-        restore(worker, checkpoint)
-    elif dist.is_rank_zero():
+        # One download and one read of the trainer state (it holds the pools, e.g. a bank of
+        # every instance's key): the MLflow run id and the restore both come from it.
+        with checkpoint.as_directory() as directory:
+            state = load_trainer_state(directory, dist.rank())
+            run_id = state.get("mlflow_run_id")
+            worker = build_worker(cfg, queue, run_id=str(run_id) if run_id else None)
+            restore(worker, directory, state)
+    else:
+        worker = build_worker(cfg, queue)
+    if checkpoint is None and dist.is_rank_zero():
         worker.tracker.log_params(loop_config["params"])
         worker.tracker.log_text(loop_config["config_yaml"], "config.yaml")
         worker.tracker.set_tags({"dist_contrast.world_size": str(dist.world_size())})
@@ -529,13 +536,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     except BaseException:
         worker.tracker.close("FAILED")
         raise
-
-
-def _run_id_from(checkpoint: Any) -> str | None:
-    with checkpoint.as_directory() as directory:
-        state = load_trainer_state(directory, dist.rank())
-    run_id = state.get("mlflow_run_id")
-    return str(run_id) if run_id else None
 
 
 def _quiet_deepspeed() -> None:
