@@ -1,4 +1,5 @@
-"""FAISS index construction for the miner: exact, IVF-Flat, IVF-SQ8, HNSW, IVF-PQ; CPU or GPU."""
+"""FAISS index construction for the miner: exact, IVF (float32, float16 or 8-bit keys), HNSW,
+IVF-PQ; CPU or GPU."""
 
 from __future__ import annotations
 
@@ -114,11 +115,12 @@ def build_index(
     index: Any
     if cfg.index == "ivf_flat":
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, metric)
-    elif cfg.index == "ivf_sq8":
-        index = faiss.IndexIVFScalarQuantizer(
-            quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, metric
-        )
-        index.train(train)  # the per-dimension ranges of the 8-bit codes
+    elif cfg.index in ("ivf_fp16", "ivf_sq8"):
+        sq = faiss.ScalarQuantizer
+        codes = sq.QT_fp16 if cfg.index == "ivf_fp16" else sq.QT_8bit
+        index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, codes, metric)
+        # 8-bit: the per-dimension ranges of the codes; float16 needs none (marks it trained).
+        index.train(train)
     else:
         nbits = 8 if train.shape[0] >= 256 * 4 else 4
         index = faiss.IndexIVFPQ(quantizer, dim, nlist, cfg.pq_m, nbits, metric)

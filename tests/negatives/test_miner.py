@@ -112,6 +112,7 @@ def _recall(kind: str, **options) -> float:
     [
         ("ivf_flat", {"nlist": 64, "nprobe": 16}, 0.9),
         ("ivf_flat", {"nlist": 64, "nprobe": 16, "quantizer": "hnsw", "ef_search": 32}, 0.9),
+        ("ivf_fp16", {"nlist": 64, "nprobe": 16}, 0.9),
         ("ivf_sq8", {"nlist": 64, "nprobe": 16}, 0.85),
         ("hnsw", {"hnsw_m": 16, "ef_search": 128}, 0.9),
         ("ivf_pq", {"nlist": 32, "nprobe": 16, "pq_m": 8}, 0.5),
@@ -142,10 +143,13 @@ def test_ivf_pq_with_rerank_recovers_recall():
     assert recall >= 0.75
 
 
-def test_hnsw_quantizer_ivf_refreshes_in_place():
+@pytest.mark.parametrize(
+    ("index", "quantizer"), [("ivf_flat", "hnsw"), ("ivf_fp16", "flat"), ("ivf_fp16", "hnsw")]
+)
+def test_ivf_refreshes_in_place(index, quantizer):
     bank = _bank(count=2000, dim=16)
     cfg = MinerConfig(
-        index="ivf_flat", nlist=32, nprobe=32, quantizer="hnsw", ef_search=64,
+        index=index, nlist=32, nprobe=32, quantizer=quantizer, ef_search=64,
         num_negatives=8, extra=0, rerank=False, refresh_every=1, rebuild_every=100,
     )
     miner = FaissMiner(cfg, bank)
@@ -158,7 +162,9 @@ def test_hnsw_quantizer_ivf_refreshes_in_place():
     # Probing every list is exact: each moved entry is found at its new place.
     scores, found, _ = miner.search(moved)
     assert (found == ids[:, None]).any(dim=1).all()
-    torch.testing.assert_close(scores[:, 0], torch.ones(50), atol=1e-4, rtol=0)
+    # float16 keys score to ~1e-3; float32 ones to rounding.
+    atol = 2e-3 if index == "ivf_fp16" else 1e-4
+    torch.testing.assert_close(scores[:, 0], torch.ones(50), atol=atol, rtol=0)
 
 
 def test_rebuild_warm_starts_from_the_previous_centroids():
@@ -199,6 +205,23 @@ def test_ivf_sq8_searches_more_candidates_and_reranks_exactly():
     negatives = miner.negatives(bank.vectors[query_ids], query_ids, None)
     assert negatives.query_negative_ids is not None
     # All lists probed and 3× the candidates re-scored exactly: the exact top-8.
+    scores = bank.vectors[query_ids] @ bank.vectors.T
+    scores[torch.arange(20), query_ids] = float("-inf")
+    want = scores.topk(8, dim=1).indices
+    hits = (negatives.query_negative_ids[:, :, None] == want[:, None, :]).any(dim=2)
+    assert float(hits.float().mean()) >= 0.97
+
+
+def test_ivf_fp16_needs_no_extra_candidates_and_is_exact_when_probing_every_list():
+    bank = _bank(count=2000, dim=16)
+    # One extra candidate: the anchor itself is found, then dropped.
+    cfg = MinerConfig(index="ivf_fp16", nlist=16, nprobe=16, num_negatives=8, extra=1,
+                      refine_factor=3)
+    miner = FaissMiner(cfg, bank)
+    assert miner.candidates == 9  # float16 scores keep the candidate set: no refine factor
+    query_ids = torch.arange(20)
+    negatives = miner.negatives(bank.vectors[query_ids], query_ids, None)
+    assert negatives.query_negative_ids is not None
     scores = bank.vectors[query_ids] @ bank.vectors.T
     scores[torch.arange(20), query_ids] = float("-inf")
     want = scores.topk(8, dim=1).indices
