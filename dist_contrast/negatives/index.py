@@ -145,7 +145,15 @@ def ivf_centroids(index: faiss.Index) -> np.ndarray | None:
 def remove_ids(index: faiss.Index, ids: np.ndarray) -> None:
     """Remove ``ids`` from an exact/IVF index (HNSW cannot remove: the caller rebuilds)."""
     ids = np.ascontiguousarray(ids, dtype=np.int64)
-    selector = faiss.IDSelectorArray(ids.shape[0], faiss.swig_ptr(ids))
+    selector: Any
+    try:
+        faiss.extract_index_ivf(index)
+        # IVF with a hash-table direct map looks each id up, O(len(ids)); it takes only an array.
+        selector = faiss.IDSelectorArray(ids.shape[0], faiss.swig_ptr(ids))
+    except RuntimeError:
+        # A flat index tests every entry: a hashed set keeps each test O(1), where an array
+        # scans all of ``ids`` per entry (measured: 0.64 s vs 7 ms for 5k ids in 200k).
+        selector = faiss.IDSelectorBatch(ids.shape[0], faiss.swig_ptr(ids))
     index.remove_ids(selector)
 
 

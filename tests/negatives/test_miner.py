@@ -144,9 +144,10 @@ def test_ivf_pq_with_rerank_recovers_recall():
 
 
 @pytest.mark.parametrize(
-    ("index", "quantizer"), [("ivf_flat", "hnsw"), ("ivf_fp16", "flat"), ("ivf_fp16", "hnsw")]
+    ("index", "quantizer"),
+    [("ivf_flat", "hnsw"), ("ivf_fp16", "flat"), ("ivf_fp16", "hnsw"), ("exact", "flat")],
 )
-def test_ivf_refreshes_in_place(index, quantizer):
+def test_index_refreshes_in_place(index, quantizer):
     bank = _bank(count=2000, dim=16)
     cfg = MinerConfig(
         index=index, nlist=32, nprobe=32, quantizer=quantizer, ef_search=64,
