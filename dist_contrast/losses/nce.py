@@ -135,47 +135,81 @@ def monte_carlo_normalizer(
 
 
 class NormalizerEstimator:
-    """Holds InstDisc's Z: estimated once by Monte Carlo, then kept as a constant.
+    """Holds InstDisc's Z: a Monte-Carlo estimate kept as a constant between estimates.
 
-    Call :meth:`update` every step; only the first call (or :meth:`set_once` with a value
-    averaged across workers) sets Z, later calls return the kept value.
+    ``every=0`` (InstDisc): Z is estimated at the first step and kept for the whole run.
+    ``every=k > 0``: Z is estimated again every k steps. The paper's constant Z assumes the
+    bank's similarity scale stays put; once the bank holds trained features the true
+    ``n · E_j[exp(v_j·f/τ)]`` grows by orders of magnitude over the first epochs, and a Z frozen
+    against the random initial bank turns every similar noise entry into a large loss term.
+
+    Call :meth:`update` every step (or :meth:`is_due` / :meth:`set` with a value averaged
+    across workers); between estimates it returns the kept value.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, every: int = 0) -> None:
+        if every < 0:
+            raise ValueError(f"normaliser refresh interval must be 0 (once) or more, got {every}")
+        self.every = every
         self.value: float | None = None
+        # Step of the last estimate: a resumed run re-estimates on the same steps.
+        self.step: int | None = None
 
     @property
     def is_set(self) -> bool:
         return self.value is not None
 
+    def is_due(self, step: int) -> bool:
+        """True when Z must be (re-)estimated at ``step``: unset, or ``every`` steps old."""
+        if self.value is None:
+            return True
+        if self.every == 0:
+            return False
+        return step - (self.step or 0) >= self.every
+
+    def set(self, estimate: float | Tensor, step: int) -> float:
+        """Keep ``estimate`` as Z from ``step`` on; returns it."""
+        value = float(estimate)
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"normaliser estimate must be a positive number, got {value}")
+        self.value, self.step = value, step
+        return value
+
     def set_once(self, estimate: float | Tensor) -> float:
         """Keep ``estimate`` as Z unless Z is already set; returns the kept Z."""
         if self.value is None:
-            value = float(estimate)
-            if not math.isfinite(value) or value <= 0:
-                raise ValueError(f"normaliser estimate must be a positive number, got {value}")
-            self.value = value
+            return self.set(estimate, 0)
         return self.value
 
     def update(
-        self, query: Tensor, noise: Tensor, *, temperature: Temperature, dataset_size: int
+        self,
+        query: Tensor,
+        noise: Tensor,
+        *,
+        temperature: Temperature,
+        dataset_size: int,
+        step: int = 0,
     ) -> float:
-        """Estimate Z from this batch if not yet set (see :func:`monte_carlo_normalizer`).
+        """Estimate Z from this batch when due (see :meth:`is_due`, :func:`monte_carlo_normalizer`).
 
         Shape:
             query: [B, D]. noise: [B, m, D].
         """
-        if self.value is None:
-            return self.set_once(monte_carlo_normalizer(
-                query, noise, temperature=temperature, dataset_size=dataset_size))
+        if self.is_due(step):
+            return self.set(monte_carlo_normalizer(
+                query, noise, temperature=temperature, dataset_size=dataset_size), step)
+        assert self.value is not None
         return self.value
 
     def state_dict(self) -> dict[str, Any]:
-        return {"value": self.value}
+        return {"value": self.value, "step": self.step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         value = state["value"]
         self.value = None if value is None else float(value)
+        # Checkpoints written before refreshes existed have no step: Z dates from step 0.
+        step = state.get("step", 0 if value is not None else None)
+        self.step = None if step is None else int(step)
 
 
 def proximal_regularizer(current: Tensor, previous: Tensor, *, weight: float) -> Tensor:

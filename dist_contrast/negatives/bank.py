@@ -95,6 +95,15 @@ class MemoryBank:
             pool=self.vectors, pool_mask=mask, pool_ids=pool_ids, noise=noise, metrics=metrics
         )
 
+    def entries(self, ids: Tensor) -> Tensor:
+        """The stored keys of ``ids``: InstDisc's v_i, the NCE positive of instance i.
+
+        A copy without gradient (an entry is a constant from earlier visits).
+
+        Shape: ids [B] -> [B, D].
+        """
+        return self.vectors[ids.to(self.vectors.device)]
+
     def proximal_penalty(self, features: Tensor, ids: Tensor, weight: float) -> Tensor:
         """InstDisc's proximal term λ·mean‖f_i − v_i‖² against the entries before this update.
 

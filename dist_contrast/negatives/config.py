@@ -40,6 +40,11 @@ class BankConfig(_Section):
     noise_samples: int = Field(default=4096, ge=1)
     # λ of the proximal regulariser λ‖f_i − v_i‖² (0 = off); the trainer adds the term.
     proximal: float = Field(default=0.0, ge=0.0)
+    # NCE's normaliser Z: 0 estimates it once, at the first step, and keeps it (InstDisc);
+    # k > 0 estimates it again every k steps (e.g. once an epoch), for runs where the bank's
+    # features change a lot: Z frozen against the random initial bank ends up orders of
+    # magnitude too small.
+    normalizer_every: int = Field(default=0, ge=0)
     # Use the whole bank as the shared pool of an InfoNCE loss (non-parametric softmax with an
     # exact denominator). Only sensible for small datasets: the pool is [n, D] per step.
     as_pool: bool = False

@@ -252,15 +252,27 @@ class Worker:
         inputs.noise = negatives.noise
         if negatives.noise is not None and self.cfg.loss.name.startswith("nce"):
             inputs.normalizer = self._normalizer(query, negatives.noise, tau)
+            self._nce_positive(inputs, ids)
+
+    def _nce_positive(self, inputs: ObjectiveInputs, ids: torch.Tensor) -> None:
+        """InstDisc's datum is (f_i, v_i): the query against its own bank entry, a constant
+        written on earlier visits (before this step's update). The other view's key only
+        refreshes the bank after the step. A positive that is a current feature with gradient
+        lets both views collapse onto one point that outruns the stale noise entries."""
+        assert self.pool is not None and self.pool.bank is not None  # NCE requires the bank
+        inputs.key = self.pool.bank.entries(ids).to(inputs.query.dtype)
+        inputs.positive_index = torch.arange(len(ids), device=inputs.key.device)
 
     def _normalizer(self, query: torch.Tensor, noise: torch.Tensor, tau: torch.Tensor) -> float:
-        """InstDisc's Z: one Monte-Carlo estimate, averaged over ranks, then kept constant."""
-        if not self.normalizer.is_set:
+        """InstDisc's Z: a Monte-Carlo estimate averaged over ranks, kept constant until the
+        next one (never, by default; see ``negatives.bank.normalizer_every``)."""
+        step = self.progress.step
+        if self.normalizer.is_due(step):  # the same on every rank: the collective is safe
             estimate = monte_carlo_normalizer(
                 query.detach(), noise, temperature=tau.detach(), dataset_size=len(self.data.train)
             )
             mean = dist.all_reduce(torch.tensor([float(estimate)], dtype=torch.float64), "mean")
-            self.normalizer.set_once(float(mean))
+            self.normalizer.set(float(mean), step)
         assert self.normalizer.value is not None
         return self.normalizer.value
 
@@ -488,6 +500,7 @@ def build_worker(cfg: Config, progress_queue: Any = None, run_id: str | None = N
         momentum_encoder=momentum_encoder,
         pool=pool,
         evaluator=evaluator,
+        normalizer=NormalizerEstimator(cfg.negatives.bank.normalizer_every),
         progress_queue=progress_queue,
     )
 

@@ -134,3 +134,32 @@ def test_bad_arguments():
                  weighting="bogus")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="noise must be"):
         nce_loss(q, q, noise[0], temperature=0.1, normalizer=1.0, dataset_size=5)
+
+
+def test_normalizer_refresh_every_k_steps():
+    q, noise = _unit(5, 8, seed=19), _unit(5, 7, 8, seed=20)
+    other = _unit(5, 8, seed=21)
+
+    def z(query: torch.Tensor) -> float:
+        # Z ≈ n · mean exp(v·f/τ), the closed form of the estimate.
+        sims = np.einsum("bd,bmd->bm", query.numpy(), noise.numpy())
+        return 1000 * float(np.mean(np.exp(sims / 0.1)))
+
+    args = {"temperature": 0.1, "dataset_size": 1000}
+    kept = NormalizerEstimator()  # InstDisc: once, then constant
+    assert kept.update(q, noise, step=0, **args) == pytest.approx(z(q))
+    assert kept.update(other, noise, step=500, **args) == pytest.approx(z(q))
+    refreshed = NormalizerEstimator(every=3)
+    assert refreshed.update(q, noise, step=1, **args) == pytest.approx(z(q))
+    assert not refreshed.is_due(3) and refreshed.is_due(4)
+    assert refreshed.update(other, noise, step=3, **args) == pytest.approx(z(q))
+    assert refreshed.update(other, noise, step=4, **args) == pytest.approx(z(other))
+    assert refreshed.step == 4
+    restored = NormalizerEstimator(every=3)
+    restored.load_state_dict(refreshed.state_dict())
+    assert (restored.value, restored.step) == (refreshed.value, 4) and restored.is_due(7)
+    legacy = NormalizerEstimator(every=3)  # a checkpoint from before refreshes: no step
+    legacy.load_state_dict({"value": 5.0})
+    assert legacy.step == 0 and legacy.is_due(3) and not legacy.is_due(2)
+    with pytest.raises(ValueError, match="0 \\(once\\) or more"):
+        NormalizerEstimator(every=-1)

@@ -52,6 +52,17 @@ def test_noise_and_pool():
     assert pooled.pool_mask.sum(dim=1).tolist() == [1, 1, 1] and pooled.pool_mask[1, 5]
 
 
+def test_entries_are_constant_copies_of_the_stored_keys():
+    bank = MemoryBank(6, 4, seed=0)
+    ids = torch.tensor([4, 1, 4])
+    entries = bank.entries(ids)
+    torch.testing.assert_close(entries, bank.vectors[[4, 1, 4]])
+    assert not entries.requires_grad
+    before = entries.clone()
+    bank.update(F.normalize(torch.randn(2, 4), dim=1), torch.tensor([4, 1]), None, step=1)
+    torch.testing.assert_close(entries, before)  # a later write does not change them
+
+
 def test_proximal_penalty_against_previous_entry():
     bank = MemoryBank(5, 4, seed=0)
     features = torch.randn(2, 4, requires_grad=True)

@@ -10,6 +10,11 @@ def test_defaults_are_in_batch_only():
     assert cfg.queue.size == 65536 and cfg.momentum == 0.999
 
 
+def test_bank_defaults_keep_instdisc_constant_normalizer():
+    # normalizer_every=0: Z is estimated once and kept, as InstDisc prescribes.
+    assert NegativesConfig().bank.normalizer_every == 0
+
+
 def test_miner_defaults_do_not_use_labels():
     # Training is self-supervised: filtering mined negatives by label must be opted into.
     miner = NegativesConfig().miner
@@ -48,6 +53,7 @@ def test_full_combination_validates():
         ({"miner": {"rank_window": [0, 10], "num_negatives": 64}}, "widen"),
         ({"miner": {"refresh_every": 10, "rebuild_every": 5}}, "rebuild_every"),
         ({"bank": {"momentum": -0.1}}, "momentum"),
+        ({"bank": {"normalizer_every": -1}}, "normalizer_every"),
         ({"sources": ["bank"], "bank": {"as_pool": True}, "queue_size": 3}, "queue_size"),
         (
             {"sources": ["queue", "bank"], "momentum_encoder": True, "bank": {"as_pool": True}},

@@ -1,0 +1,116 @@
+"""The trainer's InstDisc step: the NCE positive is the bank entry, Z is (re-)estimated on time.
+
+One process, no Ray or DeepSpeed: a small stand-in engine runs the worker's own ``train_step``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from dist_contrast.config import Config
+from dist_contrast.data import build_data, make_loader
+from dist_contrast.losses import NormalizerEstimator, monte_carlo_normalizer
+from dist_contrast.models import build_model
+from dist_contrast.negatives import build_negative_pool
+from dist_contrast.objectives import ObjectiveInputs
+from dist_contrast.train import worker as worker_module
+from dist_contrast.train.state import TrainProgress
+from dist_contrast.train.worker import ContrastiveModel, Worker, build_temperature
+
+
+class _Engine:
+    """What ``train_step`` uses of a DeepSpeed engine: call, backward, step, module, LR."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.module = model
+        self.device = "cpu"
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad()
+        loss.backward()
+
+    def step(self) -> None:
+        self.optimizer.step()
+
+    def get_lr(self) -> list[float]:
+        return [0.1]
+
+
+def _worker(normalizer_every: int = 0) -> Worker:
+    cfg = Config.model_validate({
+        "data": {"name": "synthetic", "num_samples": 200, "dim": 16, "signal_dim": 4},
+        "model": {"name": "mlp", "hidden_dim": 16, "num_layers": 1, "embedding_dim": 8},
+        "loss": {"name": "nce", "temperature": 0.2},
+        "negatives": {"sources": ["bank"], "bank": {
+            "noise_samples": 5, "momentum": 0.5, "normalizer_every": normalizer_every}},
+        "trainer": {"num_workers": 1, "batch_size": 16, "max_steps": 100},
+    })
+    torch.manual_seed(0)
+    data = build_data(cfg.data, seed=0)
+    model = ContrastiveModel(build_model(cfg.model, data.input_shape), build_temperature(cfg))
+    pool = build_negative_pool(cfg.negatives, dataset_size=len(data.train), dim=8, rank=0,
+                               world_size=1, seed=0)
+    return Worker(cfg=cfg, engine=_Engine(model), data=data, tracker=None,  # type: ignore[arg-type]
+                  progress=TrainProgress(), momentum_encoder=None, pool=pool, evaluator=None,
+                  normalizer=NormalizerEstimator(normalizer_every))
+
+
+def _batches(worker: Worker) -> Any:
+    return iter(make_loader(worker.data.train, batch_size=16, rank=0, world_size=1, seed=0,
+                            epoch=0))
+
+
+def test_nce_positive_is_the_bank_entry_before_the_update(monkeypatch: pytest.MonkeyPatch):
+    worker = _worker()
+    seen: list[ObjectiveInputs] = []
+    real = worker_module.compute_objective
+
+    def spy(name: str, inputs: ObjectiveInputs, tau: Any, **params: Any) -> torch.Tensor:
+        seen.append(inputs)
+        return real(name, inputs, tau, **params)
+
+    monkeypatch.setattr(worker_module, "compute_objective", spy)
+    assert worker.pool is not None and worker.pool.bank is not None
+    bank = worker.pool.bank
+    batch = next(_batches(worker))
+    before = bank.vectors[batch["index"]].clone()
+    worker.train_step(batch)
+
+    (inputs,) = seen
+    positive = inputs.key[inputs.positive_index]
+    # InstDisc: the datum is (f_i, v_i) with v_i the entry written on earlier visits, a constant.
+    torch.testing.assert_close(positive, before)
+    assert not positive.requires_grad
+    # ...and the bank took the step's keys afterwards (momentum-mixed, so it moved).
+    assert not torch.allclose(bank.vectors[batch["index"]], before)
+
+
+@pytest.mark.parametrize(("every", "estimated_at"), [(0, [0]), (2, [0, 2, 4])])
+def test_normalizer_is_estimated_at_the_configured_steps(every: int, estimated_at: list[int],
+                                                         monkeypatch: pytest.MonkeyPatch):
+    worker = _worker(normalizer_every=every)
+    estimates: list[tuple[int, float]] = []
+
+    def recording(query: torch.Tensor, noise: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        value = monte_carlo_normalizer(query, noise, **kwargs)
+        estimates.append((worker.progress.step, float(value)))
+        return value
+
+    monkeypatch.setattr(worker_module, "monte_carlo_normalizer", recording)
+    batches = _batches(worker)
+    kept = []
+    for _ in range(5):
+        worker.train_step(next(batches))
+        kept.append(worker.normalizer.value)
+    assert [step for step, _ in estimates] == estimated_at
+    # Between estimates the trainer uses the last one, unchanged.
+    assert kept[-1] == pytest.approx(estimates[-1][1])
+    assert worker.normalizer.step == estimated_at[-1]
