@@ -24,6 +24,8 @@ def test_every_shipped_config_validates(path: Path) -> None:
     cfg = load_config(path)
     assert isinstance(cfg, Config)
     assert cfg.experiment.name
+    # The workers validate the driver's full dump again (every default spelled out).
+    assert Config.model_validate(cfg.model_dump(mode="json")) == cfg
 
 
 def _write(tmp_path: Path, text: str) -> Path:

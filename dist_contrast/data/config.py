@@ -119,7 +119,9 @@ class DataConfig(BaseModel):
                 f"data.signal_dim={self.signal_dim} must be below data.dim={self.dim} "
                 "(the rest of the dimensions carry the nuisance)"
             )
-        if self.num_test is not None and "test_fraction" in self.model_fields_set:
+        default_fraction = type(self).model_fields["test_fraction"].default
+        if self.num_test is not None and self.test_fraction != default_fraction:
+            # (A resolved config spells out the default fraction beside num_test: allowed.)
             raise ValueError("set data.num_test or data.test_fraction, not both")
         return self
 

@@ -40,3 +40,10 @@ def test_impossible_settings_are_rejected(fields, message):
 def test_yields_images_only_for_digits():
     assert DataConfig(name="digits").yields_images
     assert not DataConfig().yields_images
+
+
+def test_a_resolved_config_with_num_test_loads_again():
+    # The workers receive the driver's config as a full dump (every default spelled out).
+    cfg = DataConfig(num_test=100)
+    again = DataConfig.model_validate(cfg.model_dump(mode="json"))
+    assert again == cfg and again.num_test == 100
