@@ -156,6 +156,7 @@ def test_cli_moco_queue_and_mined_negatives_zero2_bf16(tmp_path: Path) -> None:
     for key in (
         "miner/search_seconds",
         "miner/index_age_mean",
+        "miner/time_share",
         "miner/same_label_fraction",
         "diag/penalty_entropy",
         "diag/top10_penalty_share",

@@ -80,7 +80,8 @@ class FaissMiner:
         self.refresh_step = -1
         self.rebuild_step = -1
         self.rebuilds = 0
-        self._pending_seconds = 0.0
+        self._pending_seconds = 0.0  # refresh/rebuild time since the last metrics
+        self._update_seconds = 0.0  # time in update() (refreshes included) since then
 
     # ------------------------------------------------------------------ index maintenance
 
@@ -146,6 +147,11 @@ class FaissMiner:
 
         Shape: keys [W·B, D] (unused: the index reads the bank), ids [W·B].
         """
+        start = time.perf_counter()
+        self._update(ids, step)
+        self._update_seconds += time.perf_counter() - start
+
+    def _update(self, ids: Tensor, step: int) -> None:
         self.step = step
         ids = ids.detach().to("cpu")
         mine = (ids >= self.lo) & (ids < self.hi)
@@ -209,6 +215,7 @@ class FaissMiner:
         Shape: query [B, D], ids [B], cand_scores/cand_ids [B, C] -> Negatives with
         query_negatives [B, M, D], query_negative_ids [B, M], query_negative_mask [B, M].
         """
+        start = time.perf_counter()
         device = self.bank.vectors.device
         query = query.detach().to(device, self.bank.vectors.dtype)
         ids = ids.to(device)
@@ -239,7 +246,8 @@ class FaissMiner:
         rows = order.gather(1, chosen) + count * torch.arange(batch, device=device)[:, None]
         negatives = cand_vectors.index_select(0, rows.flatten()).view(*rows.shape, -1)
         similarity = cand_scores.gather(1, chosen)
-        metrics = self._metrics(labels, similarity, neg_ids, chosen_ok, search_seconds)
+        busy = search_seconds + time.perf_counter() - start
+        metrics = self._metrics(labels, similarity, neg_ids, chosen_ok, search_seconds, busy)
         return Negatives(
             query_negatives=negatives,
             query_negative_mask=~chosen_ok,
@@ -278,15 +286,20 @@ class FaissMiner:
         neg_ids: Tensor,
         ok: Tensor,
         search_seconds: float,
+        busy_seconds: float,
     ) -> dict[str, float]:
         """Per-step miner metrics. ``similarity`` holds the chosen candidates' scores: exact
-        with ``rerank``, the index's (approximate for PQ/SQ8) without."""
+        with ``rerank``, the index's (approximate for PQ/SQ8) without. ``miner/seconds`` is
+        all the miner's time since the last call: this search and selection plus the
+        previous update (marking, refresh, rebuild); the trainer turns it into
+        ``miner/time_share``."""
         count = ok.sum().clamp(min=1)
         # One integer pass each over the per-entry state (1M entries: ~1 ms, not a float copy).
         rows = max(1, self.indexed_at.numel())
         metrics = {
             "miner/search_seconds": search_seconds,
             "miner/refresh_seconds": self._pending_seconds,
+            "miner/seconds": busy_seconds + self._update_seconds,
             "miner/index_age_mean": self.step - int(self.indexed_at.sum()) / rows,
             "miner/index_age_max": float(self.step - int(self.indexed_at.min()))
             if self.indexed_at.numel() else 0.0,
@@ -295,7 +308,7 @@ class FaissMiner:
             "miner/negative_similarity": float(similarity.masked_fill(~ok, 0.0).sum() / count),
             "miner/negatives_per_query": float(ok.sum(dim=1).float().mean()),
         }
-        self._pending_seconds = 0.0
+        self._pending_seconds = self._update_seconds = 0.0
         if labels is not None:
             neg_labels = self.bank.labels[neg_ids.clamp(min=0)]
             same = (neg_labels == labels.to(neg_labels.device)[:, None]) & ok

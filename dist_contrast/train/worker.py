@@ -290,7 +290,7 @@ class Worker:
         total = cfg.trainer.max_steps
         loader_epoch = -1
         batches: Any = iter(())
-        window_start, window_samples = time.perf_counter(), 0
+        window_start, window_samples, window_miner = time.perf_counter(), 0, 0.0
         while self.progress.step < total:
             epoch, offset = divmod(self.progress.step, self._steps_per_epoch())
             if epoch != loader_epoch:
@@ -299,13 +299,17 @@ class Worker:
             batch = next(batches)
             metrics = self.train_step(batch)
             window_samples += batch["view1"].shape[0] * dist.world_size()
+            window_miner += metrics.get("miner/seconds", 0.0)
             step = self.progress.step
 
             self.pending.append((step, {k: metrics[k] for k in self.EVERY_STEP}))
             if step % cfg.trainer.log_every == 0 or step == total:
                 elapsed = time.perf_counter() - window_start
                 metrics["train/samples_per_s"] = window_samples / max(elapsed, 1e-9)
-                window_start, window_samples = time.perf_counter(), 0
+                if "miner/seconds" in metrics:
+                    # Mining + index upkeep as a share of this rank's wall time since the last log.
+                    metrics["miner/time_share"] = window_miner / max(elapsed, 1e-9)
+                window_start, window_samples, window_miner = time.perf_counter(), 0, 0.0
                 self.pending[-1] = (step, metrics)
                 self.tracker.log_metric_history(self.pending)
                 self.pending = []

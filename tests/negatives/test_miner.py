@@ -320,3 +320,22 @@ def test_sharded_miner_matches_replicated_on_two_workers():
         expected = miner.negatives(bank.vectors[query_ids], query_ids, bank.labels[query_ids])
         assert expected.query_negative_ids is not None
         assert torch.equal(ids, expected.query_negative_ids)
+
+
+def test_miner_seconds_counts_search_selection_and_the_previous_update():
+    bank = _bank(count=2000, dim=16)
+    cfg = MinerConfig(index="ivf_flat", nlist=16, nprobe=4, num_negatives=8,
+                      refresh_every=1, rebuild_every=2)
+    miner = FaissMiner(cfg, bank)
+    ids = torch.arange(32)
+    first = miner.negatives(bank.vectors[ids], ids, None).metrics  # builds the index lazily
+    assert first["miner/seconds"] >= first["miner/search_seconds"] > 0
+    bank.update(bank.vectors[ids], ids, None, step=1)
+    miner.update(bank.vectors[ids], ids, None, step=2)  # due: a rebuild
+    second = miner.negatives(bank.vectors[ids], ids, None).metrics
+    assert second["miner/refresh_seconds"] > 0
+    upkeep = second["miner/search_seconds"] + second["miner/refresh_seconds"]
+    assert second["miner/seconds"] >= upkeep
+    third = miner.negatives(bank.vectors[ids], ids, None).metrics  # no update in between
+    assert third["miner/refresh_seconds"] == 0.0  # the rebuild was counted once
+    assert third["miner/seconds"] >= third["miner/search_seconds"]
