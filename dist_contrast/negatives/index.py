@@ -142,6 +142,17 @@ def ivf_centroids(index: faiss.Index) -> np.ndarray | None:
     return np.asarray(ivf.quantizer.reconstruct_n(0, ivf.nlist), dtype=np.float32)
 
 
+def imbalance(index: faiss.Index) -> float | None:
+    """The IVF lists' imbalance factor, lists · Σ size² / (Σ size)² (1 = even; None if not
+    IVF): how many times the average search scans more entries than with even lists."""
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+    lists: Any = ivf.invlists
+    return float(lists.imbalance_factor()) if ivf.ntotal > 0 else None
+
+
 def remove_ids(index: faiss.Index, ids: np.ndarray) -> None:
     """Remove ``ids`` from an exact/IVF index (HNSW cannot remove: the caller rebuilds)."""
     ids = np.ascontiguousarray(ids, dtype=np.int64)

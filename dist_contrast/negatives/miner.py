@@ -36,6 +36,7 @@ from dist_contrast.negatives.config import MinerConfig
 from dist_contrast.negatives.index import (
     SearchIndex,
     build_index,
+    imbalance,
     ivf_centroids,
     remove_ids,
     resolve_device,
@@ -81,7 +82,11 @@ class FaissMiner:
         self.rebuild_step = -1
         self.rebuilds = 0
         self._pending_seconds = 0.0  # refresh/rebuild time since the last metrics
-        self._update_seconds = 0.0  # time in update() (refreshes included) since then
+        # All the miner's time (search, selection, update, refresh, rebuild) since it was made:
+        # the trainer differences it over its log window (miner/time_share).
+        self.total_seconds = 0.0
+        self._reported_seconds = 0.0  # total_seconds at the last metrics
+        self._balance = 1.0  # the IVF lists' imbalance factor right after the last build
 
     # ------------------------------------------------------------------ index maintenance
 
@@ -116,6 +121,7 @@ class FaissMiner:
         ids = np.arange(self.lo, self.hi, dtype=np.int64)
         cpu_index.add_with_ids(self._vectors(), ids)
         self.index = SearchIndex(cpu_index, self.device, self.cfg.index)
+        self._balance = imbalance(cpu_index) or 1.0
         self.dirty.zero_()
         self.indexed_at.fill_(step)
         self.refresh_step = step
@@ -139,6 +145,9 @@ class FaissMiner:
             self.dirty.zero_()
         self.refresh_step = step
         self._pending_seconds += time.perf_counter() - start
+        growth = self.cfg.rebuild_on_imbalance
+        if growth is not None and (imbalance(self.index.cpu) or 0.0) > growth * self._balance:
+            self.rebuild(step)  # the keys drifted into a few lists: re-fit them
 
     def update(self, keys: Tensor, ids: Tensor, labels: Tensor | None, step: int) -> None:
         """Mark the changed entries dirty and refresh/rebuild on schedule.
@@ -149,7 +158,7 @@ class FaissMiner:
         """
         start = time.perf_counter()
         self._update(ids, step)
-        self._update_seconds += time.perf_counter() - start
+        self.total_seconds += time.perf_counter() - start
 
     def _update(self, ids: Tensor, step: int) -> None:
         self.step = step
@@ -165,8 +174,10 @@ class FaissMiner:
 
     def _ensure_index(self) -> SearchIndex:
         if self.index is None:
+            start = time.perf_counter()
             schedule = (self.refresh_step, self.rebuild_step)
             self.rebuild(self.step)
+            self.total_seconds += time.perf_counter() - start
             if schedule[1] >= 0:
                 # Rebuilt after a checkpoint load: keep the saved refresh schedule.
                 self.refresh_step, self.rebuild_step = schedule
@@ -185,6 +196,7 @@ class FaissMiner:
         queries_np = queries.detach().to("cpu", torch.float32).numpy()
         scores, ids = index.search(queries_np, self.candidates)
         seconds = time.perf_counter() - start
+        self.total_seconds += seconds
         return torch.from_numpy(scores), torch.from_numpy(ids), seconds
 
     def negatives(self, query: Tensor, ids: Tensor, labels: Tensor | None) -> Negatives:
@@ -246,8 +258,8 @@ class FaissMiner:
         rows = order.gather(1, chosen) + count * torch.arange(batch, device=device)[:, None]
         negatives = cand_vectors.index_select(0, rows.flatten()).view(*rows.shape, -1)
         similarity = cand_scores.gather(1, chosen)
-        busy = search_seconds + time.perf_counter() - start
-        metrics = self._metrics(labels, similarity, neg_ids, chosen_ok, search_seconds, busy)
+        self.total_seconds += time.perf_counter() - start
+        metrics = self._metrics(labels, similarity, neg_ids, chosen_ok, search_seconds)
         return Negatives(
             query_negatives=negatives,
             query_negative_mask=~chosen_ok,
@@ -286,20 +298,19 @@ class FaissMiner:
         neg_ids: Tensor,
         ok: Tensor,
         search_seconds: float,
-        busy_seconds: float,
     ) -> dict[str, float]:
         """Per-step miner metrics. ``similarity`` holds the chosen candidates' scores: exact
         with ``rerank``, the index's (approximate for PQ/SQ8) without. ``miner/seconds`` is
-        all the miner's time since the last call: this search and selection plus the
-        previous update (marking, refresh, rebuild); the trainer turns it into
-        ``miner/time_share``."""
+        all the miner's time since the last call: the previous update (marking, refresh,
+        rebuild) and this search and selection."""
         count = ok.sum().clamp(min=1)
         # One integer pass each over the per-entry state (1M entries: ~1 ms, not a float copy).
         rows = max(1, self.indexed_at.numel())
         metrics = {
             "miner/search_seconds": search_seconds,
             "miner/refresh_seconds": self._pending_seconds,
-            "miner/seconds": busy_seconds + self._update_seconds,
+            "miner/seconds": self.total_seconds - self._reported_seconds,
+            "miner/imbalance": (imbalance(self.index.cpu) or 1.0) if self.index else 1.0,
             "miner/index_age_mean": self.step - int(self.indexed_at.sum()) / rows,
             "miner/index_age_max": float(self.step - int(self.indexed_at.min()))
             if self.indexed_at.numel() else 0.0,
@@ -308,7 +319,7 @@ class FaissMiner:
             "miner/negative_similarity": float(similarity.masked_fill(~ok, 0.0).sum() / count),
             "miner/negatives_per_query": float(ok.sum(dim=1).float().mean()),
         }
-        self._pending_seconds = self._update_seconds = 0.0
+        self._pending_seconds, self._reported_seconds = 0.0, self.total_seconds
         if labels is not None:
             neg_labels = self.bank.labels[neg_ids.clamp(min=0)]
             same = (neg_labels == labels.to(neg_labels.device)[:, None]) & ok

@@ -290,7 +290,8 @@ class Worker:
         total = cfg.trainer.max_steps
         loader_epoch = -1
         batches: Any = iter(())
-        window_start, window_samples, window_miner = time.perf_counter(), 0, 0.0
+        window_start, window_samples = time.perf_counter(), 0
+        window_miner = self._miner_seconds()
         while self.progress.step < total:
             epoch, offset = divmod(self.progress.step, self._steps_per_epoch())
             if epoch != loader_epoch:
@@ -299,17 +300,18 @@ class Worker:
             batch = next(batches)
             metrics = self.train_step(batch)
             window_samples += batch["view1"].shape[0] * dist.world_size()
-            window_miner += metrics.get("miner/seconds", 0.0)
             step = self.progress.step
 
             self.pending.append((step, {k: metrics[k] for k in self.EVERY_STEP}))
             if step % cfg.trainer.log_every == 0 or step == total:
                 elapsed = time.perf_counter() - window_start
                 metrics["train/samples_per_s"] = window_samples / max(elapsed, 1e-9)
-                if "miner/seconds" in metrics:
+                if window_miner is not None:
                     # Mining + index upkeep as a share of this rank's wall time since the last log.
-                    metrics["miner/time_share"] = window_miner / max(elapsed, 1e-9)
-                window_start, window_samples, window_miner = time.perf_counter(), 0, 0.0
+                    spent = (self._miner_seconds() or 0.0) - window_miner
+                    metrics["miner/time_share"] = spent / max(elapsed, 1e-9)
+                window_start, window_samples = time.perf_counter(), 0
+                window_miner = self._miner_seconds()
                 self.pending[-1] = (step, metrics)
                 self.tracker.log_metric_history(self.pending)
                 self.pending = []
@@ -325,6 +327,11 @@ class Worker:
             if step % cfg.checkpoint.every_steps == 0 or step == total:
                 self._checkpoint_and_report(ray.train, step)
         return self.last_metrics
+
+    def _miner_seconds(self) -> float | None:
+        """The miner's running total of seconds (None without a miner)."""
+        miner = self.pool.miner if self.pool is not None else None
+        return miner.total_seconds if miner is not None else None
 
     def _loader(self, epoch: int, skip_batches: int = 0) -> Any:
         return make_loader(

@@ -339,3 +339,31 @@ def test_miner_seconds_counts_search_selection_and_the_previous_update():
     third = miner.negatives(bank.vectors[ids], ids, None).metrics  # no update in between
     assert third["miner/refresh_seconds"] == 0.0  # the rebuild was counted once
     assert third["miner/seconds"] >= third["miner/search_seconds"]
+
+
+@pytest.mark.parametrize("growth", [2.0, None])
+def test_lists_crowded_by_drift_trigger_a_rebuild(growth):
+    keys, _ = clustered_keys(2000, 16, clusters=16, seed=5)
+    bank = MemoryBank(2000, 16, seed=5)
+    bank.update(keys, torch.arange(2000), None, 0)
+    cfg = MinerConfig(index="ivf_flat", nlist=16, nprobe=4, refresh_every=1,
+                      rebuild_every=1000, rebuild_on_imbalance=growth)
+    miner = FaissMiner(cfg, bank)
+    miner.negatives(keys[:4], torch.arange(4), None)
+    assert miner.rebuilds == 1
+    before = miner.negatives(keys[:4], torch.arange(4), None).metrics["miner/imbalance"]
+    # The encoder drifts: 1,200 entries collapse next to one key, i.e. into one list.
+    drifted = torch.arange(1200)
+    near = torch.nn.functional.normalize(keys[1999] + 0.01 * torch.randn(1200, 16), dim=1)
+    bank.update(near, drifted, None, 1)
+    miner.update(near, drifted, None, 1)
+    after = miner.negatives(keys[:4], torch.arange(4), None).metrics["miner/imbalance"]
+    if growth is None:
+        assert miner.rebuilds == 1 and after > 2 * before  # crowded, and left so
+    else:
+        assert miner.rebuilds == 2 and miner.rebuild_step == 1
+        # The re-fit is the new reference: refreshes that do not crowd the lists further
+        # do not rebuild again (no rebuild loop on a bank that is uneven by nature).
+        bank.update(keys[1500:1510], torch.arange(1500, 1510), None, 2)
+        miner.update(keys[1500:1510], torch.arange(1500, 1510), None, 2)
+        assert miner.rebuilds == 2 and miner.refresh_step == 2
