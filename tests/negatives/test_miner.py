@@ -196,30 +196,22 @@ def test_train_centroids_are_unit_norm_and_warm_start_keeps_converged_ones():
     torch.testing.assert_close(torch.from_numpy(warm), torch.from_numpy(cold), atol=0.05, rtol=0)
 
 
-def test_ivf_sq8_searches_more_candidates_and_reranks_exactly():
+@pytest.mark.parametrize(
+    ("index", "extra", "candidates"),
+    [
+        # 8-bit scores are coarse: 3× the candidates are searched and re-scored exactly.
+        ("ivf_sq8", 0, 24),
+        # float16 scores keep the candidate set: no refine factor; one extra candidate
+        # because the anchor itself is found, then dropped.
+        ("ivf_fp16", 1, 9),
+    ],
+)
+def test_scalar_quantized_ivf_is_exact_when_probing_every_list(index, extra, candidates):
     bank = _bank(count=2000, dim=16)
-    cfg = MinerConfig(index="ivf_sq8", nlist=16, nprobe=16, num_negatives=8, extra=0,
+    cfg = MinerConfig(index=index, nlist=16, nprobe=16, num_negatives=8, extra=extra,
                       refine_factor=3)
     miner = FaissMiner(cfg, bank)
-    assert miner.candidates == 24
-    query_ids = torch.arange(20)
-    negatives = miner.negatives(bank.vectors[query_ids], query_ids, None)
-    assert negatives.query_negative_ids is not None
-    # All lists probed and 3× the candidates re-scored exactly: the exact top-8.
-    scores = bank.vectors[query_ids] @ bank.vectors.T
-    scores[torch.arange(20), query_ids] = float("-inf")
-    want = scores.topk(8, dim=1).indices
-    hits = (negatives.query_negative_ids[:, :, None] == want[:, None, :]).any(dim=2)
-    assert float(hits.float().mean()) >= 0.97
-
-
-def test_ivf_fp16_needs_no_extra_candidates_and_is_exact_when_probing_every_list():
-    bank = _bank(count=2000, dim=16)
-    # One extra candidate: the anchor itself is found, then dropped.
-    cfg = MinerConfig(index="ivf_fp16", nlist=16, nprobe=16, num_negatives=8, extra=1,
-                      refine_factor=3)
-    miner = FaissMiner(cfg, bank)
-    assert miner.candidates == 9  # float16 scores keep the candidate set: no refine factor
+    assert miner.candidates == candidates
     query_ids = torch.arange(20)
     negatives = miner.negatives(bank.vectors[query_ids], query_ids, None)
     assert negatives.query_negative_ids is not None
