@@ -98,14 +98,14 @@ class MinerConfig(_Section):
     refresh_every: int = Field(default=1, ge=1)
     # Full rebuild (IVF centroids retrained) every rebuild_every steps.
     rebuild_every: int = Field(default=1000, ge=1)
-    # Also rebuild an IVF index as soon as a refresh leaves its lists' imbalance factor
-    # (lists · Σ size² / (Σ size)²; 1 = even, logged as miner/imbalance) this many times its
-    # value after the last build. A drifting encoder crowds its keys into a few lists, and
-    # every search then scans them: in a 1M-key MoCo + mined run the search slowed 20-40×
-    # between rebuilds. Off by default: early in that run, 2.0 kept the search at 15-20 ms
-    # but rebuilt every 5-35 steps, which cost more than the slow searches it saved.
-    rebuild_on_imbalance: float | None = Field(default=None, gt=1.0)
+    # Also rebuild as soon as the searches' slowdown since the last build (the encoder's keys
+    # crowding into a few IVF lists) has cost as much time as that build: rent-or-buy, see
+    # dist_contrast/negatives/miner.py. Early in training, when the encoder moves fast, this
+    # rebuilds often; later, rarely. rebuild_every stays the longest interval.
+    adaptive_rebuild: bool = False
     # Training sample for IVF centroids: nlist × train_per_list vectors (or the whole bank).
+    # k-means costs sample × nlist per iteration: at nlist 4096, 64 per list took 15 s per
+    # rebuild on one core, 16 per list 4.6 s (moco_mined.yaml uses 16).
     train_per_list: int = Field(default=64, ge=1)
     # k-means iterations of a rebuild after the first: the centroids start from the previous
     # ones (the keys drift slowly between rebuilds), so a few iterations suffice. The first

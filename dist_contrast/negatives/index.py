@@ -41,6 +41,7 @@ def train_centroids(
     With ``init`` (the previous build's centroids) k-means starts from them and runs
     ``cfg.retrain_iterations``: between rebuilds the keys drift a little, so a few iterations
     re-fit the lists at a fraction of a cold start's cost (10 iterations from random points).
+    An ``init`` with fewer lists (the index grew) is topped up with random training points.
 
     Shape: train [T, D] float32, init [nlist, D] or None -> centroids [nlist, D] float32.
     """
@@ -54,7 +55,12 @@ def train_centroids(
     clustering.max_points_per_centroid = max(1, train.shape[0] // nlist + 1)
     clustering.min_points_per_centroid = 1
     clustering.niter = 10
-    if init is not None and init.shape == (nlist, dim):
+    if init is not None and init.shape[1] == dim and init.shape[0] <= nlist:
+        extra = nlist - init.shape[0]
+        if extra > 0:
+            rng = np.random.default_rng(seed)
+            rows = rng.choice(train.shape[0], extra, replace=extra > train.shape[0])
+            init = np.concatenate([init, train[rows]])
         clustering.niter = cfg.retrain_iterations
         faiss.copy_array_to_vector(
             np.ascontiguousarray(init, dtype=np.float32).ravel(), clustering.centroids

@@ -1,14 +1,35 @@
 """Hard-negative mining: a FAISS index over the memory bank, refreshed as the bank changes.
 
+What is indexed: the bank entries that hold a key, i.e. that some update has written. The
+random initial entries are not samples' keys, and their spread over the sphere would train
+IVF centroids on noise: once the trained keys concentrate in a small region they would crowd
+into a few lists and every search would scan those (measured at 1M keys: search time grew 4×
+in 1,000 steps, and a rebuild on a half-random bank made it 13×). Until the written entries
+have enough keys for ``nlist`` lists (8 per list), the index is also rebuilt whenever they
+have doubled since the last build, with lists in proportion, so the centroids follow the keys
+from the first steps on (these geometric rebuilds are small: together about one build of
+the final size).
+
 Refresh policy. After every ``update`` the ids whose bank entries changed are marked dirty.
 Every ``refresh_every`` steps the dirty entries are re-indexed in place (``remove_ids`` +
 ``add_with_ids``; IVF keeps its centroids), and every ``rebuild_every`` steps the index is
-rebuilt from the whole bank (IVF centroids retrained on the current keys, so the lists
+rebuilt from the written entries (IVF centroids retrained on the current keys, so the lists
 follow the encoder's drift; k-means starts from the previous centroids and runs
 ``retrain_iterations``, which keeps a rebuild cheap enough to amortise). HNSW graphs cannot
 remove entries, so for ``hnsw`` every refresh is a full rebuild: use a larger
 ``refresh_every`` with HNSW. Staleness is measured per entry as the steps since it was
 (re)written into the index.
+
+Adaptive rebuild (``adaptive_rebuild``). As the encoder moves, its new keys crowd into a few
+of the lists fitted to older keys, and every search scans those: the search slows down
+between rebuilds (measured at 1M keys: 10 ms right after a build, 90-430 ms a few hundred
+steps later, faster while the encoder moves fast). A fixed ``rebuild_every`` is either too
+rare early in training or wasteful late. The adaptive rule pays for a rebuild when the
+drift has already cost as much: the index entries each search scanned beyond the fewest
+per query since the last build are priced in seconds and summed, and once they reach the
+last rebuild's own seconds the index is rebuilt. This is the rent-or-buy rule: whatever the
+drift, the time lost to slow searches plus rebuilds stays within about twice the best
+schedule in hindsight.
 
 Candidates are re-scored against the bank's *current* keys (``rerank``), so a stale index
 entry can only cost recall, never mis-rank what is returned. The index is not checkpointed:
@@ -35,6 +56,7 @@ from dist_contrast.negatives.base import Negatives
 from dist_contrast.negatives.config import MinerConfig
 from dist_contrast.negatives.index import (
     SearchIndex,
+    as_ivf,
     build_index,
     imbalance,
     ivf_centroids,
@@ -76,17 +98,31 @@ class FaissMiner:
         rows = self.hi - self.lo
         self.index: SearchIndex | None = None
         self.dirty = torch.zeros(rows, dtype=torch.bool)
+        # Step each entry was (re)written into the index; -1 = not in the index.
         self.indexed_at = torch.full((rows,), -1, dtype=torch.long)
+        self.indexed_rows = 0  # entries in the index
+        self.new_rows = 0  # dirty entries not yet in the index (first writes)
+        self.built_rows = 0  # entries at the last rebuild (the doubling rule)
+        self._indexed_sum = 0  # sum of indexed_at over the index, for the mean age
+        self._oldest = -1  # min of indexed_at over the index
+        # All the miner's time (search, selection, update, refresh, rebuild) since it was made:
+        # the trainer differences it over its log window (miner/time_share).
+        self.total_seconds = 0.0
+        self._stale = True  # (re)build from the bank at the next search: new or just loaded
+        # Adaptive rebuild (see _count_drift): the last build's seconds, the fewest entries a
+        # search scanned per query since then and the fastest seconds per scanned entry, and
+        # the seconds the searches spent scanning more than that (what drift has cost).
+        self._build_seconds = 0.0
+        self._lists = 1  # IVF lists of the current index
+        self._full_lists = 1  # lists once the written entries fill them (cfg.nlist for IVF)
+        self._fewest = self._per_entry = float("inf")
+        self._drift_seconds = 0.0
         self.step = 0
         self.refresh_step = -1
         self.rebuild_step = -1
         self.rebuilds = 0
         self._pending_seconds = 0.0  # refresh/rebuild time since the last metrics
-        # All the miner's time (search, selection, update, refresh, rebuild) since it was made:
-        # the trainer differences it over its log window (miner/time_share).
-        self.total_seconds = 0.0
         self._reported_seconds = 0.0  # total_seconds at the last metrics
-        self._balance = 1.0  # the IVF lists' imbalance factor right after the last build
 
     # ------------------------------------------------------------------ index maintenance
 
@@ -103,31 +139,45 @@ class FaissMiner:
         return rows.detach().to("cpu", torch.float32).numpy()
 
     def rebuild(self, step: int) -> None:
-        """Build the index from the whole bank shard (IVF centroids retrained, warm-started)."""
+        """Build the index from the bank shard's written entries (IVF centroids retrained on
+        them, warm-started from the previous ones when the list count is unchanged)."""
         start = time.perf_counter()
-        rows = self.hi - self.lo
-        sample = min(rows, max(256, self.cfg.nlist * self.cfg.train_per_list))
-        generator = torch.Generator().manual_seed(self.seed + 7919 * (self.rebuilds + 1))
-        train_rows = torch.randperm(rows, generator=generator)[:sample]
+        written = (self.bank.write_step[self.lo : self.hi] >= 0).to("cpu")
+        positions = written.nonzero().flatten()
         previous = ivf_centroids(self.index.cpu) if self.index is not None else None
         self.index = None  # free the old index before the new one fills: one index at a time
-        cpu_index = build_index(
-            self.cfg,
-            self.bank.dim,
-            self._vectors(train_rows),
-            centroids=previous,
-            seed=self.seed + self.rebuilds,
-        )
-        ids = np.arange(self.lo, self.hi, dtype=np.int64)
-        cpu_index.add_with_ids(self._vectors(), ids)
-        self.index = SearchIndex(cpu_index, self.device, self.cfg.index)
-        self._balance = imbalance(cpu_index) or 1.0
+        self.indexed_at.fill_(-1)
         self.dirty.zero_()
-        self.indexed_at.fill_(step)
+        rows = positions.numel()
+        if rows > 0:
+            sample = min(rows, max(256, self.cfg.nlist * self.cfg.train_per_list))
+            generator = torch.Generator().manual_seed(self.seed + 7919 * (self.rebuilds + 1))
+            train_rows = positions[torch.randperm(rows, generator=generator)[:sample]]
+            cpu_index = build_index(
+                self.cfg,
+                self.bank.dim,
+                self._vectors(train_rows),
+                centroids=previous,
+                seed=self.seed + self.rebuilds,
+            )
+            ids = (positions + self.lo).numpy().astype(np.int64)
+            cpu_index.add_with_ids(self._vectors(positions), ids)
+            self.index = SearchIndex(cpu_index, self.device, self.cfg.index)
+            self.indexed_at[positions] = step
+            ivf = as_ivf(cpu_index)
+            self._lists = int(ivf.nlist) if ivf is not None else 1
+            self._full_lists = self.cfg.nlist if ivf is not None else 1
+        self.indexed_rows = self.built_rows = rows
+        self.new_rows = 0
+        self._indexed_sum, self._oldest = rows * step, step
         self.refresh_step = step
         self.rebuild_step = step
         self.rebuilds += 1
-        self._pending_seconds += time.perf_counter() - start
+        self._stale = False
+        self._build_seconds = time.perf_counter() - start
+        self._fewest = self._per_entry = float("inf")
+        self._drift_seconds = 0.0
+        self._spent(start)
 
     def refresh(self, step: int) -> None:
         """Re-index the dirty entries in place (a rebuild for HNSW, which cannot remove)."""
@@ -137,17 +187,28 @@ class FaissMiner:
         start = time.perf_counter()
         positions = self.dirty.nonzero().flatten()
         if positions.numel() > 0:
+            before = self.indexed_at[positions]
+            present = before >= 0
+            if bool(present.any()):
+                remove_ids(self.index.cpu, (positions[present] + self.lo).numpy())
             ids = (positions + self.lo).numpy().astype(np.int64)
-            remove_ids(self.index.cpu, ids)
             self.index.cpu.add_with_ids(self._vectors(positions), ids)
             self.index.sync()
             self.indexed_at[positions] = step
+            self.indexed_rows += int((~present).sum())
+            self._indexed_sum += step * positions.numel() - int(before[present].sum())
+            if bool(present.any()) and int(before[present].min()) == self._oldest:
+                # The oldest entries may all have been refreshed: find the new oldest.
+                indexed = self.indexed_at >= 0
+                self._oldest = int(self.indexed_at.masked_fill(~indexed, step).min())
             self.dirty.zero_()
+            self.new_rows = 0
         self.refresh_step = step
+        self._spent(start)
+
+    def _spent(self, start: float) -> None:
+        """Refresh/rebuild seconds since ``start``, for miner/refresh_seconds."""
         self._pending_seconds += time.perf_counter() - start
-        growth = self.cfg.rebuild_on_imbalance
-        if growth is not None and (imbalance(self.index.cpu) or 0.0) > growth * self._balance:
-            self.rebuild(step)  # the keys drifted into a few lists: re-fit them
 
     def update(self, keys: Tensor, ids: Tensor, labels: Tensor | None, step: int) -> None:
         """Mark the changed entries dirty and refresh/rebuild on schedule.
@@ -164,24 +225,32 @@ class FaissMiner:
         self.step = step
         ids = ids.detach().to("cpu")
         mine = (ids >= self.lo) & (ids < self.hi)
-        self.dirty[ids[mine] - self.lo] = True
-        if self.index is None:
-            return  # built lazily at the first search, from the bank as it is then
-        if step - self.rebuild_step >= self.cfg.rebuild_every:
+        positions = torch.unique(ids[mine] - self.lo)
+        first = positions[(self.indexed_at[positions] < 0) & ~self.dirty[positions]]
+        self.new_rows += first.numel()
+        self.dirty[positions] = True
+        if self.index is None and self.indexed_rows == 0 and self.new_rows == 0:
+            return
+        doubled = self.indexed_rows + self.new_rows >= 2 * self.built_rows
+        if self.index is None or (doubled and self._lists < self._full_lists):
+            self.rebuild(step)  # the written entries doubled: more lists, fitted to them
+        elif step - self.rebuild_step >= self.cfg.rebuild_every:
             self.rebuild(step)
+        elif self.cfg.adaptive_rebuild and self._drift_seconds >= self._build_seconds:
+            self.rebuild(step)  # the drift's slower searches have cost as much as a rebuild
         elif step - self.refresh_step >= self.cfg.refresh_every:
             self.refresh(step)
 
-    def _ensure_index(self) -> SearchIndex:
-        if self.index is None:
+    def _ensure_index(self) -> SearchIndex | None:
+        """The index, built from the bank on first use (None while nothing is written)."""
+        if self._stale:
             start = time.perf_counter()
             schedule = (self.refresh_step, self.rebuild_step)
             self.rebuild(self.step)
-            self.total_seconds += time.perf_counter() - start
             if schedule[1] >= 0:
                 # Rebuilt after a checkpoint load: keep the saved refresh schedule.
                 self.refresh_step, self.rebuild_step = schedule
-        assert self.index is not None
+            self.total_seconds += time.perf_counter() - start
         return self.index
 
     # ------------------------------------------------------------------ mining
@@ -193,11 +262,37 @@ class FaissMiner:
         """
         index = self._ensure_index()
         start = time.perf_counter()
+        if index is None:  # nothing written yet: no candidates
+            shape = (queries.shape[0], self.candidates)
+            return torch.full(shape, float("-inf")), torch.full(shape, -1, dtype=torch.long), 0.0
         queries_np = queries.detach().to("cpu", torch.float32).numpy()
+        stats = faiss.cvar.indexIVF_stats  # type: ignore[attr-defined]
+        stats.reset()
         scores, ids = index.search(queries_np, self.candidates)
         seconds = time.perf_counter() - start
         self.total_seconds += seconds
+        self._count_drift(queries_np.shape[0], int(stats.ndis), seconds, index.ntotal)
         return torch.from_numpy(scores), torch.from_numpy(ids), seconds
+
+    def _count_drift(self, queries: int, scanned: int, seconds: float, entries: int) -> None:
+        """Add what this search's extra scanning cost to the adaptive rebuild's account.
+
+        ``scanned`` is the number of index entries the search compared (FAISS's IVF
+        statistics; 0 for exact, HNSW and GPU indexes, which this rule leaves alone). It is
+        counted in lists of the average size, so that entries added since the build (lists
+        that grow evenly) are not mistaken for crowding. What a search scans beyond the fewest
+        lists per query since the last build is priced at the fastest seconds per entry seen
+        since then. Counting entries, not timing each search, keeps a busy machine's slow
+        moment from passing for drift.
+        """
+        if scanned <= 0 or queries <= 0 or entries <= 0:
+            return
+        mean_list = entries / self._lists
+        lists = scanned / (queries * mean_list)
+        self._fewest = min(self._fewest, lists)
+        self._per_entry = min(self._per_entry, seconds / scanned)
+        extra = (lists - self._fewest) * queries * mean_list
+        self._drift_seconds += extra * self._per_entry
 
     def negatives(self, query: Tensor, ids: Tensor, labels: Tensor | None) -> Negatives:
         """Mine negatives for the local queries (replicated layout; sharded: see collective).
@@ -302,20 +397,22 @@ class FaissMiner:
         """Per-step miner metrics. ``similarity`` holds the chosen candidates' scores: exact
         with ``rerank``, the index's (approximate for PQ/SQ8) without. ``miner/seconds`` is
         all the miner's time since the last call: the previous update (marking, refresh,
-        rebuild) and this search and selection."""
+        rebuild) and this search and selection. Ages are over the indexed entries."""
         count = ok.sum().clamp(min=1)
-        # One integer pass each over the per-entry state (1M entries: ~1 ms, not a float copy).
-        rows = max(1, self.indexed_at.numel())
+        indexed = max(1, self.indexed_rows)
         metrics = {
             "miner/search_seconds": search_seconds,
             "miner/refresh_seconds": self._pending_seconds,
             "miner/seconds": self.total_seconds - self._reported_seconds,
-            "miner/imbalance": (imbalance(self.index.cpu) or 1.0) if self.index else 1.0,
-            "miner/index_age_mean": self.step - int(self.indexed_at.sum()) / rows,
-            "miner/index_age_max": float(self.step - int(self.indexed_at.min()))
-            if self.indexed_at.numel() else 0.0,
+            "miner/index_age_mean": self.step - self._indexed_sum / indexed
+            if self.indexed_rows else 0.0,
+            "miner/index_age_max": float(self.step - self._oldest) if self.indexed_rows else 0.0,
             "miner/steps_since_rebuild": float(self.step - self.rebuild_step),
-            "miner/dirty_fraction": int(self.dirty.sum()) / rows,
+            "miner/rebuilds": float(self.rebuilds),
+            "miner/drift_seconds": self._drift_seconds,
+            "miner/indexed_fraction": self.indexed_rows / max(1, self.indexed_at.numel()),
+            "miner/imbalance": (imbalance(self.index.cpu) or 1.0) if self.index else 1.0,
+            "miner/dirty_fraction": int(self.dirty.sum()) / max(1, self.indexed_at.numel()),
             "miner/negative_similarity": float(similarity.masked_fill(~ok, 0.0).sum() / count),
             "miner/negatives_per_query": float(ok.sum(dim=1).float().mean()),
         }
@@ -353,3 +450,6 @@ class FaissMiner:
         # then fresh, so nothing is dirty.
         self.index = None
         self.dirty.zero_()
+        self.indexed_at.fill_(-1)
+        self.indexed_rows = self.new_rows = self.built_rows = 0
+        self._stale = True

@@ -186,6 +186,16 @@ def test_rebuild_warm_starts_from_the_previous_centroids():
     assert ivf_centroids(build_index(MinerConfig(index="exact"), 16, first)) is None
 
 
+def test_train_centroids_warm_start_from_fewer_lists_tops_them_up():
+    keys, _ = clustered_keys(2000, 16, clusters=8, seed=1)
+    cfg = MinerConfig(index="ivf_flat", retrain_iterations=2)
+    small = train_centroids(cfg, keys.numpy(), 4, seed=0)
+    grown = train_centroids(cfg, keys.numpy(), 16, init=small, seed=0)
+    assert grown.shape == (16, 16)
+    norms = torch.from_numpy(grown).norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones(16), atol=1e-4, rtol=0)
+
+
 def test_train_centroids_are_unit_norm_and_warm_start_keeps_converged_ones():
     keys, _ = clustered_keys(3000, 16, clusters=8, seed=3)
     cfg = MinerConfig(retrain_iterations=2)
@@ -333,29 +343,92 @@ def test_miner_seconds_counts_search_selection_and_the_previous_update():
     assert third["miner/seconds"] >= third["miner/search_seconds"]
 
 
-@pytest.mark.parametrize("growth", [2.0, None])
-def test_lists_crowded_by_drift_trigger_a_rebuild(growth):
-    keys, _ = clustered_keys(2000, 16, clusters=16, seed=5)
-    bank = MemoryBank(2000, 16, seed=5)
-    bank.update(keys, torch.arange(2000), None, 0)
-    cfg = MinerConfig(index="ivf_flat", nlist=16, nprobe=4, refresh_every=1,
-                      rebuild_every=1000, rebuild_on_imbalance=growth)
+def test_only_written_entries_are_indexed_and_mined():
+    keys, _ = clustered_keys(1000, 16, clusters=8, seed=3)
+    bank = MemoryBank(1000, 16, seed=3)
+    miner = FaissMiner(MinerConfig(index="ivf_flat", nlist=8, nprobe=8, num_negatives=8), bank)
+    # Nothing written yet: the random initial entries are not keys, so there is nothing to mine.
+    empty = miner.negatives(keys[:4], torch.arange(4), None)
+    assert empty.query_negative_mask is not None and bool(empty.query_negative_mask.all())
+    written = torch.arange(100, 300)
+    bank.update(keys[written], written, None, step=1)
+    miner.update(keys[written], written, None, step=1)
+    negatives = miner.negatives(keys[:4], torch.arange(4), None)
+    ids, mask = negatives.query_negative_ids, negatives.query_negative_mask
+    assert ids is not None and mask is not None and not bool(mask.any())
+    assert bool(((ids >= 100) & (ids < 300)).all())
+    assert negatives.metrics["miner/indexed_fraction"] == pytest.approx(0.2)
+    assert miner.index is not None and miner.index.ntotal == 200
+
+
+@pytest.mark.parametrize("nlist", [64, 4])
+def test_index_is_rebuilt_each_time_the_written_entries_double_until_lists_are_full(nlist):
+    keys, _ = clustered_keys(1000, 16, clusters=8, seed=3)
+    bank = MemoryBank(1000, 16, seed=3)
+    cfg = MinerConfig(index="ivf_flat", nlist=nlist, nprobe=4, refresh_every=1,
+                      rebuild_every=1000)
     miner = FaissMiner(cfg, bank)
-    miner.negatives(keys[:4], torch.arange(4), None)
-    assert miner.rebuilds == 1
-    before = miner.negatives(keys[:4], torch.arange(4), None).metrics["miner/imbalance"]
-    # The encoder drifts: 1,200 entries collapse next to one key, i.e. into one list.
-    drifted = torch.arange(1200)
-    near = torch.nn.functional.normalize(keys[1999] + 0.01 * torch.randn(1200, 16), dim=1)
-    bank.update(near, drifted, None, 1)
-    miner.update(near, drifted, None, 1)
-    after = miner.negatives(keys[:4], torch.arange(4), None).metrics["miner/imbalance"]
-    if growth is None:
-        assert miner.rebuilds == 1 and after > 2 * before  # crowded, and left so
+    rebuilds = []
+    for step in range(1, 11):
+        ids = torch.arange((step - 1) * 50, step * 50)
+        bank.update(keys[ids], ids, None, step)
+        miner.update(keys[ids], ids, None, step)
+        rebuilds.append(miner.rebuilds)
+    if nlist == 64:
+        # Built at 50 written entries (6 lists: 8 keys per list), rebuilt with more lists at
+        # 100, 200 and 400; refreshed in between.
+        assert rebuilds == [1, 2, 2, 3, 3, 3, 3, 4, 4, 4]
     else:
-        assert miner.rebuilds == 2 and miner.rebuild_step == 1
-        # The re-fit is the new reference: refreshes that do not crowd the lists further
-        # do not rebuild again (no rebuild loop on a bank that is uneven by nature).
-        bank.update(keys[1500:1510], torch.arange(1500, 1510), None, 2)
-        miner.update(keys[1500:1510], torch.arange(1500, 1510), None, 2)
-        assert miner.rebuilds == 2 and miner.refresh_step == 2
+        # 50 entries already fill 4 lists: growing evenly, they need no rebuild.
+        assert rebuilds == [1] * 10
+    assert miner.index is not None and miner.index.ntotal == 500
+
+
+def _crowding_miner(adaptive: bool) -> tuple[MemoryBank, FaissMiner, torch.Tensor]:
+    """A 60k-key bank indexed in 64 lists; the queries sit next to entry 0."""
+    keys, _ = clustered_keys(60_000, 32, clusters=64, seed=5)
+    bank = MemoryBank(60_000, 32, seed=5)
+    bank.update(keys, torch.arange(60_000), None, 0)
+    cfg = MinerConfig(index="ivf_flat", nlist=64, nprobe=4, refresh_every=1,
+                      rebuild_every=10_000, adaptive_rebuild=adaptive)
+    miner = FaissMiner(cfg, bank)
+    queries = torch.nn.functional.normalize(keys[0] + 0.01 * torch.randn(256, 32), dim=1)
+    miner.search(queries)  # builds the index
+    return bank, miner, queries
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_adaptive_rebuild_refits_lists_crowded_by_drift(adaptive):
+    bank, miner, queries = _crowding_miner(adaptive)
+    assert miner.rebuilds == 1
+    # The encoder drifts: 40k entries move next to the queries, i.e. into one or two lists,
+    # and every search scans them.
+    drifted = torch.arange(1000, 41_000)
+    near = torch.nn.functional.normalize(bank.vectors[0] + 0.05 * torch.randn(40_000, 32), dim=1)
+    bank.update(near, drifted, None, 1)
+    miner.update(near, drifted, None, 1)  # a refresh: the lists keep their centroids
+    crowded = miner.index.cpu.invlists.imbalance_factor()
+    for step in range(2, 12):
+        miner.search(queries)
+        miner.update(near[:1], drifted[:1], None, step)
+        if miner.rebuilds > 1:
+            break
+    if adaptive:
+        # The crowded searches paid for a rebuild, which spreads the entries over the lists.
+        assert miner.rebuilds == 2
+        assert miner.index.cpu.invlists.imbalance_factor() < crowded / 2
+    else:
+        assert miner.rebuilds == 1
+
+
+def test_adaptive_rebuild_leaves_a_steady_index_alone():
+    bank, miner, queries = _crowding_miner(adaptive=True)
+    for step in range(1, 30):
+        # Entries are rewritten where they were: the lists stay as they are.
+        ids = torch.arange(step * 100, step * 100 + 100)
+        bank.update(bank.vectors[ids], ids, None, step)
+        miner.update(bank.vectors[ids], ids, None, step)
+        miner.search(queries)
+    assert miner.rebuilds == 1
+    assert miner.negatives(queries[:2], torch.arange(2), None).metrics[
+        "miner/drift_seconds"] == pytest.approx(0.0, abs=1e-3)
