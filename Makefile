@@ -33,6 +33,7 @@ test: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/loss.py
 	$(BIN)/python benchmarks/mining.py
+	$(BIN)/python benchmarks/miner_share.py
 
 clean:
 	rm -rf $(VENV) results mlruns mlartifacts mlflow.db .pytest_cache .mypy_cache .ruff_cache

@@ -14,6 +14,8 @@ import mlflow
 import pytest
 import torch
 
+from tests.benchmark_scripts import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -133,6 +135,7 @@ def test_cli_moco_queue_and_mined_negatives_zero2_bf16(tmp_path: Path) -> None:
         "configs/moco_mined.yaml",
         "trainer.max_steps=12",
         "trainer.batch_size=64",
+        "trainer.log_every=6",
         "eval.every_steps=6",
         "checkpoint.every_steps=6",
         "optimizer.warmup_steps=2",
@@ -174,3 +177,8 @@ def test_cli_moco_queue_and_mined_negatives_zero2_bf16(tmp_path: Path) -> None:
     assert queue["total"] == 12 * 2 * 64  # every global batch was enqueued
     assert state["negatives"]["bank"]["vectors"].shape[1] == 64
     assert state["negatives"]["miner"]["step"] == 12
+    # benchmarks/miner_share.py reads this run's store: the miner's share of wall time.
+    share_benchmark = load_benchmark("miner_share")
+    history = share_benchmark.read_run(tmp_path / "mlflow.db")
+    assert sorted(history["miner/time_share"]) == [6, 12]
+    assert 0.0 < share_benchmark.share(history, 2 * 64, 0, 12) < 1.0
