@@ -105,7 +105,7 @@ class MinerConfig(_Section):
     adaptive_rebuild: bool = False
     # Training sample for IVF centroids: nlist × train_per_list vectors (or the whole bank).
     # k-means costs sample × nlist per iteration: at nlist 4096, 64 per list took 15 s per
-    # rebuild on one core, 16 per list 4.6 s (moco_mined.yaml uses 16).
+    # rebuild on one core, 16 per list 4.6 s (moco_mined.yaml uses 8, with 2 warm iterations).
     train_per_list: int = Field(default=64, ge=1)
     # k-means iterations of a rebuild after the first: the centroids start from the previous
     # ones (the keys drift slowly between rebuilds), so a few iterations suffice. The first

@@ -140,7 +140,7 @@ class FaissMiner:
 
     def rebuild(self, step: int) -> None:
         """Build the index from the bank shard's written entries (IVF centroids retrained on
-        them, warm-started from the previous ones when the list count is unchanged)."""
+        them, warm-started from the previous ones, topped up when the index has grown)."""
         start = time.perf_counter()
         written = (self.bank.write_step[self.lo : self.hi] >= 0).to("cpu")
         positions = written.nonzero().flatten()
