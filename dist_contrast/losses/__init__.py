@@ -1,5 +1,6 @@
 """Contrastive losses as pure functions of tensors (no distribution, no state, no config)."""
 
+from dist_contrast.losses._common import PoolTerms
 from dist_contrast.losses.hard import hard_info_nce, hard_simple_loss, negative_boundary
 from dist_contrast.losses.info_nce import info_nce
 from dist_contrast.losses.metric import (
@@ -30,6 +31,7 @@ from dist_contrast.losses.supcon import supcon_loss
 __all__ = [
     "NormalizerEstimator",
     "PoolPartials",
+    "PoolTerms",
     "batch_hard_triplet_loss",
     "circle_loss",
     "combine_partials",

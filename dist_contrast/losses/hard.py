@@ -9,18 +9,14 @@ The boundary itself is a selection, computed without gradient.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from torch import Tensor
 
-from dist_contrast.losses._common import (
-    Temperature,
-    compute_dtype,
-    default_positive_index,
-    temperature_tensor,
-)
-from dist_contrast.losses.info_nce import check_pool_inputs, info_nce_per_query
-from dist_contrast.losses.partials import tile_exclusion, tile_logits
+from dist_contrast.losses._common import PoolTerms, Temperature, compute_dtype, temperature_tensor
+from dist_contrast.losses.info_nce import info_nce_per_query
+from dist_contrast.losses.partials import drop_excluded_, tile_blocks, tile_exclusion, tile_logits
 from dist_contrast.losses.simple import simple_loss_per_query
 
 
@@ -54,18 +50,13 @@ def hard_info_nce(
         as :func:`dist_contrast.losses.info_nce`. Returns a 0-dim float32 loss.
     """
     tau = temperature_tensor(temperature, query)
-    threshold = negative_boundary(
-        query, key, negatives, tau=tau, top_k=top_k, quantile=quantile, in_batch=in_batch,
-        query_negatives=query_negatives, negative_mask=negative_mask,
-        positive_index=positive_index, query_negative_mask=query_negative_mask,
-        key_mask=key_mask, tile_size=tile_size, key_tile_size=tile_size,
+    terms = PoolTerms.build(
+        query, key, negatives, in_batch=in_batch, query_negatives=query_negatives,
+        negative_mask=negative_mask, tile_size=tile_size, positive_index=positive_index,
+        query_negative_mask=query_negative_mask, key_mask=key_mask,
     )
-    return info_nce_per_query(
-        query, key, negatives, temperature=tau, in_batch=in_batch,
-        query_negatives=query_negatives, negative_mask=negative_mask, tile_size=tile_size,
-        positive_index=positive_index, query_negative_mask=query_negative_mask,
-        key_mask=key_mask, threshold=threshold,
-    ).mean()
+    threshold = negative_boundary(query, terms, tau=tau, top_k=top_k, quantile=quantile)
+    return info_nce_per_query(query, replace(terms, threshold=threshold), tau).mean()
 
 
 def hard_simple_loss(
@@ -92,18 +83,17 @@ def hard_simple_loss(
     Shape:
         as :func:`dist_contrast.losses.simple_loss`. Returns a 0-dim loss.
     """
+    terms = PoolTerms.build(
+        query, key, negatives, in_batch=in_batch, query_negatives=query_negatives,
+        negative_mask=negative_mask, tile_size=tile_size, positive_index=positive_index,
+        query_negative_mask=query_negative_mask, key_mask=key_mask,
+    )
+    # Similarity units (τ = 1), with the keys in one tile as the simple loss multiplies them.
     unit = torch.ones((), dtype=compute_dtype(query), device=query.device)
     threshold = negative_boundary(
-        query, key, negatives, tau=unit, top_k=top_k, quantile=quantile, in_batch=in_batch,
-        query_negatives=query_negatives, negative_mask=negative_mask,
-        positive_index=positive_index, query_negative_mask=query_negative_mask,
-        key_mask=key_mask, tile_size=tile_size, key_tile_size=None,
+        query, terms, tau=unit, top_k=top_k, quantile=quantile, tile_keys=False
     )
-    return simple_loss_per_query(
-        query, key, negatives, lam=lam, in_batch=in_batch, query_negatives=query_negatives,
-        negative_mask=negative_mask, tile_size=tile_size, positive_index=positive_index,
-        query_negative_mask=query_negative_mask, key_mask=key_mask, threshold=threshold,
-    ).mean()
+    return simple_loss_per_query(query, replace(terms, threshold=threshold), lam).mean()
 
 
 def _kept_counts(top_k: int | None, quantile: float | None, available: Tensor) -> Tensor:
@@ -125,66 +115,40 @@ def _kept_counts(top_k: int | None, quantile: float | None, available: Tensor) -
 
 def negative_boundary(
     query: Tensor,
-    key: Tensor,
-    negatives: Tensor | None = None,
+    terms: PoolTerms,
     *,
     tau: Tensor,
     top_k: int | None = None,
     quantile: float | None = None,
-    in_batch: bool = True,
-    query_negatives: Tensor | None = None,
-    negative_mask: Tensor | None = None,
-    positive_index: Tensor | None = None,
-    query_negative_mask: Tensor | None = None,
-    key_mask: Tensor | None = None,
-    tile_size: int | None = None,
-    key_tile_size: int | None = None,
+    tile_keys: bool = True,
 ) -> Tensor:
     """Each anchor's boundary logit (s/τ): its k-th largest over all unmasked negatives.
 
-    Computed with the same tiles and the same arithmetic as the loss pass, so the kept set is
-    exactly the k largest (plus ties). +inf where an anchor has no negative at all.
+    Computed with the same tiles (``tile_keys`` as the loss pass takes the keys) and the same
+    arithmetic as the loss pass, so the kept set is exactly the k largest (plus ties). +inf
+    where an anchor has no negative at all.
 
     Shape:
-        as :func:`hard_info_nce`; tau: 0-dim. Returns [B] (no gradient).
+        query: [B, D]. tau: 0-dim. Returns [B] (no gradient).
     """
-    check_pool_inputs(
-        query, key, negatives, query_negatives, negative_mask, query_negative_mask, key_mask, None
-    )
-    positive_index = default_positive_index(query, key, positive_index)
+    sources = terms.sources(tile_keys=tile_keys)
     with torch.no_grad():
         scaled_query = query.detach().to(compute_dtype(query)) / tau.detach()
         batch = query.shape[0]
-        sources: list[tuple[Tensor, Tensor | None, Tensor | None, int | None]] = []
         available = torch.zeros(batch, dtype=torch.long, device=query.device)
-        if in_batch:
-            columns = torch.arange(key.shape[0], device=key.device)
-            excluded = columns[None, :] == positive_index[:, None]
-            if key_mask is not None:
-                excluded = excluded | key_mask
-            available += (~excluded).sum(dim=1)
-            sources.append((key.detach(), key_mask, positive_index, key_tile_size))
-        for pool, mask in ((negatives, negative_mask), (query_negatives, query_negative_mask)):
-            if pool is not None:
-                count = pool.shape[-2]
-                available += count if mask is None else count - mask.sum(dim=1)
-                sources.append((pool.detach(), mask, None, tile_size))
+        for pool, mask, exclude_index, _ in sources:
+            excluded = tile_exclusion(mask, exclude_index, 0, pool.shape[-2])
+            available += pool.shape[-2] - (0 if excluded is None else excluded.sum(dim=1))
         kept = _kept_counts(top_k, quantile, available)
         width = int(kept.max().item()) if batch else 0
         if width == 0:
             return torch.full((batch,), math.inf, dtype=scaled_query.dtype, device=query.device)
         best = torch.full((batch, width), -math.inf, dtype=scaled_query.dtype,
                           device=query.device)
-        for pool, mask, exclude_index, step_size in sources:
-            size = pool.shape[-2]
-            step = max(1, size if step_size is None else step_size)
-            for start in range(0, size, step):
-                end = min(size, start + step)
-                block = pool[:, start:end] if pool.dim() == 3 else pool[start:end]
+        for pool, mask, exclude_index, tile_size in sources:
+            for start, end, block in tile_blocks(pool, tile_size):
                 logits = tile_logits(scaled_query, block)
-                excluded_tile = tile_exclusion(mask, exclude_index, start, end)
-                if excluded_tile is not None:
-                    logits.masked_fill_(excluded_tile, -math.inf)
+                drop_excluded_(logits, mask, exclude_index, start, end)
                 merged = torch.cat([best, logits], dim=1)
                 best = merged.topk(min(width, merged.shape[1]), dim=1).values
         boundary = best.gather(1, (kept - 1).clamp(min=0)[:, None]).squeeze(1)

@@ -4,6 +4,7 @@ the Monte-Carlo normaliser Z and the proximal regulariser."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -143,8 +144,7 @@ class NormalizerEstimator:
     ``n · E_j[exp(v_j·f/τ)]`` grows by orders of magnitude over the first epochs, and a Z frozen
     against the random initial bank turns every similar noise entry into a large loss term.
 
-    Call :meth:`update` every step (or :meth:`is_due` / :meth:`set` with a value averaged
-    across workers); between estimates it returns the kept value.
+    Call :meth:`update` every step; between estimates it returns the kept value.
     """
 
     def __init__(self, every: int = 0) -> None:
@@ -175,12 +175,6 @@ class NormalizerEstimator:
         self.value, self.step = value, step
         return value
 
-    def set_once(self, estimate: float | Tensor) -> float:
-        """Keep ``estimate`` as Z unless Z is already set; returns the kept Z."""
-        if self.value is None:
-            return self.set(estimate, 0)
-        return self.value
-
     def update(
         self,
         query: Tensor,
@@ -189,15 +183,21 @@ class NormalizerEstimator:
         temperature: Temperature,
         dataset_size: int,
         step: int = 0,
+        reduce: Callable[[float], float] | None = None,
     ) -> float:
         """Estimate Z from this batch when due (see :meth:`is_due`, :func:`monte_carlo_normalizer`).
+
+        ``reduce`` combines the workers' estimates (the trainer passes a mean over ranks, so
+        every rank keeps the same Z); it must be called on every rank, and ``is_due`` is the
+        same on every rank, so it is.
 
         Shape:
             query: [B, D]. noise: [B, m, D].
         """
         if self.is_due(step):
-            return self.set(monte_carlo_normalizer(
-                query, noise, temperature=temperature, dataset_size=dataset_size), step)
+            estimate = float(monte_carlo_normalizer(
+                query, noise, temperature=temperature, dataset_size=dataset_size))
+            return self.set(reduce(estimate) if reduce is not None else estimate, step)
         assert self.value is not None
         return self.value
 

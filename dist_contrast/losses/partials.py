@@ -53,16 +53,93 @@ class PoolPartials(NamedTuple):
     weighted_sim: Tensor
 
 
+def finite_shift(maximum: Tensor) -> Tensor:
+    """``maximum`` with 0 where it is −inf (a row with nothing unmasked): shifting by it keeps
+    exp(−inf − (−inf)) = NaN out while every term of such a row stays exactly 0.
+
+    Shape:
+        maximum: [B]. Returns [B].
+    """
+    return torch.where(torch.isinf(maximum), torch.zeros_like(maximum), maximum)
+
+
+def rescale_partials(parts: PoolPartials, new_max: Tensor) -> PoolPartials:
+    """``parts`` re-expressed relative to ``new_max`` (≥ every part's max), so that the sums of
+    disjoint parts of a pool simply add: the merge step of :func:`combine_partials` and of the
+    all-reduce across workers. The result's ``max`` is ``new_max``.
+
+    Shape:
+        parts: [..., B] / [..., B, D] fields (e.g. [P, B] for P stacked parts). new_max: [B].
+    """
+    rescale = torch.exp(parts.max - finite_shift(new_max))  # an empty part (max −inf): 0
+    return PoolPartials(
+        new_max, rescale * parts.sum_exp, rescale[..., None] * parts.weighted_keys,
+        rescale * parts.weighted_sim,
+    )
+
+
+def tile_blocks(pool: Tensor, tile_size: int | None) -> Iterator[tuple[int, int, Tensor]]:
+    """``(start, end, pool rows start:end)`` for consecutive tiles; one tile when ``tile_size``
+    is None.
+
+    Shape:
+        pool: [N, D] (shared) or [B, N, D] (per query); blocks [t, D] or [B, t, D].
+    """
+    size = pool.shape[-2]
+    step = max(1, size if tile_size is None else tile_size)
+    for start in range(0, size, step):
+        end = min(size, start + step)
+        yield start, end, (pool[:, start:end] if pool.dim() == 3 else pool[start:end])
+
+
 def tile_exclusion(
-    mask: Tensor | None, exclude_index: Tensor | None, start: int, end: int
+    mask: Tensor | None,
+    exclude_index: Tensor | None,
+    start: int,
+    end: int,
+    logits: Tensor | None = None,
+    threshold: Tensor | None = None,
 ) -> Tensor | None:
-    """Bool [B, end − start], True where a column of this tile must not count (or None)."""
+    """Bool [B, end − start], True where an entry of this tile must not count (or None).
+
+    An entry is out when ``mask`` says so, when it is the query's ``exclude_index`` column (its
+    positive among the keys), or when its logit is below the query's ``threshold`` (the hard
+    losses' boundary; ``logits`` must then be this tile's, as the boundary pass computed them).
+
+    Shape:
+        mask: [B, N] bool (whole pool). exclude_index: [B] long. logits: [B, end − start].
+        threshold: [B].
+    """
     excluded = None if mask is None else mask[:, start:end]
     if exclude_index is not None:
         columns = torch.arange(start, end, device=exclude_index.device)
         hit = exclude_index[:, None] == columns[None, :]
         excluded = hit if excluded is None else excluded | hit
+    if threshold is not None:
+        assert logits is not None, "a threshold is compared with the tile's logits"
+        below = logits < threshold[:, None]
+        excluded = below if excluded is None else excluded | below
     return excluded
+
+
+def drop_excluded_(
+    logits: Tensor,
+    mask: Tensor | None,
+    exclude_index: Tensor | None,
+    start: int,
+    end: int,
+    threshold: Tensor | None = None,
+) -> Tensor:
+    """``logits`` with −inf, in place, wherever :func:`tile_exclusion` excludes an entry.
+
+    −inf makes an entry count for nothing in a log-sum-exp or a top-k and gives it exactly
+    zero gradient (``masked_fill_`` on a product's output is safe for autograd).
+
+    Shape:
+        logits: [B, end − start]; the rest as :func:`tile_exclusion`. Returns ``logits``.
+    """
+    excluded = tile_exclusion(mask, exclude_index, start, end, logits, threshold)
+    return logits if excluded is None else logits.masked_fill_(excluded, -math.inf)
 
 
 def tile_logits(scaled_query: Tensor, block: Tensor) -> Tensor:
@@ -148,25 +225,6 @@ def _max_row_norm(pool: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.linalg.vector_norm(pool.detach(), dim=-1, dtype=dtype).amax(dim=-1)
 
 
-def _tile_blocks(pool: Tensor, tile_size: int | None) -> Iterator[tuple[int, int, Tensor]]:
-    size = pool.shape[-2]
-    step = max(1, size if tile_size is None else tile_size)
-    for start in range(0, size, step):
-        end = min(size, start + step)
-        yield start, end, (pool[:, start:end] if pool.dim() == 3 else pool[start:end])
-
-
-def _excluded(
-    logits: Tensor, mask: Tensor | None, exclude_index: Tensor | None,
-    threshold: Tensor | None, start: int, end: int,
-) -> Tensor | None:
-    excluded = tile_exclusion(mask, exclude_index, start, end)
-    if threshold is not None:
-        below = logits < threshold[:, None]
-        excluded = below if excluded is None else excluded | below
-    return excluded
-
-
 def _stream_shifted(
     scaled_query: Tensor, pool: Tensor, bound: Tensor, tile_size: int | None,
     mask: Tensor | None, exclude_index: Tensor | None, threshold: Tensor | None,
@@ -180,18 +238,17 @@ def _stream_shifted(
     sum_exp = torch.zeros(batch, dtype=dtype, device=device)
     weighted = torch.zeros(batch, dim, dtype=dtype, device=device)
     relative_max = torch.full((batch,), -math.inf, dtype=dtype, device=device)
-    for start, end, block in _tile_blocks(pool, tile_size):
+    for start, end, block in tile_blocks(pool, tile_size):
         if block.dim() == 2 and threshold is None:
             # addmm writes z − c in the product's own pass.
             logits = torch.addmm(-bound[:, None], scaled_query, block.to(dtype).T)
-            excluded = tile_exclusion(mask, exclude_index, start, end)
+            drop_excluded_(logits, mask, exclude_index, start, end)
         else:
-            # The threshold is compared with exactly the logits the boundary pass saw.
+            # The threshold is compared with exactly the logits the boundary pass saw; the
+            # shift comes after (−inf − c stays −inf).
             logits = tile_logits(scaled_query, block)
-            excluded = _excluded(logits, mask, exclude_index, threshold, start, end)
+            drop_excluded_(logits, mask, exclude_index, start, end, threshold)
             logits.sub_(bound[:, None])
-        if excluded is not None:
-            logits.masked_fill_(excluded, -math.inf)
         if exact_max:
             torch.maximum(relative_max, logits.amax(dim=1), out=relative_max)
         probs = logits.exp_()  # in place: the tile is the one big buffer
@@ -216,24 +273,22 @@ def _stream_running_max(
     """The textbook online softmax (rescale by each new running max); exact for any logits."""
     batch, dim = scaled_query.shape
     dtype, device = scaled_query.dtype, scaled_query.device
-    running_max = torch.full((batch,), -math.inf, dtype=dtype, device=device)
-    sum_exp = torch.zeros(batch, dtype=dtype, device=device)
-    weighted = torch.zeros(batch, dim, dtype=dtype, device=device)
-    for start, end, block in _tile_blocks(pool, tile_size):
-        logits = tile_logits(scaled_query, block)
-        excluded = _excluded(logits, mask, exclude_index, threshold, start, end)
-        if excluded is not None:
-            logits.masked_fill_(excluded, -math.inf)
-        new_max = torch.maximum(running_max, logits.amax(dim=1))
-        # A row with nothing unmasked so far has max −inf; shifting by 0 instead keeps
-        # exp(−inf − (−inf)) = NaN out while every term stays exactly 0.
-        shift = torch.where(torch.isinf(new_max), torch.zeros_like(new_max), new_max)
-        rescale = torch.exp(running_max - shift)
-        probs = logits.sub_(shift[:, None]).exp_()
-        sum_exp = sum_exp * rescale + probs.sum(dim=1)
-        weighted = weighted.mul_(rescale[:, None]).add_(weighted_sum(probs, block))
-        running_max = new_max
-    return PoolPartials(running_max, sum_exp, weighted, torch.zeros_like(sum_exp))
+    zeros = torch.zeros(batch, dtype=dtype, device=device)
+    running = PoolPartials(
+        torch.full((batch,), -math.inf, dtype=dtype, device=device), zeros,
+        torch.zeros(batch, dim, dtype=dtype, device=device), zeros,
+    )
+    for start, end, block in tile_blocks(pool, tile_size):
+        logits = drop_excluded_(
+            tile_logits(scaled_query, block), mask, exclude_index, start, end, threshold
+        )
+        running = rescale_partials(running, torch.maximum(running.max, logits.amax(dim=1)))
+        probs = logits.sub_(finite_shift(running.max)[:, None]).exp_()
+        running = running._replace(
+            sum_exp=running.sum_exp + probs.sum(dim=1),
+            weighted_keys=running.weighted_keys + weighted_sum(probs, block),
+        )
+    return running
 
 
 def pool_partials(
@@ -271,14 +326,9 @@ def combine_partials(parts: Sequence[PoolPartials]) -> PoolPartials:
     """
     if not parts:
         raise ValueError("combine_partials needs at least one PoolPartials")
-    maxes = torch.stack([p.max for p in parts])  # [P, B]
-    new_max = maxes.amax(dim=0)
-    shift = torch.where(torch.isinf(new_max), torch.zeros_like(new_max), new_max)
-    rescale = torch.exp(maxes - shift)  # [P, B]; an empty part has max −inf → weight 0
-    sum_exp = (rescale * torch.stack([p.sum_exp for p in parts])).sum(dim=0)
-    weighted_keys = (rescale[:, :, None] * torch.stack([p.weighted_keys for p in parts])).sum(0)
-    weighted_sim = (rescale * torch.stack([p.weighted_sim for p in parts])).sum(dim=0)
-    return PoolPartials(new_max, sum_exp, weighted_keys, weighted_sim)
+    stacked = PoolPartials(*(torch.stack(field) for field in zip(*parts, strict=True)))
+    merged = rescale_partials(stacked, stacked.max.amax(dim=0))
+    return PoolPartials(merged.max, *(field.sum(dim=0) for field in merged[1:]))
 
 
 def partials_lse(p: PoolPartials) -> Tensor:
@@ -319,11 +369,14 @@ def lse_backward(
     return grad_query, grad_tau
 
 
-class ConstantPoolLSE(torch.autograd.Function):
-    """LSE over a pool that needs no gradient; one streaming pass, no second pass in backward.
+class PoolLSE(torch.autograd.Function):
+    """LSE over a pool in one streaming pass; differentiable in the query, τ and the pool.
 
     The query's gradient ``W / (S·τ)`` and τ's ``−U / (S·τ²)`` are accumulated during the forward
-    pass, so backward is a few [B, D] element-wise operations.
+    pass, so for a constant pool (queue, bank, momentum keys) backward is a few [B, D]
+    element-wise operations. Only a pool that needs a gradient (the keys) is kept for a second
+    streaming pass in backward, which recomputes each tile's probabilities: two more matrix
+    products per tile (``q @ tileᵀ``, then ``Pᵀ @ q``).
     """
 
     @staticmethod
@@ -341,99 +394,57 @@ class ConstantPoolLSE(torch.autograd.Function):
             query, pool, tau, tile_size=tile_size, mask=mask,
             exclude_index=exclude_index, threshold=threshold, exact_max=False,
         )
-        ctx.save_for_backward(parts.sum_exp, parts.weighted_keys, parts.weighted_sim, tau)
-        ctx.query_dtype = query.dtype
-        return partials_lse(parts)
-
-    @staticmethod
-    def backward(ctx: Any, grad_lse: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        grad_query, grad_tau = lse_backward(
-            ctx.saved_tensors, grad_lse, ctx.needs_input_grad[:2], ctx.query_dtype
-        )
-        return grad_query, grad_tau, None, None, None, None, None
-
-
-class KeyLSE(torch.autograd.Function):
-    """LSE over keys that need a gradient: streaming forward, and a second streaming pass in
-    backward that recomputes each tile's probabilities for the keys' gradient.
-
-    The query's and τ's gradients are still taken from the forward statistics, so the second
-    pass costs two matrix products per tile (recompute ``q @ tileᵀ``, then ``Pᵀ @ q``).
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        query: Tensor,
-        key: Tensor,
-        tau: Tensor,
-        mask: Tensor | None,
-        exclude_index: Tensor | None,
-        threshold: Tensor | None,
-        tile_size: int | None,
-    ) -> Tensor:
-        parts = stream_partials(
-            query, key, tau, tile_size=tile_size, mask=mask,
-            exclude_index=exclude_index, threshold=threshold, exact_max=False,
-        )
         lse = partials_lse(parts)
-        ctx.save_for_backward(
-            query, key, tau, lse, parts.sum_exp, parts.weighted_keys, parts.weighted_sim,
-            mask, exclude_index, threshold,
-        )
+        stats = (parts.sum_exp, parts.weighted_keys, parts.weighted_sim, tau)
+        if ctx.needs_input_grad[2]:
+            ctx.save_for_backward(*stats, query, pool, lse, mask, exclude_index, threshold)
+        else:
+            ctx.save_for_backward(*stats)
+        ctx.query_dtype = query.dtype
         ctx.tile_size = tile_size
         return lse
 
     @staticmethod
     def backward(ctx: Any, grad_lse: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        (query, key, tau, lse, sum_exp, weighted_keys, weighted_sim,
-         mask, exclude_index, threshold) = ctx.saved_tensors
-        tau = tau.detach()
-        nonempty = sum_exp > 0
-        grad = torch.where(nonempty, grad_lse, 0.0)
-        scale = grad / torch.where(nonempty, sum_exp, 1.0)
-        grad_query = grad_key = grad_tau = None
-        if ctx.needs_input_grad[0]:
-            grad_query = (weighted_keys * (scale / tau)[:, None]).to(query.dtype)
+        saved = ctx.saved_tensors
+        grad_query, grad_tau = lse_backward(
+            saved[:4], grad_lse, ctx.needs_input_grad[:2], ctx.query_dtype
+        )
+        grad_pool = None
         if ctx.needs_input_grad[2]:
-            grad_tau = -(scale * weighted_sim).sum() / tau**2
-        if ctx.needs_input_grad[1]:
-            grad_key = _key_gradient(
-                query, key, tau, lse, grad, mask, exclude_index, threshold, ctx.tile_size
+            query, pool, lse, mask, exclude_index, threshold = saved[4:]
+            grad_pool = _pool_gradient(
+                query, pool, saved[3], lse, grad_lse, mask, exclude_index, threshold,
+                ctx.tile_size,
             )
-        return grad_query, grad_key, grad_tau, None, None, None, None
+        return grad_query, grad_tau, grad_pool, None, None, None, None
 
 
-def _key_gradient(
+def _pool_gradient(
     query: Tensor,
-    key: Tensor,
+    pool: Tensor,
     tau: Tensor,
     lse: Tensor,
-    grad: Tensor,
+    grad_lse: Tensor,
     mask: Tensor | None,
     exclude_index: Tensor | None,
     threshold: Tensor | None,
     tile_size: int | None,
 ) -> Tensor:
-    """``∂(Σ_b grad_b · LSE_b)/∂key``, recomputing the probabilities tile by tile.
+    """``∂(Σ_b grad_lse_b · LSE_b)/∂pool``, recomputing the probabilities tile by tile.
 
     Shape:
-        query: [B, D]. key: [K, D]. lse, grad: [B]. Returns [K, D] in key's dtype.
+        query: [B, D]. pool: [K, D] (a shared pool; per-query pools are constants). tau: 0-dim.
+        lse, grad_lse: [B]. Returns [K, D] in pool's dtype.
     """
-    scaled_query = query.to(compute_dtype(query)) / tau
-    shift = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
-    out = torch.empty(key.shape, dtype=scaled_query.dtype, device=key.device)
-    size = key.shape[0]
-    step = max(1, size if tile_size is None else tile_size)
-    for start in range(0, size, step):
-        end = min(size, start + step)
-        logits = tile_logits(scaled_query, key[start:end])
-        excluded = tile_exclusion(mask, exclude_index, start, end)
-        if threshold is not None:
-            below = logits < threshold[:, None]
-            excluded = below if excluded is None else excluded | below
-        if excluded is not None:
-            logits.masked_fill_(excluded, float("-inf"))
+    scaled_query = query.to(compute_dtype(query)) / tau.detach()
+    # A query whose whole pool was excluded (LSE −inf) contributes nothing.
+    shift = finite_shift(lse)
+    grad = torch.where(torch.isinf(lse), 0.0, grad_lse)
+    out = torch.empty(pool.shape, dtype=scaled_query.dtype, device=pool.device)
+    for start, end, block in tile_blocks(pool, tile_size):
+        logits = tile_logits(scaled_query, block)
+        drop_excluded_(logits, mask, exclude_index, start, end, threshold)
         probs = logits.sub_(shift[:, None]).exp_().mul_(grad[:, None])
         out[start:end] = probs.T @ scaled_query
-    return out.to(key.dtype)
+    return out.to(pool.dtype)

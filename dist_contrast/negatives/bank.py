@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dist_contrast.losses.nce import proximal_regularizer
 from dist_contrast.negatives.base import Negatives
 
 
@@ -111,8 +112,7 @@ class MemoryBank:
 
         Shape: features [B, D], ids [B] -> scalar.
         """
-        previous = self.vectors[ids.to(self.vectors.device)].to(features.dtype)
-        return weight * (features - previous).pow(2).sum(dim=1).mean()
+        return proximal_regularizer(features, self.entries(ids), weight=weight)
 
     @torch.no_grad()
     def update(self, keys: Tensor, ids: Tensor, labels: Tensor | None, step: int) -> None:

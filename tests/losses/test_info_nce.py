@@ -129,7 +129,8 @@ def test_positive_gradient_equals_sum_of_negative_gradients(tau: float, tile_siz
     negatives = grad.abs().sum(dim=1) - positive.abs()
     assert (positive < 0).all()
     torch.testing.assert_close(positive.abs(), negatives, rtol=0, atol=1e-6)
-    # and each negative's gradient is (1/τ) P_ij, as SCIENCE.md §2 states
+    # and each negative's gradient is (1/τ) P_ij
+    # (docs/science.md#gradients-and-the-relative-penalty)
     probs = torch.softmax(sims[:, :9] / tau, dim=1)
     off_diagonal = ~torch.eye(4, 9, dtype=torch.bool)
     torch.testing.assert_close(grad[off_diagonal], (probs / tau)[off_diagonal])
@@ -150,8 +151,8 @@ def test_small_temperature_limit_is_hardest_negative_margin():
 
 
 def test_large_temperature_limit():
-    # τ·(L − log(N+1)) → (Σ_k s_ik − N·s_ii)/(N+1): with N ≫ 1 this is SCIENCE.md's
-    # −s_ii/τ + (1/(Nτ))Σ s_ik + log N. (SCIENCE.md writes −s_ii/(Nτ); see the report.)
+    # τ·(L − log(N+1)) → (Σ_k s_ik − N·s_ii)/(N+1): with N ≫ 1 this is the limit
+    # −s_ii/τ + (1/(Nτ))Σ s_ik + log N (docs/science.md#limits-of-small-and-large-temperature).
     negatives = 7
     sims = torch.rand(4, negatives + 1, dtype=torch.float64) * 2 - 1
     key = torch.eye(negatives + 1, dtype=torch.float64)

@@ -102,7 +102,7 @@ def test_normalizer_is_estimated_once_and_round_trips():
     empty.load_state_dict(NormalizerEstimator().state_dict())
     assert not empty.is_set
     with pytest.raises(ValueError, match="positive number"):
-        NormalizerEstimator().set_once(float("nan"))
+        NormalizerEstimator().set(float("nan"), 0)
 
 
 def test_more_noise_samples_estimate_z_better():
