@@ -10,8 +10,9 @@ have doubled since the last build, with lists in proportion, so the centroids fo
 from the first steps on (these geometric rebuilds are small: together about one build of
 the final size).
 
-Refresh policy. After every ``update`` the ids whose bank entries changed are marked dirty.
-Every ``refresh_every`` steps the dirty entries are re-indexed in place (``remove_ids`` +
+Refresh policy (the rules themselves: :func:`dist_contrast.negatives.miner_policy.decide`).
+After every ``update`` the ids whose bank entries changed are marked dirty. Every
+``refresh_every`` steps the dirty entries are re-indexed in place (``remove_ids`` +
 ``add_with_ids``; IVF keeps its centroids), and every ``rebuild_every`` steps the index is
 rebuilt from the written entries (IVF centroids retrained on the current keys, so the lists
 follow the encoder's drift; k-means starts from the previous centroids and runs
@@ -39,11 +40,18 @@ at the next search.
 Layout. ``replicated``: every rank indexes the whole bank and searches its own queries.
 ``sharded``: rank r indexes the id range [r·n/W, (r+1)·n/W) and searches every rank's
 queries; ``collective.mine_sharded`` gathers the queries and merges the top-k across ranks.
+
+Structure. :class:`FaissMiner` measures, asks the policy (a pure function of
+:class:`~dist_contrast.negatives.miner_policy.MinerCounters`), then acts. The FAISS upkeep
+(build, in-place refresh, search, dirty entries and their ages) is :class:`ShardIndex`; the
+time accounting behind the ``miner/*seconds`` metrics is :class:`MinerClock`.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import faiss
@@ -63,11 +71,199 @@ from dist_contrast.negatives.index import (
     remove_ids,
     resolve_device,
 )
+from dist_contrast.negatives.miner_policy import Decision, MinerCounters, Scan, decide
 
 
 def shard_range(size: int, rank: int, world_size: int) -> tuple[int, int]:
     """The contiguous id range [lo, hi) that rank ``rank`` indexes (sizes differ by ≤ 1)."""
     return size * rank // world_size, size * (rank + 1) // world_size
+
+
+# ---------------------------------------------------------------------- time accounting
+
+
+class Lap:
+    """The seconds of one ``MinerClock.timing`` block (set when the block ends)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+
+
+class MinerClock:
+    """The miner's seconds: a running total, and what the last metrics have not reported."""
+
+    def __init__(self) -> None:
+        # All the miner's time (search, selection, update, refresh, rebuild) since it was made:
+        # the trainer differences it over its log window (miner/time_share).
+        self.total = 0.0
+        self._upkeep = 0.0  # refresh/rebuild seconds since the last report
+        self._reported = 0.0  # total at the last report
+
+    @contextmanager
+    def timing(self, *, upkeep: bool = False) -> Iterator[Lap]:
+        """Time the block into the total, or with ``upkeep`` into the refresh seconds (the
+        update that runs the upkeep already counts it in the total)."""
+        lap = Lap()
+        yield lap
+        lap.seconds = time.perf_counter() - lap.start
+        if upkeep:
+            self._upkeep += lap.seconds
+        else:
+            self.total += lap.seconds
+
+    def report(self) -> dict[str, float]:
+        """The upkeep's and all the miner's seconds since the last report."""
+        metrics = {
+            "miner/refresh_seconds": self._upkeep,
+            "miner/seconds": self.total - self._reported,
+        }
+        self._upkeep, self._reported = 0.0, self.total
+        return metrics
+
+
+# ---------------------------------------------------------------------- FAISS upkeep
+
+
+class ShardIndex:
+    """The FAISS index over the written entries of bank rows [lo, hi), and the dirty entries.
+
+    Mechanism only: it builds, refreshes and searches when told and reports what it did; the
+    miner's policy decides when.
+    """
+
+    def __init__(self, cfg: MinerConfig, bank: MemoryBank, lo: int, hi: int, seed: int) -> None:
+        self.cfg, self.bank, self.lo, self.hi, self.seed = cfg, bank, lo, hi, seed
+        self.device = resolve_device(cfg.device)
+        self.index: SearchIndex | None = None
+        self.dirty = torch.zeros(hi - lo, dtype=torch.bool)
+        # Step each entry was (re)written into the index; -1 = not in the index.
+        self.indexed_at = torch.full((hi - lo,), -1, dtype=torch.long)
+        self._age_sum = 0  # sum of indexed_at over the index, for the mean age
+        self._oldest = -1  # min of indexed_at over the index
+        self.stale = True  # (re)build from the bank before searching: new or just loaded
+
+    def clear(self) -> None:
+        """Drop the index (a checkpoint load): it is rebuilt from the restored bank before
+        the next search, every entry then fresh, so nothing is dirty."""
+        self.index = None
+        self.dirty.zero_()
+        self.indexed_at.fill_(-1)
+        self.stale = True
+
+    @property
+    def lists(self) -> int:
+        """IVF lists of the index (1 for other kinds or no index)."""
+        ivf = as_ivf(self.index.cpu) if self.index is not None else None
+        return int(ivf.nlist) if ivf is not None else 1
+
+    def _vectors(self, positions: Tensor | None = None) -> np.ndarray:
+        shard = self.bank.vectors[self.lo : self.hi]
+        rows = shard if positions is None else shard[positions.to(shard.device)]
+        return rows.detach().to("cpu", torch.float32).numpy()
+
+    def mark(self, ids: Tensor) -> int:
+        """Mark this shard's entries among ``ids`` dirty; returns how many of them are written
+        for the first time (neither in the index nor already dirty).
+
+        Shape: ids [N] global ids.
+        """
+        ids = ids.detach().to("cpu")
+        mine = (ids >= self.lo) & (ids < self.hi)
+        positions = torch.unique(ids[mine] - self.lo)
+        first = positions[(self.indexed_at[positions] < 0) & ~self.dirty[positions]]
+        self.dirty[positions] = True
+        return first.numel()
+
+    def build(self, step: int, number: int) -> int:
+        """Build the index from the shard's written entries; returns how many it holds.
+
+        ``number`` (the builds before this one) varies the training sample and k-means seed.
+        """
+        written = (self.bank.write_step[self.lo : self.hi] >= 0).to("cpu")
+        positions = written.nonzero().flatten()
+        previous = ivf_centroids(self.index.cpu) if self.index is not None else None
+        self.index = None  # free the old index before the new one fills: one index at a time
+        self.indexed_at.fill_(-1)
+        self.dirty.zero_()
+        rows = positions.numel()
+        if rows > 0:
+            self.index = self._fill(positions, previous, number)
+            self.indexed_at[positions] = step
+        self._age_sum, self._oldest = rows * step, step
+        self.stale = False
+        return rows
+
+    def _fill(self, positions: Tensor, previous: np.ndarray | None, number: int) -> SearchIndex:
+        """A new index of the entries at ``positions``, IVF centroids trained on a sample of
+        them (warm-started from ``previous``, topped up when the index has grown).
+
+        Shape: positions [R] shard positions, previous [L, D] or None.
+        """
+        rows = positions.numel()
+        sample = min(rows, max(256, self.cfg.nlist * self.cfg.train_per_list))
+        generator = torch.Generator().manual_seed(self.seed + 7919 * (number + 1))
+        train_rows = positions[torch.randperm(rows, generator=generator)[:sample]]
+        cpu_index = build_index(
+            self.cfg,
+            self.bank.dim,
+            self._vectors(train_rows),
+            centroids=previous,
+            seed=self.seed + number,
+        )
+        ids = (positions + self.lo).numpy().astype(np.int64)
+        cpu_index.add_with_ids(self._vectors(positions), ids)
+        return SearchIndex(cpu_index, self.device, self.cfg.index)
+
+    def refresh(self, step: int) -> int:
+        """Re-index the dirty entries in place; returns how many were not in the index."""
+        assert self.index is not None and self.cfg.index != "hnsw", "HNSW cannot remove: rebuild"
+        positions = self.dirty.nonzero().flatten()
+        if positions.numel() == 0:
+            return 0
+        before = self.indexed_at[positions]
+        present = before >= 0
+        if bool(present.any()):
+            remove_ids(self.index.cpu, (positions[present] + self.lo).numpy())
+        ids = (positions + self.lo).numpy().astype(np.int64)
+        self.index.cpu.add_with_ids(self._vectors(positions), ids)
+        self.index.sync()
+        self.indexed_at[positions] = step
+        self._age_sum += step * positions.numel() - int(before[present].sum())
+        if bool(present.any()) and int(before[present].min()) == self._oldest:
+            # The oldest entries may all have been refreshed: find the new oldest.
+            indexed = self.indexed_at >= 0
+            self._oldest = int(self.indexed_at.masked_fill(~indexed, step).min())
+        self.dirty.zero_()
+        return int((~present).sum())
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """Top-``k`` of ``queries`` and the index entries FAISS compared (IVF statistics; 0
+        for exact, HNSW and GPU indexes).
+
+        Shape: queries [Q, D] float32 -> scores [Q, k], ids [Q, k] int64 (-1 = none).
+        """
+        assert self.index is not None
+        stats = faiss.cvar.indexIVF_stats  # type: ignore[attr-defined]
+        stats.reset()
+        scores, ids = self.index.search(queries, k)
+        return scores, ids, int(stats.ndis)
+
+    def metrics(self, step: int) -> dict[str, float]:
+        """Ages (steps since each indexed entry was written into the index), the shares of
+        the shard indexed and dirty, and the IVF lists' imbalance."""
+        indexed = self.index.ntotal if self.index is not None else 0
+        rows = max(1, self.indexed_at.numel())
+        return {
+            "miner/index_age_mean": step - self._age_sum / indexed if indexed else 0.0,
+            "miner/index_age_max": float(step - self._oldest) if indexed else 0.0,
+            "miner/indexed_fraction": indexed / rows,
+            "miner/imbalance": (imbalance(self.index.cpu) or 1.0) if self.index else 1.0,
+            "miner/dirty_fraction": int(self.dirty.sum()) / rows,
+        }
+
+
+# ---------------------------------------------------------------------- the miner
 
 
 class FaissMiner:
@@ -88,43 +284,24 @@ class FaissMiner:
         self.lo, self.hi = (
             shard_range(bank.size, rank, world_size) if self.sharded else (0, bank.size)
         )
-        self.device = resolve_device(cfg.device)
         if cfg.num_threads is not None:
             # Ray pins a worker to a few cores; FAISS would otherwise start one thread per core
             # of the machine and oversubscribe them.
             faiss.omp_set_num_threads(cfg.num_threads)
-        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
-        rows = self.hi - self.lo
-        self.index: SearchIndex | None = None
-        self.dirty = torch.zeros(rows, dtype=torch.bool)
-        # Step each entry was (re)written into the index; -1 = not in the index.
-        self.indexed_at = torch.full((rows,), -1, dtype=torch.long)
-        self.indexed_rows = 0  # entries in the index
-        self.new_rows = 0  # dirty entries not yet in the index (first writes)
-        self.built_rows = 0  # entries at the last rebuild (the doubling rule)
-        self._indexed_sum = 0  # sum of indexed_at over the index, for the mean age
-        self._oldest = -1  # min of indexed_at over the index
-        # All the miner's time (search, selection, update, refresh, rebuild) since it was made:
-        # the trainer differences it over its log window (miner/time_share).
-        self.total_seconds = 0.0
-        self._stale = True  # (re)build from the bank at the next search: new or just loaded
-        # Adaptive rebuild (see _count_drift): the last build's seconds, the fewest entries a
-        # search scanned per query since then and the fastest seconds per scanned entry, and
-        # the seconds the searches spent scanning more than that (what drift has cost).
-        self._build_seconds = 0.0
-        self._lists = 1  # IVF lists of the current index
-        self._full_lists = 1  # lists once the written entries fill them (cfg.nlist for IVF)
-        self._fewest = self._per_entry = float("inf")
-        self._drift_seconds = 0.0
+        self.shard = ShardIndex(cfg, bank, self.lo, self.hi, seed)
+        self.clock = MinerClock()
+        self.counters = MinerCounters()
         self.step = 0
-        self.refresh_step = -1
-        self.rebuild_step = -1
-        self.rebuilds = 0
-        self._pending_seconds = 0.0  # refresh/rebuild time since the last metrics
-        self._reported_seconds = 0.0  # total_seconds at the last metrics
 
-    # ------------------------------------------------------------------ index maintenance
+    @property
+    def index(self) -> SearchIndex | None:
+        return self.shard.index
+
+    @property
+    def total_seconds(self) -> float:
+        """All the miner's seconds since it was made (the trainer's miner/time_share)."""
+        return self.clock.total
 
     @property
     def candidates(self) -> int:
@@ -133,125 +310,47 @@ class FaissMiner:
         factor = self.cfg.refine_factor if coarse and self.cfg.rerank else 1
         return self.cfg.search_k * factor
 
-    def _vectors(self, positions: Tensor | None = None) -> np.ndarray:
-        shard = self.bank.vectors[self.lo : self.hi]
-        rows = shard if positions is None else shard[positions.to(shard.device)]
-        return rows.detach().to("cpu", torch.float32).numpy()
-
-    def rebuild(self, step: int) -> None:
-        """Build the index from the bank shard's written entries (IVF centroids retrained on
-        them, warm-started from the previous ones, topped up when the index has grown)."""
-        start = time.perf_counter()
-        written = (self.bank.write_step[self.lo : self.hi] >= 0).to("cpu")
-        positions = written.nonzero().flatten()
-        previous = ivf_centroids(self.index.cpu) if self.index is not None else None
-        self.index = None  # free the old index before the new one fills: one index at a time
-        self.indexed_at.fill_(-1)
-        self.dirty.zero_()
-        rows = positions.numel()
-        if rows > 0:
-            sample = min(rows, max(256, self.cfg.nlist * self.cfg.train_per_list))
-            generator = torch.Generator().manual_seed(self.seed + 7919 * (self.rebuilds + 1))
-            train_rows = positions[torch.randperm(rows, generator=generator)[:sample]]
-            cpu_index = build_index(
-                self.cfg,
-                self.bank.dim,
-                self._vectors(train_rows),
-                centroids=previous,
-                seed=self.seed + self.rebuilds,
-            )
-            ids = (positions + self.lo).numpy().astype(np.int64)
-            cpu_index.add_with_ids(self._vectors(positions), ids)
-            self.index = SearchIndex(cpu_index, self.device, self.cfg.index)
-            self.indexed_at[positions] = step
-            ivf = as_ivf(cpu_index)
-            self._lists = int(ivf.nlist) if ivf is not None else 1
-            self._full_lists = self.cfg.nlist if ivf is not None else 1
-        self.indexed_rows = self.built_rows = rows
-        self.new_rows = 0
-        self._indexed_sum, self._oldest = rows * step, step
-        self.refresh_step = step
-        self.rebuild_step = step
-        self.rebuilds += 1
-        self._stale = False
-        self._build_seconds = time.perf_counter() - start
-        self._fewest = self._per_entry = float("inf")
-        self._drift_seconds = 0.0
-        self._spent(start)
-
-    def refresh(self, step: int) -> None:
-        """Re-index the dirty entries in place (a rebuild for HNSW, which cannot remove)."""
-        if self.index is None or self.cfg.index == "hnsw":
-            self.rebuild(step)
-            return
-        start = time.perf_counter()
-        positions = self.dirty.nonzero().flatten()
-        if positions.numel() > 0:
-            before = self.indexed_at[positions]
-            present = before >= 0
-            if bool(present.any()):
-                remove_ids(self.index.cpu, (positions[present] + self.lo).numpy())
-            ids = (positions + self.lo).numpy().astype(np.int64)
-            self.index.cpu.add_with_ids(self._vectors(positions), ids)
-            self.index.sync()
-            self.indexed_at[positions] = step
-            self.indexed_rows += int((~present).sum())
-            self._indexed_sum += step * positions.numel() - int(before[present].sum())
-            if bool(present.any()) and int(before[present].min()) == self._oldest:
-                # The oldest entries may all have been refreshed: find the new oldest.
-                indexed = self.indexed_at >= 0
-                self._oldest = int(self.indexed_at.masked_fill(~indexed, step).min())
-            self.dirty.zero_()
-            self.new_rows = 0
-        self.refresh_step = step
-        self._spent(start)
-
-    def _spent(self, start: float) -> None:
-        """Refresh/rebuild seconds since ``start``, for miner/refresh_seconds."""
-        self._pending_seconds += time.perf_counter() - start
+    # ------------------------------------------------------------------ index maintenance
 
     def update(self, keys: Tensor, ids: Tensor, labels: Tensor | None, step: int) -> None:
-        """Mark the changed entries dirty and refresh/rebuild on schedule.
+        """Mark the changed entries dirty and refresh/rebuild when the policy says so.
 
         Call after ``MemoryBank.update`` with the same global batch.
 
         Shape: keys [W·B, D] (unused: the index reads the bank), ids [W·B].
         """
-        start = time.perf_counter()
-        self._update(ids, step)
-        self.total_seconds += time.perf_counter() - start
+        with self.clock.timing():
+            self.step = step
+            first = self.shard.mark(ids)
+            self.counters = self.counters.marked(first)
+            self._act(decide(self.counters, self.cfg, step), step)
 
-    def _update(self, ids: Tensor, step: int) -> None:
-        self.step = step
-        ids = ids.detach().to("cpu")
-        mine = (ids >= self.lo) & (ids < self.hi)
-        positions = torch.unique(ids[mine] - self.lo)
-        first = positions[(self.indexed_at[positions] < 0) & ~self.dirty[positions]]
-        self.new_rows += first.numel()
-        self.dirty[positions] = True
-        if self.index is None and self.indexed_rows == 0 and self.new_rows == 0:
-            return
-        doubled = self.indexed_rows + self.new_rows >= 2 * self.built_rows
-        if self.index is None or (doubled and self._lists < self._full_lists):
-            self.rebuild(step)  # the written entries doubled: more lists, fitted to them
-        elif step - self.rebuild_step >= self.cfg.rebuild_every:
+    def _act(self, decision: Decision, step: int) -> None:
+        if decision.action == "rebuild":
             self.rebuild(step)
-        elif self.cfg.adaptive_rebuild and self._drift_seconds >= self._build_seconds:
-            self.rebuild(step)  # the drift's slower searches have cost as much as a rebuild
-        elif step - self.refresh_step >= self.cfg.refresh_every:
+        elif decision.action == "refresh":
             self.refresh(step)
 
-    def _ensure_index(self) -> SearchIndex | None:
-        """The index, built from the bank on first use (None while nothing is written)."""
-        if self._stale:
-            start = time.perf_counter()
-            schedule = (self.refresh_step, self.rebuild_step)
-            self.rebuild(self.step)
-            if schedule[1] >= 0:
-                # Rebuilt after a checkpoint load: keep the saved refresh schedule.
-                self.refresh_step, self.rebuild_step = schedule
-            self.total_seconds += time.perf_counter() - start
-        return self.index
+    def rebuild(self, step: int) -> None:
+        """Build the index from the bank shard's written entries (IVF centroids retrained on
+        them, warm-started from the previous ones, topped up when the index has grown)."""
+        self._build(step, resume=False)
+
+    def _build(self, step: int, *, resume: bool) -> None:
+        with self.clock.timing(upkeep=True) as lap:
+            rows = self.shard.build(step, self.counters.rebuilds)
+        self.counters = self.counters.rebuilt(
+            step, rows=rows, lists=self.shard.lists, seconds=lap.seconds, resume=resume
+        )
+
+    def refresh(self, step: int) -> None:
+        """Re-index the dirty entries in place (a rebuild for HNSW, which cannot remove)."""
+        if self.shard.index is None or self.cfg.index == "hnsw":
+            self.rebuild(step)
+            return
+        with self.clock.timing(upkeep=True):
+            added = self.shard.refresh(step)
+        self.counters = self.counters.refreshed(step, added=added)
 
     # ------------------------------------------------------------------ mining
 
@@ -260,39 +359,19 @@ class FaissMiner:
 
         Shape: queries [Q, D] -> scores [Q, C], ids [Q, C] (global ids, -1 = none).
         """
-        index = self._ensure_index()
-        start = time.perf_counter()
-        if index is None:  # nothing written yet: no candidates
+        if self.shard.stale:
+            # First use, or just loaded: build from the bank, resuming a loaded schedule.
+            with self.clock.timing():
+                self._build(self.step, resume=True)
+        if self.shard.index is None:  # nothing written yet: no candidates
             shape = (queries.shape[0], self.candidates)
             return torch.full(shape, float("-inf")), torch.full(shape, -1, dtype=torch.long), 0.0
-        queries_np = queries.detach().to("cpu", torch.float32).numpy()
-        stats = faiss.cvar.indexIVF_stats  # type: ignore[attr-defined]
-        stats.reset()
-        scores, ids = index.search(queries_np, self.candidates)
-        seconds = time.perf_counter() - start
-        self.total_seconds += seconds
-        self._count_drift(queries_np.shape[0], int(stats.ndis), seconds, index.ntotal)
-        return torch.from_numpy(scores), torch.from_numpy(ids), seconds
-
-    def _count_drift(self, queries: int, scanned: int, seconds: float, entries: int) -> None:
-        """Add what this search's extra scanning cost to the adaptive rebuild's account.
-
-        ``scanned`` is the number of index entries the search compared (FAISS's IVF
-        statistics; 0 for exact, HNSW and GPU indexes, which this rule leaves alone). It is
-        counted in lists of the average size, so that entries added since the build (lists
-        that grow evenly) are not mistaken for crowding. What a search scans beyond the fewest
-        lists per query since the last build is priced at the fastest seconds per entry seen
-        since then. Counting entries, not timing each search, keeps a busy machine's slow
-        moment from passing for drift.
-        """
-        if scanned <= 0 or queries <= 0 or entries <= 0:
-            return
-        mean_list = entries / self._lists
-        lists = scanned / (queries * mean_list)
-        self._fewest = min(self._fewest, lists)
-        self._per_entry = min(self._per_entry, seconds / scanned)
-        extra = (lists - self._fewest) * queries * mean_list
-        self._drift_seconds += extra * self._per_entry
+        with self.clock.timing() as lap:
+            queries_np = queries.detach().to("cpu", torch.float32).numpy()
+            scores, ids, scanned = self.shard.search(queries_np, self.candidates)
+        scan = Scan(queries_np.shape[0], scanned, lap.seconds, self.shard.index.ntotal)
+        self.counters = self.counters.charged(scan)
+        return torch.from_numpy(scores), torch.from_numpy(ids), lap.seconds
 
     def negatives(self, query: Tensor, ids: Tensor, labels: Tensor | None) -> Negatives:
         """Mine negatives for the local queries (replicated layout; sharded: see collective).
@@ -322,45 +401,61 @@ class FaissMiner:
         Shape: query [B, D], ids [B], cand_scores/cand_ids [B, C] -> Negatives with
         query_negatives [B, M, D], query_negative_ids [B, M], query_negative_mask [B, M].
         """
-        start = time.perf_counter()
-        device = self.bank.vectors.device
-        query = query.detach().to(device, self.bank.vectors.dtype)
-        ids = ids.to(device)
-        cand_ids = cand_ids.to(device)
-        valid = cand_ids >= 0
-        safe_ids = cand_ids.clamp(min=0)
-        # One gather of the candidates' current keys serves the rerank and the output.
-        # index_select, not bank[ids]: measured 4.5× faster for 20k random rows of a 1M bank.
-        batch, count = safe_ids.shape
-        cand_vectors = self.bank.vectors.index_select(0, safe_ids.flatten())
-        if self.cfg.rerank:
-            cand_scores = torch.bmm(cand_vectors.view(batch, count, -1), query[:, :, None])
-            cand_scores = cand_scores.squeeze(2)
-        cand_scores = cand_scores.to(device).masked_fill(~valid, float("-inf"))
-        cand_scores, order = cand_scores.sort(dim=1, descending=True)
-        cand_ids, valid = cand_ids.gather(1, order), valid.gather(1, order)
-        safe_ids = cand_ids.clamp(min=0)
-        # The anchor and its positive share the dataset id (instance discrimination).
-        keep = valid & (cand_ids != ids[:, None])
-        if labels is not None and self.cfg.filter_same_label:
-            labels = labels.to(device)
-            same = (self.bank.labels[safe_ids] == labels[:, None]) & (labels[:, None] >= 0)
-            keep &= ~same
-        chosen, chosen_ok = self._pick(keep)
-        neg_ids = cand_ids.gather(1, chosen).masked_fill(~chosen_ok, -1)
-        # Rows of cand_vectors (flattened [B·C, D]) of the chosen candidates. A masked slot
-        # holds some candidate's key: the loss ignores it through query_negative_mask.
-        rows = order.gather(1, chosen) + count * torch.arange(batch, device=device)[:, None]
-        negatives = cand_vectors.index_select(0, rows.flatten()).view(*rows.shape, -1)
-        similarity = cand_scores.gather(1, chosen)
-        self.total_seconds += time.perf_counter() - start
-        metrics = self._metrics(labels, similarity, neg_ids, chosen_ok, search_seconds)
+        with self.clock.timing():
+            keys, scores, ranked, order = self._ranked(query, cand_scores, cand_ids)
+            chosen, ok = self._pick(self._keep(ranked, ids, labels))
+            neg_ids = ranked.gather(1, chosen).masked_fill(~ok, -1)
+            # Rows of keys (flattened [B·C, D]) of the chosen candidates. A masked slot holds
+            # some candidate's key: the loss ignores it through query_negative_mask.
+            batch, count = order.shape
+            offsets = count * torch.arange(batch, device=order.device)[:, None]
+            rows = order.gather(1, chosen) + offsets
+            negatives = keys.index_select(0, rows.flatten()).view(*rows.shape, -1)
+            similarity = scores.gather(1, chosen)
         return Negatives(
             query_negatives=negatives,
-            query_negative_mask=~chosen_ok,
+            query_negative_mask=~ok,
             query_negative_ids=neg_ids,
-            metrics=metrics,
+            metrics=self._metrics(labels, similarity, neg_ids, ok, search_seconds),
         )
+
+    def _ranked(
+        self, query: Tensor, cand_scores: Tensor, cand_ids: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The candidates' current keys; their scores (exact with ``rerank``) and ids, best
+        first; and the sort order (ranked column -> column of ``cand_ids``).
+
+        Shape: query [B, D], cand_scores/cand_ids [B, C] -> keys [B·C, D] (unsorted),
+        scores [B, C] (-inf = none), ids [B, C] (-1 = none), order [B, C].
+        """
+        device = self.bank.vectors.device
+        query = query.detach().to(device, self.bank.vectors.dtype)
+        cand_ids = cand_ids.to(device)
+        valid = cand_ids >= 0
+        # One gather of the candidates' current keys serves the rerank and the output.
+        # index_select, not bank[ids]: measured 4.5× faster for 20k random rows of a 1M bank.
+        batch, count = cand_ids.shape
+        keys = self.bank.vectors.index_select(0, cand_ids.clamp(min=0).flatten())
+        if self.cfg.rerank:
+            cand_scores = torch.bmm(keys.view(batch, count, -1), query[:, :, None]).squeeze(2)
+        cand_scores = cand_scores.to(device).masked_fill(~valid, float("-inf"))
+        cand_scores, order = cand_scores.sort(dim=1, descending=True)
+        return keys, cand_scores, cand_ids.gather(1, order), order
+
+    def _keep(self, ranked: Tensor, ids: Tensor, labels: Tensor | None) -> Tensor:
+        """Which candidates may be negatives: real ones other than the anchor and its
+        positive (they share the dataset id), and with ``filter_same_label`` not of the
+        anchor's label.
+
+        Shape: ranked [B, C] (-1 = none), ids [B], labels [B] or None -> [B, C] bool.
+        """
+        device = ranked.device
+        keep = (ranked >= 0) & (ranked != ids.to(device)[:, None])
+        if labels is not None and self.cfg.filter_same_label:
+            labels = labels.to(device)
+            same = self.bank.labels[ranked.clamp(min=0)] == labels[:, None]
+            keep &= ~(same & (labels[:, None] >= 0))
+        return keep
 
     def _pick(self, keep: Tensor) -> tuple[Tensor, Tensor]:
         """Column positions of the M chosen candidates per row, and which are real.
@@ -399,24 +494,16 @@ class FaissMiner:
         all the miner's time since the last call: the previous update (marking, refresh,
         rebuild) and this search and selection. Ages are over the indexed entries."""
         count = ok.sum().clamp(min=1)
-        indexed = max(1, self.indexed_rows)
         metrics = {
             "miner/search_seconds": search_seconds,
-            "miner/refresh_seconds": self._pending_seconds,
-            "miner/seconds": self.total_seconds - self._reported_seconds,
-            "miner/index_age_mean": self.step - self._indexed_sum / indexed
-            if self.indexed_rows else 0.0,
-            "miner/index_age_max": float(self.step - self._oldest) if self.indexed_rows else 0.0,
-            "miner/steps_since_rebuild": float(self.step - self.rebuild_step),
-            "miner/rebuilds": float(self.rebuilds),
-            "miner/drift_seconds": self._drift_seconds,
-            "miner/indexed_fraction": self.indexed_rows / max(1, self.indexed_at.numel()),
-            "miner/imbalance": (imbalance(self.index.cpu) or 1.0) if self.index else 1.0,
-            "miner/dirty_fraction": int(self.dirty.sum()) / max(1, self.indexed_at.numel()),
+            **self.clock.report(),
+            **self.shard.metrics(self.step),
+            "miner/steps_since_rebuild": float(self.step - self.counters.rebuild_step),
+            "miner/rebuilds": float(self.counters.rebuilds),
+            "miner/drift_seconds": self.counters.drift_seconds,
             "miner/negative_similarity": float(similarity.masked_fill(~ok, 0.0).sum() / count),
             "miner/negatives_per_query": float(ok.sum(dim=1).float().mean()),
         }
-        self._pending_seconds, self._reported_seconds = 0.0, self.total_seconds
         if labels is not None:
             neg_labels = self.bank.labels[neg_ids.clamp(min=0)]
             same = (neg_labels == labels.to(neg_labels.device)[:, None]) & ok
@@ -428,9 +515,9 @@ class FaissMiner:
     def state_dict(self) -> dict[str, Any]:
         return {
             "step": self.step,
-            "refresh_step": self.refresh_step,
-            "rebuild_step": self.rebuild_step,
-            "rebuilds": self.rebuilds,
+            "refresh_step": self.counters.refresh_step,
+            "rebuild_step": self.counters.rebuild_step,
+            "rebuilds": self.counters.rebuilds,
             "generator": self.generator.get_state(),
             "range": (self.lo, self.hi),
         }
@@ -442,14 +529,10 @@ class FaissMiner:
                 f"{(self.lo, self.hi)}; resume with the same number of workers and dataset"
             )
         self.step = int(state["step"])
-        self.refresh_step = int(state["refresh_step"])
-        self.rebuild_step = int(state["rebuild_step"])
-        self.rebuilds = int(state["rebuilds"])
+        self.counters = MinerCounters(
+            rebuild_step=int(state["rebuild_step"]),
+            refresh_step=int(state["refresh_step"]),
+            rebuilds=int(state["rebuilds"]),
+        )
         self.generator.set_state(state["generator"])
-        # The index is rebuilt from the restored bank at the next search; every entry is
-        # then fresh, so nothing is dirty.
-        self.index = None
-        self.dirty.zero_()
-        self.indexed_at.fill_(-1)
-        self.indexed_rows = self.new_rows = self.built_rows = 0
-        self._stale = True
+        self.shard.clear()  # rebuilt from the restored bank at the next search

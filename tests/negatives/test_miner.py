@@ -159,7 +159,7 @@ def test_index_refreshes_in_place(index, quantizer):
     moved = bank.vectors[ids + 1000].clone()  # entries 0..49 now sit where 1000..1049 are
     bank.update(moved, ids, None, step=1)
     miner.update(moved, ids, None, step=1)
-    assert miner.rebuilds == 1 and miner.index is not None and miner.index.ntotal == 2000
+    assert miner.counters.rebuilds == 1 and miner.index is not None and miner.index.ntotal == 2000
     # Probing every list is exact: each moved entry is found at its new place.
     scores, found, _ = miner.search(moved)
     assert (found == ids[:, None]).any(dim=1).all()
@@ -238,7 +238,7 @@ def test_refresh_policy_ages_and_rebuilds():
     miner = FaissMiner(cfg, bank)
     query = bank.vectors[:4]
     miner.negatives(query, torch.arange(4), None)  # first search builds the index
-    assert miner.rebuilds == 1 and miner.index is not None
+    assert miner.counters.rebuilds == 1 and miner.index is not None
     changed = torch.arange(10, 20)
     for step in range(1, 7):
         keys = torch.nn.functional.normalize(torch.randn(10, 16), dim=1)
@@ -246,7 +246,7 @@ def test_refresh_policy_ages_and_rebuilds():
         miner.update(keys, changed, None, step)
         metrics = miner.negatives(query, torch.arange(4), None).metrics
         if step in (2, 4):  # incremental refreshes: only the changed entries are re-indexed
-            assert miner.indexed_at[changed].eq(step).all() and miner.indexed_at[0] == 0
+            assert miner.shard.indexed_at[changed].eq(step).all() and miner.shard.indexed_at[0] == 0
             assert metrics["miner/index_age_max"] == step
             assert metrics["miner/dirty_fraction"] == 0.0
             # The refreshed index finds the new key of a changed entry.
@@ -254,8 +254,8 @@ def test_refresh_policy_ages_and_rebuilds():
             assert hit == changed[0]
         elif step < 6:
             assert metrics["miner/dirty_fraction"] > 0.0
-    assert miner.rebuilds == 2 and miner.rebuild_step == 6
-    assert miner.indexed_at.eq(6).all() and metrics["miner/index_age_max"] == 0.0
+    assert miner.counters.rebuilds == 2 and miner.counters.rebuild_step == 6
+    assert miner.shard.indexed_at.eq(6).all() and metrics["miner/index_age_max"] == 0.0
     assert miner.index.ntotal == 600
     assert metrics["miner/refresh_seconds"] > 0.0
 
@@ -267,7 +267,7 @@ def test_hnsw_refresh_is_a_rebuild():
     ids = torch.tensor([5, 6])
     bank.update(bank.vectors[[7, 8]], ids, None, 1)
     miner.update(bank.vectors[ids], ids, None, 1)
-    assert miner.rebuilds == 2 and miner.index is not None and miner.index.ntotal == 600
+    assert miner.counters.rebuilds == 2 and miner.index is not None and miner.index.ntotal == 600
 
 
 def test_state_round_trip_rebuilds_index_from_bank():
@@ -280,12 +280,13 @@ def test_state_round_trip_rebuilds_index_from_bank():
     restored = FaissMiner(cfg, bank, seed=42)
     restored.load_state_dict(miner.state_dict())
     assert restored.index is None  # rebuilt lazily from the bank
-    assert restored.refresh_step == miner.refresh_step
-    assert restored.rebuild_step == miner.rebuild_step
+    assert restored.counters.refresh_step == miner.counters.refresh_step
+    assert restored.counters.rebuild_step == miner.counters.rebuild_step
     a = miner.negatives(bank.vectors[:3], torch.arange(3), None).query_negative_ids
     b = restored.negatives(bank.vectors[:3], torch.arange(3), None).query_negative_ids
     assert a is not None and b is not None and torch.equal(a, b)
-    assert restored.rebuild_step == miner.rebuild_step  # the schedule survives the rebuild
+    # The schedule survives the rebuild.
+    assert restored.counters.rebuild_step == miner.counters.rebuild_step
 
 
 def test_gpu_without_gpu_is_a_clear_error():
@@ -373,7 +374,7 @@ def test_index_is_rebuilt_each_time_the_written_entries_double_until_lists_are_f
         ids = torch.arange((step - 1) * 50, step * 50)
         bank.update(keys[ids], ids, None, step)
         miner.update(keys[ids], ids, None, step)
-        rebuilds.append(miner.rebuilds)
+        rebuilds.append(miner.counters.rebuilds)
     if nlist == 64:
         # Built at 50 written entries (6 lists: 8 keys per list), rebuilt with more lists at
         # 100, 200 and 400; refreshed in between.
@@ -400,7 +401,7 @@ def _crowding_miner(adaptive: bool) -> tuple[MemoryBank, FaissMiner, torch.Tenso
 @pytest.mark.parametrize("adaptive", [True, False])
 def test_adaptive_rebuild_refits_lists_crowded_by_drift(adaptive):
     bank, miner, queries = _crowding_miner(adaptive)
-    assert miner.rebuilds == 1
+    assert miner.counters.rebuilds == 1
     # The encoder drifts: 40k entries move next to the queries, i.e. into one or two lists,
     # and every search scans them.
     drifted = torch.arange(1000, 41_000)
@@ -411,14 +412,14 @@ def test_adaptive_rebuild_refits_lists_crowded_by_drift(adaptive):
     for step in range(2, 12):
         miner.search(queries)
         miner.update(near[:1], drifted[:1], None, step)
-        if miner.rebuilds > 1:
+        if miner.counters.rebuilds > 1:
             break
     if adaptive:
         # The crowded searches paid for a rebuild, which spreads the entries over the lists.
-        assert miner.rebuilds == 2
+        assert miner.counters.rebuilds == 2
         assert miner.index.cpu.invlists.imbalance_factor() < crowded / 2
     else:
-        assert miner.rebuilds == 1
+        assert miner.counters.rebuilds == 1
 
 
 def test_adaptive_rebuild_leaves_a_steady_index_alone():
@@ -429,6 +430,6 @@ def test_adaptive_rebuild_leaves_a_steady_index_alone():
         bank.update(bank.vectors[ids], ids, None, step)
         miner.update(bank.vectors[ids], ids, None, step)
         miner.search(queries)
-    assert miner.rebuilds == 1
+    assert miner.counters.rebuilds == 1
     assert miner.negatives(queries[:2], torch.arange(2), None).metrics[
         "miner/drift_seconds"] == pytest.approx(0.0, abs=1e-3)
