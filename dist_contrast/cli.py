@@ -99,9 +99,9 @@ def _run(args: argparse.Namespace) -> int:
     from dist_contrast.config import load_config, to_yaml
 
     if args.command == "losses":
-        from dist_contrast.objectives import LOSS_NAMES
+        from dist_contrast.objectives import loss_names
 
-        print("\n".join(LOSS_NAMES))
+        print("\n".join(loss_names()))
         return 0
     cfg = load_config(args.config, args.overrides)
     if args.command == "config":

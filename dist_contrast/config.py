@@ -18,27 +18,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from dist_contrast.data.config import DataConfig
 from dist_contrast.errors import UserError
 from dist_contrast.models.config import ModelConfig
 from dist_contrast.negatives.config import NegativesConfig
-from dist_contrast.objectives import LOSS_NAMES, loss_options
+from dist_contrast.objectives import get_objective, loss_names, loss_options
+from dist_contrast.section import Section
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ExperimentConfig(_Section):
+class ExperimentConfig(Section):
     name: str = Field(default="dist-contrast", min_length=1)
     seed: int = Field(default=0, ge=0)
     output_dir: str = "results"
     run_name: str | None = None
 
 
-class LossConfig(_Section):
+class LossConfig(Section):
     """Which objective, and the temperature τ: fixed, cosine-scheduled or learnable."""
 
     name: str = "info_nce"
@@ -52,9 +49,9 @@ class LossConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> LossConfig:
-        if self.name not in LOSS_NAMES:
+        if self.name not in loss_names():
             raise ValueError(
-                f"loss.name '{self.name}' is unknown; choose one of {', '.join(LOSS_NAMES)}"
+                f"loss.name '{self.name}' is unknown; choose one of {', '.join(loss_names())}"
             )
         options = loss_options(self.name)
         if {"tile_size", "in_batch"} & set(self.params):
@@ -85,7 +82,7 @@ class LossConfig(_Section):
         return self
 
 
-class OptimizerConfig(_Section):
+class OptimizerConfig(Section):
     name: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(default=1e-3, gt=0.0)
     weight_decay: float = Field(default=1e-4, ge=0.0)
@@ -96,13 +93,13 @@ class OptimizerConfig(_Section):
     min_lr_ratio: float = Field(default=0.01, ge=0.0, le=1.0)
 
 
-class DeepSpeedConfig(_Section):
+class DeepSpeedConfig(Section):
     zero_stage: Literal[0, 1, 2] = 0
     precision: Literal["fp32", "bf16"] = "fp32"
     gradient_clipping: float = Field(default=1.0, ge=0.0)
 
 
-class TrainerConfig(_Section):
+class TrainerConfig(Section):
     num_workers: int = Field(default=2, ge=1)
     batch_size: int = Field(default=256, ge=2, description="per worker")
     max_steps: int = Field(default=600, ge=1)
@@ -115,7 +112,7 @@ class TrainerConfig(_Section):
     show_worker_logs: bool = False
 
 
-class EvalConfig(_Section):
+class EvalConfig(Section):
     every_steps: int = Field(default=200, ge=1)
     knn_k: int = Field(default=200, ge=1)
     knn_temperature: float = Field(default=0.07, gt=0.0)
@@ -124,17 +121,17 @@ class EvalConfig(_Section):
     penalty_top_k: int = Field(default=10, ge=1)
 
 
-class CheckpointConfig(_Section):
+class CheckpointConfig(Section):
     every_steps: int = Field(default=200, ge=1)
     num_to_keep: int | None = Field(default=2, ge=1)
 
 
-class TrackingConfig(_Section):
+class TrackingConfig(Section):
     experiment: str = Field(default="dist-contrast", min_length=1)
     tracking_uri: str | None = None
 
 
-class Config(_Section):
+class Config(Section):
     experiment: ExperimentConfig = ExperimentConfig()
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -147,9 +144,32 @@ class Config(_Section):
     checkpoint: CheckpointConfig = CheckpointConfig()
     tracking: TrackingConfig = TrackingConfig()
 
+    def _check_loss_sources(self) -> None:
+        """The objective's declared needs against the configured negative sources."""
+        name, sources = self.loss.name, self.negatives.sources
+        objective = get_objective(name)
+        if objective.needs_noise and "bank" not in sources:
+            raise ValueError(
+                f"loss.name={name} draws its noise from the memory bank; "
+                "add 'bank' to negatives.sources"
+            )
+        if not objective.needs_noise and list(sources) == ["bank"] and not (
+            self.negatives.bank.as_pool
+        ):
+            raise ValueError(
+                f"negatives.sources=[bank] gives {name} no negatives (the bank feeds "
+                "NCE noise); set negatives.bank.as_pool=true or add batch/queue/mined"
+            )
+        sharded = "queue" in sources and self.negatives.queue.layout == "sharded"
+        if sharded and not objective.sharded_pool:
+            raise ValueError(
+                f"negatives.queue.layout=sharded needs a loss that joins a sharded pool's "
+                f"log-sum-exp, which loss.name={name} cannot; use layout=replicated or info_nce"
+            )
+
     @model_validator(mode="after")
     def _check_combinations(self) -> Config:
-        self.negatives.check_loss(self.loss.name)
+        self._check_loss_sources()
         if self.model.name == "cnn" and not self.data.yields_images:
             raise ValueError(
                 f"model.name=cnn needs image data but data.name={self.data.name} yields vectors; "

@@ -7,13 +7,10 @@ never import ``torch.distributed``; the trainer calls these helpers explicitly.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import torch.distributed as dist
-
-T = TypeVar("T")
 
 
 def is_distributed() -> bool:
@@ -118,17 +115,3 @@ def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     if is_distributed():
         dist.broadcast(tensor, src=src)
     return tensor
-
-
-def all_gather_object(obj: T) -> list[T]:
-    """Every rank's picklable ``obj``, in rank order."""
-    if not is_distributed():
-        return [obj]
-    out: list[Any] = [None] * world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def on_rank_zero(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
-    """Call ``fn`` on rank 0 only. Collectives must run before this gate, never inside it."""
-    return fn(*args, **kwargs) if is_rank_zero() else None

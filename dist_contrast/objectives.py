@@ -1,32 +1,38 @@
-"""The seam the trainer selects a loss through: one name from config, one inputs record.
+"""The seam the trainer selects a loss through: one registry entry per objective.
 
-The trainer fills :class:`ObjectiveInputs` with whatever this step has (gathered keys, a queue,
-mined negatives, bank noise) and calls :func:`compute_objective` with the configured name and
-parameters. Each name maps to a pure loss in :mod:`dist_contrast.losses` with sensible defaults.
+Each entry (:class:`Objective`) holds the function that computes the loss from one
+:class:`ObjectiveInputs` record, the keyword options it takes, and what it *needs* from the rest
+of the system: labels, the memory bank's noise and the normaliser Z, a positive read from the
+bank, in-batch negatives, a sharded pool's log-sum-exp. The config checks, the negative pools and
+the trainer read these declarations; nothing outside :mod:`dist_contrast.losses` and this module
+branches on a loss's name. Adding a loss is one function in ``losses/`` and one
+:func:`register_objective` call (see ``docs/architecture.md``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from dist_contrast import losses
+from dist_contrast.negatives.base import Negatives
 
 
 @dataclass
 class ObjectiveInputs:
-    """Everything a loss may need in one step.
+    """Everything a loss may read in one step.
 
     Shape:
-        query: [B, D] local queries (with gradient). key: [K, D] keys of the (gathered) global
-        batch. positive_index: [B] each query's positive row in key. labels: [B]. key_labels:
-        [K]. negatives: [N, D] shared pool (no gradient). negative_mask: [B, N] bool.
-        query_negatives: [B, M, D]. query_negative_mask: [B, M] bool. negative_lse: [B].
-        noise: [B, m, D] bank samples for NCE.
+        query: [B, D] local queries (with gradient). key: [K, D] candidate positives (the
+        gathered global batch's keys, or the bank entries of the local instances for objectives
+        with ``positive_from_bank``). positive_index: [B] each query's positive row in key.
+        labels: [B] and key_labels: [K], given to objectives with ``needs_labels``.
+        negatives: the step's negatives record (pools, mined, noise; see
+        :class:`~dist_contrast.negatives.base.Negatives`). normalizer: NCE's Z.
     """
 
     query: Tensor
@@ -34,14 +40,96 @@ class ObjectiveInputs:
     positive_index: Tensor
     labels: Tensor | None = None
     key_labels: Tensor | None = None
-    negatives: Tensor | None = None
-    negative_mask: Tensor | None = None
-    query_negatives: Tensor | None = None
-    query_negative_mask: Tensor | None = None
-    negative_lse: Tensor | None = None
-    noise: Tensor | None = None
+    negatives: Negatives = field(default_factory=Negatives)
     normalizer: float | None = None
     dataset_size: int | None = None
+
+
+ObjectiveFunction = Callable[..., Tensor]
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One selectable loss and what it needs.
+
+    ``compute(inputs, tau, **options)`` returns a 0-dim loss. The flags tell the rest of the
+    system what to prepare:
+
+    - ``needs_labels``: same-label samples are positives (supervised); the trainer passes labels.
+    - ``needs_noise``: InstDisc's NCE; the bank draws noise per query, the trainer keeps Z.
+    - ``positive_from_bank``: the positive is the instance's own bank entry (before the update).
+    - ``in_batch``: the other keys of the global batch can be negatives (``batch`` source).
+    - ``sharded_pool``: accepts a sharded pool's log-sum-exp instead of the pool itself.
+    - ``tiled``: takes ``loss.tile_size``.
+    """
+
+    compute: ObjectiveFunction
+    options: frozenset[str] = frozenset()
+    needs_labels: bool = False
+    needs_noise: bool = False
+    positive_from_bank: bool = False
+    in_batch: bool = False
+    sharded_pool: bool = False
+    tiled: bool = False
+
+
+_REGISTRY: dict[str, Objective] = {}
+
+
+def register_objective(name: str, objective: Objective, *, replace: bool = False) -> None:
+    """Make ``objective`` selectable as ``loss.name=name`` (in every process that registers it)."""
+    if name in _REGISTRY and not replace:
+        raise ValueError(f"an objective named {name!r} is already registered")
+    _REGISTRY[name] = objective
+
+
+def loss_names() -> tuple[str, ...]:
+    """Every registered objective's name, in registration order."""
+    return tuple(_REGISTRY)
+
+
+def get_objective(name: str) -> Objective:
+    """The registry entry for ``name``; a one-line ``ValueError`` naming the choices otherwise."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def loss_options(name: str) -> frozenset[str]:
+    """The keyword options ``compute_objective(name, ...)`` accepts (for config validation)."""
+    objective = get_objective(name)
+    # tile_size and in_batch are set by the trainer from loss.tile_size and the sources.
+    implicit = {"tile_size"} if objective.tiled else set()
+    if objective.in_batch:
+        implicit.add("in_batch")
+    return objective.options | implicit
+
+
+def compute_objective(
+    name: str, inputs: ObjectiveInputs, temperature: Tensor | float, **params: Any
+) -> Tensor:
+    """The loss called ``name`` on ``inputs``; ``params`` are that loss's keyword options.
+
+    Raises ``ValueError`` (one sentence) for an unknown name, an option the loss does not take,
+    or an input it needs and did not get.
+
+    Shape:
+        Returns a 0-dim loss.
+    """
+    objective = get_objective(name)
+    allowed = loss_options(name)
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        options = ", ".join(sorted(allowed)) or "none"
+        raise ValueError(f"loss {name!r} does not take {', '.join(unknown)} (its options: "
+                         f"{options})")
+    if inputs.negatives.pool_is_sharded and not objective.sharded_pool:
+        raise ValueError(f"loss {name!r} cannot use a sharded pool's log-sum-exp; "
+                         "use a replicated pool or 'info_nce'")
+    return objective.compute(inputs, temperature, **params)
+
+
+# ---------------------------------------------------------------------------- the built-ins
 
 
 def _class_ids(inputs: ObjectiveInputs) -> tuple[Tensor, Tensor]:
@@ -52,64 +140,61 @@ def _class_ids(inputs: ObjectiveInputs) -> tuple[Tensor, Tensor]:
     return inputs.positive_index, keys
 
 
-def _same_label_mask(inputs: ObjectiveInputs) -> Tensor | None:
-    """Keys sharing a query's label (other than its positive) are false negatives: masked."""
-    if inputs.labels is None or inputs.key_labels is None:
-        return None
-    return inputs.labels[:, None] == inputs.key_labels[None, :]
-
-
 def _pool_kwargs(inputs: ObjectiveInputs) -> dict[str, Any]:
+    """The plain-tensor keywords of the pool losses, read once from the negatives record."""
+    negatives = inputs.negatives
+    sharded = negatives.pool_is_sharded
+    key_mask = None
+    if inputs.labels is not None and inputs.key_labels is not None:
+        # Keys sharing a query's label (other than its positive) are false negatives: masked.
+        key_mask = inputs.labels[:, None] == inputs.key_labels[None, :]
     return {
-        "negatives": inputs.negatives,
-        "negative_mask": inputs.negative_mask,
-        "query_negatives": inputs.query_negatives,
-        "query_negative_mask": inputs.query_negative_mask,
+        "negatives": None if sharded else negatives.pool,
+        "negative_mask": None if sharded else negatives.pool_mask,
+        "query_negatives": negatives.query_negatives,
+        "query_negative_mask": negatives.query_negative_mask,
         "positive_index": inputs.positive_index,
-        "key_mask": _same_label_mask(inputs),
+        "key_mask": key_mask,
     }
+
+
+def _hard_defaults(params: dict[str, Any]) -> dict[str, Any]:
+    # Wang & Liu's explicit hard sampling keeps each anchor's 4,096 nearest (4,095 negatives).
+    return {"top_k": 4095, **params} if "quantile" not in params else params
 
 
 def _info_nce(inputs: ObjectiveInputs, tau: Tensor | float, **p: Any) -> Tensor:
     return losses.info_nce(inputs.query, inputs.key, temperature=tau,
-                           negative_lse=inputs.negative_lse, **_pool_kwargs(inputs), **p)
+                           negative_lse=inputs.negatives.pool_lse, **_pool_kwargs(inputs), **p)
 
 
 def _simple(inputs: ObjectiveInputs, tau: Tensor | float, **p: Any) -> Tensor:
-    _no_sharded_lse("simple", inputs)
     return losses.simple_loss(inputs.query, inputs.key, **_pool_kwargs(inputs), **p)
 
 
 def _hard_info_nce(inputs: ObjectiveInputs, tau: Tensor | float, **p: Any) -> Tensor:
-    _no_sharded_lse("hard_info_nce", inputs)
-    p = {"top_k": 4095, **p} if "quantile" not in p else p
     return losses.hard_info_nce(inputs.query, inputs.key, temperature=tau,
-                                **_pool_kwargs(inputs), **p)
+                                **_pool_kwargs(inputs), **_hard_defaults(p))
 
 
 def _hard_simple(inputs: ObjectiveInputs, tau: Tensor | float, **p: Any) -> Tensor:
-    _no_sharded_lse("hard_simple", inputs)
-    p = {"top_k": 4095, **p} if "quantile" not in p else p
-    return losses.hard_simple_loss(inputs.query, inputs.key, **_pool_kwargs(inputs), **p)
+    return losses.hard_simple_loss(inputs.query, inputs.key, **_pool_kwargs(inputs),
+                                   **_hard_defaults(p))
 
 
-def _no_sharded_lse(name: str, inputs: ObjectiveInputs) -> None:
-    if inputs.negative_lse is not None:
-        raise ValueError(f"loss {name!r} cannot use a sharded pool's negative_lse; "
-                         "pass the pool as negatives or use 'info_nce'")
-
-
-def _nce(weighting: str) -> Callable[..., Tensor]:
+def _nce(weighting: str) -> ObjectiveFunction:
     def run(inputs: ObjectiveInputs, tau: Tensor | float, **p: Any) -> Tensor:
-        missing = [n for n in ("noise", "normalizer", "dataset_size")
-                   if getattr(inputs, n) is None]
+        noise = inputs.negatives.noise
+        missing = [name for name, value in (("noise", noise), ("normalizer", inputs.normalizer),
+                                            ("dataset_size", inputs.dataset_size))
+                   if value is None]
         if missing:
             raise ValueError(f"NCE losses need {', '.join(missing)} in ObjectiveInputs "
                              "(bank noise samples, the normaliser Z and the dataset size)")
-        assert inputs.noise is not None and inputs.normalizer is not None
+        assert noise is not None and inputs.normalizer is not None
         assert inputs.dataset_size is not None
         return losses.nce_loss(
-            inputs.query, inputs.key[inputs.positive_index], inputs.noise, temperature=tau,
+            inputs.query, inputs.key[inputs.positive_index], noise, temperature=tau,
             normalizer=inputs.normalizer, dataset_size=inputs.dataset_size,
             weighting=weighting, **p,  # type: ignore[arg-type]
         )
@@ -148,49 +233,32 @@ def _supcon(inputs: ObjectiveInputs, tau: Tensor | float, **p: Any) -> Tensor:
     return losses.supcon_loss(inputs.query, inputs.key, query_ids, key_ids, temperature=tau, **p)
 
 
-_OBJECTIVES: dict[str, tuple[Callable[..., Tensor], frozenset[str]]] = {
-    "info_nce": (_info_nce, frozenset({"tile_size", "in_batch"})),
-    "simple": (_simple, frozenset({"lam", "tile_size", "in_batch"})),
-    "hard_info_nce": (_hard_info_nce, frozenset({"top_k", "quantile", "tile_size", "in_batch"})),
-    "hard_simple": (_hard_simple, frozenset({"lam", "top_k", "quantile", "tile_size",
-                                             "in_batch"})),
-    "nce": (_nce("none"), frozenset()),
-    "nce_focal": (_nce("focal"), frozenset({"focal_gamma", "focal_alpha"})),
-    "nce_ghm": (_nce("ghm"), frozenset({"ghm_bins"})),
-    "margin": (_margin, frozenset({"margin"})),
-    "triplet": (_triplet, frozenset({"margin", "squared"})),
-    "n_pair": (_n_pair, frozenset()),
-    "circle": (_circle, frozenset({"gamma", "margin"})),
-    "supcon": (_supcon, frozenset()),
-}
-
-LOSS_NAMES: tuple[str, ...] = tuple(_OBJECTIVES)
+def _pool_objective(compute: ObjectiveFunction, *options: str, sharded: bool = False) -> Objective:
+    """A loss over the pools: in-batch keys, shared pool, mined negatives; tiled."""
+    return Objective(compute, frozenset(options), in_batch=True, tiled=True, sharded_pool=sharded)
 
 
-def loss_options(name: str) -> frozenset[str]:
-    """The keyword options ``compute_objective(name, ...)`` accepts (for config validation)."""
-    if name not in _OBJECTIVES:
-        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSS_NAMES)}")
-    return _OBJECTIVES[name][1]
+def _nce_objective(weighting: str, *options: str) -> Objective:
+    """InstDisc's NCE: bank noise, the normaliser Z, the bank entry as the positive."""
+    return Objective(_nce(weighting), frozenset(options), needs_noise=True,
+                     positive_from_bank=True)
 
 
-def compute_objective(
-    name: str, inputs: ObjectiveInputs, temperature: Tensor | float, **params: Any
-) -> Tensor:
-    """The loss called ``name`` on ``inputs``; ``params`` are that loss's keyword options.
+for _name, _objective in {
+    "info_nce": _pool_objective(_info_nce, sharded=True),
+    "simple": _pool_objective(_simple, "lam"),
+    "hard_info_nce": _pool_objective(_hard_info_nce, "top_k", "quantile"),
+    "hard_simple": _pool_objective(_hard_simple, "lam", "top_k", "quantile"),
+    "nce": _nce_objective("none"),
+    "nce_focal": _nce_objective("focal", "focal_gamma", "focal_alpha"),
+    "nce_ghm": _nce_objective("ghm", "ghm_bins"),
+    "margin": Objective(_margin, frozenset({"margin"})),
+    "triplet": Objective(_triplet, frozenset({"margin", "squared"})),
+    "n_pair": Objective(_n_pair),
+    "circle": Objective(_circle, frozenset({"gamma", "margin"})),
+    "supcon": Objective(_supcon, needs_labels=True),
+}.items():
+    register_objective(_name, _objective)
 
-    Raises ``ValueError`` (one sentence) for an unknown name, an option the loss does not take,
-    or an input it needs and did not get.
-
-    Shape:
-        Returns a 0-dim loss.
-    """
-    if name not in _OBJECTIVES:
-        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSS_NAMES)}")
-    function, allowed = _OBJECTIVES[name]
-    unknown = sorted(set(params) - allowed)
-    if unknown:
-        options = ", ".join(sorted(allowed)) or "none"
-        raise ValueError(f"loss {name!r} does not take {', '.join(unknown)} (its options: "
-                         f"{options})")
-    return function(inputs, temperature, **params)
+#: The built-in objectives' names (:func:`loss_names` also lists registered ones).
+LOSS_NAMES: tuple[str, ...] = loss_names()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from dist_contrast.config import Config, flatten, to_yaml
 from dist_contrast.errors import UserError
 from dist_contrast.progress import ProgressDisplay
-from dist_contrast.tracking import default_tracking_uri, ensure_experiment
+from dist_contrast.tracking import default_tracking_uri, ensure_experiment, find_run_id
 
 
 @dataclass(frozen=True)
@@ -147,8 +148,16 @@ def _worker_env(use_gpu: bool, cfg: Config) -> dict[str, str]:
     return env
 
 
-def run_training(cfg: Config) -> TrainingSummary:
-    """Run one experiment end to end and return its summary (raises UserError on user mistakes)."""
+def run_training(
+    cfg: Config, train_loop: Callable[[dict[str, Any]], None] | None = None
+) -> TrainingSummary:
+    """Run one experiment end to end and return its summary (raises UserError on user mistakes).
+
+    ``train_loop`` replaces the per-worker function (default
+    :func:`dist_contrast.train.entry.train_loop_per_worker`); a wrapper that registers an
+    objective or negative source on the worker and then calls the default is how code outside
+    the package plugs in.
+    """
     cfg = resolve(cfg)
     preflight(cfg)
     uri = str(cfg.tracking.tracking_uri)
@@ -160,7 +169,7 @@ def run_training(cfg: Config) -> TrainingSummary:
     from ray.util.queue import Queue
 
     queue = Queue()
-    trainer = _trainer(cfg, _use_gpu(cfg, ray), queue)
+    trainer = _trainer(cfg, _use_gpu(cfg, ray), queue, train_loop)
     display = ProgressDisplay(queue, total=cfg.trainer.max_steps)
     display.start()
     try:
@@ -173,7 +182,9 @@ def run_training(cfg: Config) -> TrainingSummary:
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
     return TrainingSummary(
         run_name=str(cfg.experiment.run_name),
-        run_id=_find_run_id(cfg),
+        run_id=find_run_id(
+            str(cfg.tracking.tracking_uri), cfg.tracking.experiment, str(cfg.experiment.run_name)
+        ),
         tracking_uri=str(cfg.tracking.tracking_uri),
         checkpoint_path=result.checkpoint.path if result.checkpoint else None,
         metrics=metrics,
@@ -185,12 +196,16 @@ def _local_or_uri(path: str) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
 
-def _trainer(cfg: Config, use_gpu: bool, queue: Any) -> Any:
-    """The TorchTrainer for ``cfg``; every worker runs ``train_loop_per_worker``."""
+def _trainer(
+    cfg: Config, use_gpu: bool, queue: Any,
+    train_loop: Callable[[dict[str, Any]], None] | None = None,
+) -> Any:
+    """The TorchTrainer for ``cfg``; every worker runs ``train_loop`` (by default
+    ``train_loop_per_worker``)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from dist_contrast.train.worker import train_loop_per_worker
+    from dist_contrast.train.entry import train_loop_per_worker
 
     resume = cfg.trainer.resume_from
     loop_config = {
@@ -203,7 +218,7 @@ def _trainer(cfg: Config, use_gpu: bool, queue: Any) -> Any:
         "resume_from": _local_or_uri(resume) if resume else None,
     }
     return TorchTrainer(
-        train_loop_per_worker,
+        train_loop or train_loop_per_worker,
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(
@@ -220,21 +235,6 @@ def _trainer(cfg: Config, use_gpu: bool, queue: Any) -> Any:
             worker_runtime_env={"env_vars": _worker_env(use_gpu, cfg)},  # type: ignore[call-arg]
         ),
     )
-
-
-def _find_run_id(cfg: Config) -> str | None:
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=str(cfg.tracking.tracking_uri))
-    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
-    if experiment is None:
-        return None
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"attributes.run_name = '{cfg.experiment.run_name}'",
-        max_results=1,
-    )
-    return runs[0].info.run_id if runs else None
 
 
 def _explain_failure(exc: BaseException) -> BaseException:

@@ -7,7 +7,7 @@ tensor) to the loss; a learnable τ then receives its gradient through the loss.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -25,11 +25,9 @@ class Temperature(nn.Module):
       clamped to ``[min_value, max_value]`` like CLIP's logit scale (CLIP: τ ≥ 0.01); outside the
       clamp the gradient is zero, so τ cannot run away.
 
-    ``forward(step)`` / ``value(step)`` return a 0-dim float32 tensor. ``step`` defaults to the
-    stored ``step`` buffer, which :meth:`set_step` updates and the state dict carries.
+    ``forward(step)`` / ``value(step)`` return a 0-dim float32 tensor; the trainer passes its
+    step counter, which its own checkpoint carries.
     """
-
-    step: Tensor
 
     def __init__(
         self,
@@ -58,20 +56,15 @@ class Temperature(nn.Module):
         self.final = float(final) if final is not None else float(initial)
         self.steps = int(steps) if steps is not None else 0
         self.min_value, self.max_value = float(min_value), float(max_value)
-        # Shape [1], not 0-dim: DeepSpeed broadcasts parameters and buffers as byte views,
-        # which a 0-dim tensor cannot give.
-        self.register_buffer("step", torch.zeros(1, dtype=torch.long))
+        # Shape [1], not 0-dim: DeepSpeed broadcasts parameters as byte views, which a 0-dim
+        # tensor cannot give.
         self.log_tau = nn.Parameter(
             torch.tensor([math.log(initial)], dtype=torch.float32),
             requires_grad=mode == "learnable",
         )
 
-    def set_step(self, step: int) -> None:
-        """Record the training step the scheduled value is read at (checkpointed)."""
-        self.step.fill_(int(step))
-
-    def value(self, step: int | None = None) -> Tensor:
-        """τ at ``step`` (the stored step if None) as a 0-dim float32 tensor.
+    def value(self, step: int = 0) -> Tensor:
+        """τ at training step ``step`` as a 0-dim float32 tensor.
 
         Shape:
             Returns [] (0-dim).
@@ -81,14 +74,20 @@ class Temperature(nn.Module):
             return self.log_tau.clamp(low, high).exp().squeeze(0)
         if self.mode == "fixed":
             return self.log_tau.detach().exp().squeeze(0)
-        current = int(self.step.item()) if step is None else int(step)
-        progress = min(max(current, 0), self.steps) / self.steps
+        progress = min(max(int(step), 0), self.steps) / self.steps
         cosine = 0.5 * (1 + math.cos(math.pi * progress))
         tau = self.final + (self.initial - self.final) * cosine
         return torch.tensor(tau, dtype=torch.float32, device=self.log_tau.device)
 
-    def forward(self, step: int | None = None) -> Tensor:
+    def forward(self, step: int = 0) -> Tensor:
         return self.value(step)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str,
+                              *args: Any, **kwargs: Any) -> None:
+        # Checkpoints written before the step counter moved to the trainer hold an unused,
+        # always-zero ``step`` buffer: drop it so they still load strictly.
+        state_dict.pop(prefix + "step", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"mode={self.mode}, initial={self.initial}, final={self.final}, steps={self.steps}"

@@ -89,6 +89,22 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_root: str | Path | 
         ) from None
 
 
+def find_run_id(tracking_uri: str, experiment: str, run_name: str) -> str | None:
+    """The id of the run called ``run_name`` in ``experiment``, or None."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"attributes.run_name = '{run_name}'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
 class MlflowTracker:
     """One MLflow run, opened on rank 0 (or resumed by id after a restart)."""
 

@@ -1,4 +1,7 @@
-"""Diagnostics of how a contrastive loss shapes the embedding (SCIENCE.md §2); pure functions."""
+"""Diagnostics of how a contrastive loss shapes the embedding; pure functions.
+
+Definitions: docs/science.md#diagnostics.
+"""
 
 from dist_contrast.analysis.diagnostics import training_diagnostics
 from dist_contrast.analysis.evaluation import knn_accuracy, knn_predict, linear_probe_accuracy

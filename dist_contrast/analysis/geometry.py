@@ -1,4 +1,7 @@
-"""Embedding-geometry metrics: alignment, uniformity, tolerance, local separation (SCIENCE §2)."""
+"""Embedding-geometry metrics: alignment, uniformity, tolerance, local separation.
+
+Definitions: docs/science.md#embedding-geometry.
+"""
 
 from __future__ import annotations
 

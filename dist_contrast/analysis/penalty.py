@@ -1,4 +1,7 @@
-"""Wang & Liu's relative penalty: how InfoNCE spreads its push over the negatives (SCIENCE §2)."""
+"""Wang & Liu's relative penalty: how InfoNCE spreads its push over the negatives.
+
+Definitions: docs/science.md#relative-penalty-metrics.
+"""
 
 from __future__ import annotations
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from dist_contrast.data.errors import check_suffix
+from dist_contrast.section import Section
 
 DatasetName = Literal["synthetic", "digits", "file"]
 
@@ -28,7 +29,7 @@ _ONLY_FOR: dict[str, DatasetName] = {
 }
 
 
-class AugmentConfig(BaseModel):
+class AugmentConfig(Section):
     """Strengths of the stochastic augmentations that make the two views.
 
     Digits use ``max_shift``, ``max_rotation_deg``, ``noise_std`` and ``erase_prob``; file
@@ -36,8 +37,6 @@ class AugmentConfig(BaseModel):
     ``feature_dropout``. Synthetic views are made by resampling the nuisance factors instead
     (``nuisance_scale``, ``noise_scale`` in ``DataConfig``).
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_shift: float = Field(default=1.0, ge=0, le=4, description="digits: max translation, pixels")
     max_rotation_deg: float = Field(default=12.0, ge=0, le=180, description="digits: max rotation")
@@ -50,10 +49,8 @@ class AugmentConfig(BaseModel):
     )
 
 
-class DataConfig(BaseModel):
+class DataConfig(Section):
     """Which dataset to train on, how to split it, and how to augment it."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: DatasetName = "synthetic"
     seed: int | None = Field(

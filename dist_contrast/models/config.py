@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from dist_contrast.section import Section
 
 ModelName = Literal["mlp", "cnn"]
 
 
-class ModelConfig(BaseModel):
+class ModelConfig(Section):
     """Encoder architecture: a backbone (MLP or CNN) and a projection head.
 
     ``forward`` returns L2-normalised ``embedding_dim`` vectors (what the losses compare);
     ``encode`` returns the ``hidden_dim`` backbone features (what evaluation probes).
     A CNN needs image inputs [C, H, W] (data.name="digits"); ``build_model`` checks the shape.
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: ModelName = "mlp"
     hidden_dim: int = Field(default=256, gt=0, description="backbone width and feature size")

@@ -4,10 +4,11 @@ The trainer's step, in order (see each function's docstring):
 
 1. query forward; key forward without grad through :class:`MomentumEncoder` (with
    :func:`collective.batch_shuffle` / :func:`collective.batch_unshuffle` for shuffle-BN);
-2. ``negatives = collective.collect_negatives(pool, query, ids, labels)``;
-3. the loss; for a sharded queue the pool term is ``collective.sharded_pool_lse(...)``;
-4. backward and optimiser step; ``momentum_encoder.update(engine.module)``;
-5. ``pool.update(*collective.gather_batch(keys, ids, labels), step)``.
+2. ``negatives = collective.collect_negatives(pool, query, ids, labels)``; for a sharded
+   queue also ``negatives.pool_lse = collective.sharded_pool_lse(query, negatives, ...)``;
+3. the loss reads the :class:`Negatives` record;
+4. backward and optimiser step; ``momentum_encoder.update(query_encoder)``;
+5. ``pool.update(keys, ids, labels, step)`` with the gathered global batch.
 """
 
 from dist_contrast.negatives.bank import MemoryBank
@@ -19,7 +20,7 @@ from dist_contrast.negatives.config import (
     QueueConfig,
 )
 from dist_contrast.negatives.miner import FaissMiner
-from dist_contrast.negatives.momentum import MomentumEncoder, check_zero_stage
+from dist_contrast.negatives.momentum import MomentumEncoder
 from dist_contrast.negatives.pool import NegativePool, build_momentum_encoder, build_negative_pool
 from dist_contrast.negatives.queue import KeyQueue
 
@@ -37,5 +38,4 @@ __all__ = [
     "QueueConfig",
     "build_momentum_encoder",
     "build_negative_pool",
-    "check_zero_stage",
 ]

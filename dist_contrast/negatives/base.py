@@ -10,7 +10,8 @@ from torch import Tensor
 
 @dataclass
 class Negatives:
-    """What the loss sees for one step's local queries. Every tensor is detached (no grad).
+    """The step's negatives for the local queries: the one record that travels from the pools
+    to the objectives. Every tensor but ``pool_lse`` is detached (no grad).
 
     Shape:
         pool: [N, D], shared by all B local queries (queue, or the bank as a pool); with
@@ -18,18 +19,23 @@ class Negatives:
         pool_mask: [B, N] bool, True = excluded (the query's own instance).
         pool_ids: [N] dataset ids of the pool's rows (-1 = unknown); the sharded LSE builds
             its mask for the gathered queries from these.
+        pool_lse: [B] float32, ``log Σ_n exp(q·pool_n/τ)`` over the whole sharded pool, with
+            gradient in the query and τ; set by the trainer from
+            ``collective.sharded_pool_lse`` and read by objectives in place of ``pool``.
         query_negatives: [B, M, D] mined per-query negatives.
         query_negative_mask: [B, M] bool, True = excluded (padding of short rows).
         query_negative_ids: [B, M] their dataset ids (-1 = padding).
         noise: [B, m, D] uniform noise entries for NCE.
+        metrics: counts and pool statistics for logging (``negatives/*``, ``bank/*``, ...).
     """
 
     pool: Tensor | None = None
     pool_mask: Tensor | None = None
     pool_ids: Tensor | None = None
-    # True when ``pool`` is this rank's 1/W shard: the trainer must get the denominator's
-    # pool term from ``collective.sharded_pool_lse`` instead of passing ``pool`` to the loss.
+    # True when ``pool`` is this rank's 1/W shard: no rank holds the whole pool, so the
+    # denominator's pool term must come from ``pool_lse``.
     pool_is_sharded: bool = False
+    pool_lse: Tensor | None = None
     query_negatives: Tensor | None = None
     query_negative_mask: Tensor | None = None
     query_negative_ids: Tensor | None = None

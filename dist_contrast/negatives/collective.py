@@ -15,23 +15,13 @@ from torch import Tensor
 
 from dist_contrast import dist
 from dist_contrast.losses import PoolPartials, partials_lse, pool_partials
-from dist_contrast.losses.partials import lse_backward
+from dist_contrast.losses._common import Temperature, temperature_tensor
+from dist_contrast.losses.partials import lse_backward, rescale_partials
 from dist_contrast.negatives.base import Negatives
 
 if TYPE_CHECKING:
     from dist_contrast.negatives.miner import FaissMiner
     from dist_contrast.negatives.pool import NegativePool
-
-
-def gather_batch(
-    keys: Tensor, ids: Tensor, labels: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """The global batch's keys, ids and labels (no grad), for ``NegativePool.update``.
-
-    Shape: [B, D], [B], [B] -> [W·B, D], [W·B], [W·B]; rank r's rows at [r·B, (r+1)·B).
-    """
-    all_labels = dist.all_gather_no_grad(labels) if labels is not None else None
-    return dist.all_gather_no_grad(keys), dist.all_gather_no_grad(ids), all_labels
 
 
 # ---------------------------------------------------------------------------- shuffle-BN
@@ -73,20 +63,12 @@ def batch_unshuffle(y: Tensor, unshuffle_index: Tensor) -> Tensor:
 
 def _all_reduce_partials(parts: PoolPartials) -> PoolPartials:
     """Merge every rank's partials of the same queries into the whole pool's (in place)."""
-    global_max = dist.all_reduce(parts.max.clone(), op="max")
-    # An empty shard (max −inf) gets weight 0; an all-empty row keeps shift 0 to avoid NaN.
-    shift = torch.where(torch.isinf(global_max), torch.zeros_like(global_max), global_max)
-    rescale = torch.exp(parts.max - shift)
+    merged = rescale_partials(parts, dist.all_reduce(parts.max.clone(), op="max"))
     packed = torch.cat(
-        [
-            (parts.sum_exp * rescale)[:, None],
-            (parts.weighted_sim * rescale)[:, None],
-            parts.weighted_keys * rescale[:, None],
-        ],
-        dim=1,
+        [merged.sum_exp[:, None], merged.weighted_sim[:, None], merged.weighted_keys], dim=1
     )
     dist.all_reduce(packed, op="sum")  # one collective for all three sums
-    return PoolPartials(global_max, packed[:, 0], packed[:, 2:], packed[:, 1])
+    return PoolPartials(merged.max, packed[:, 0], packed[:, 2:], packed[:, 1])
 
 
 class _ShardedPoolLSE(torch.autograd.Function):
@@ -137,7 +119,7 @@ def sharded_pool_lse(
     negatives: Negatives,
     ids: Tensor | None,
     *,
-    temperature: float | Tensor,
+    temperature: Temperature,
     tile_size: int | None = None,
     mask_same_instance: bool = True,
 ) -> Tensor:
@@ -151,10 +133,7 @@ def sharded_pool_lse(
     """
     if negatives.pool is None or not negatives.pool_is_sharded:
         raise ValueError("sharded_pool_lse needs the Negatives of a sharded pool")
-    if isinstance(temperature, Tensor):
-        tau = temperature.float()
-    else:
-        tau = torch.tensor(float(temperature), device=query.device)
+    tau = temperature_tensor(temperature, query)
     shard_ids = negatives.pool_ids if mask_same_instance else None
     query_ids = ids if mask_same_instance else None
     lse: Tensor = _ShardedPoolLSE.apply(query, tau, negatives.pool, shard_ids, query_ids, tile_size)
@@ -204,7 +183,7 @@ def collect_negatives(
 
     Shape: query [B, D], ids [B], labels [B] or None -> :class:`Negatives`.
     """
-    negatives = pool.negatives(query, ids, labels)
+    negatives = pool.local_negatives(query, ids, labels)
     if pool.miner is not None and pool.miner.sharded:
         negatives = pool.merge(negatives, mine_sharded(pool.miner, query, ids, labels))
     return negatives

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-SourceName = Literal["batch", "queue", "bank", "mined"]
+from dist_contrast.negatives.registry import source_names, source_spec
+from dist_contrast.section import Section
+
 Layout = Literal["replicated", "sharded"]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class QueueConfig(_Section):
+class QueueConfig(Section):
     """MoCo's FIFO of the newest ``size`` keys (any size; it need not divide the batch)."""
 
     size: int = Field(default=65536, ge=1)
@@ -31,7 +29,7 @@ class QueueConfig(_Section):
     mask_same_instance: bool = True
 
 
-class BankConfig(_Section):
+class BankConfig(Section):
     """InstDisc's memory bank: one normalised key per dataset instance."""
 
     # 0 replaces an entry with the newest key; m > 0 keeps m·old + (1-m)·new, re-normalised.
@@ -50,7 +48,7 @@ class BankConfig(_Section):
     as_pool: bool = False
 
 
-class MinerConfig(_Section):
+class MinerConfig(Section):
     """FAISS hard-negative miner over the bank's keys."""
 
     # ivf_fp16 stores each key as float16: half the bytes of ivf_flat to scan (measured ~1.6×
@@ -145,10 +143,11 @@ class MinerConfig(_Section):
         return hi + self.extra
 
 
-class NegativesConfig(_Section):
+class NegativesConfig(Section):
     """Which negative pools feed the loss (any combination) and their settings."""
 
-    sources: list[SourceName] = Field(default_factory=lambda: list[SourceName](["batch"]))
+    # Any registered source (negatives/registry.py): batch, queue, bank, mined by default.
+    sources: list[str] = Field(default_factory=lambda: ["batch"])
     # MoCo key encoder θ_k ← m·θ_k + (1 − m)·θ_q; required by the queue.
     momentum_encoder: bool = False
     momentum: float = Field(default=0.999, ge=0.0, lt=1.0)
@@ -164,10 +163,17 @@ class NegativesConfig(_Section):
         sources = self.sources
         if not sources:
             raise ValueError(
-                "negatives.sources is empty; list at least one of batch, queue, bank, mined"
+                f"negatives.sources is empty; list at least one of {', '.join(source_names())}"
             )
         if len(set(sources)) != len(sources):
             raise ValueError(f"negatives.sources={list(sources)} repeats a source; list each once")
+        for name in sources:
+            for needed in source_spec(name).requires:
+                if needed not in sources:
+                    raise ValueError(
+                        f"negatives.sources has {name!r} but not {needed!r}, which it is built "
+                        f"on; add '{needed}'"
+                    )
         if "queue" in sources and not self.momentum_encoder:
             raise ValueError(
                 "negatives.sources has 'queue' but negatives.momentum_encoder is false; the queue "
@@ -178,11 +184,6 @@ class NegativesConfig(_Section):
                 "negatives.shuffle_bn=true shuffles the key encoder's batch; "
                 "set negatives.momentum_encoder=true"
             )
-        if "mined" in sources and "bank" not in sources:
-            raise ValueError(
-                "negatives.sources has 'mined' but not 'bank'; the miner's index is over the "
-                "memory bank, add 'bank'"
-            )
         if self.bank.as_pool and "queue" in sources:
             raise ValueError(
                 "negatives.bank.as_pool=true and 'queue' both give the shared pool; keep one"
@@ -190,22 +191,3 @@ class NegativesConfig(_Section):
         if self.bank.as_pool and "bank" not in sources:
             raise ValueError("negatives.bank.as_pool=true needs 'bank' in negatives.sources")
         return self
-
-    def check_loss(self, loss_name: str) -> None:
-        """Raise ``ValueError`` when ``loss_name`` cannot use these sources (trainer calls it)."""
-        if loss_name.startswith("nce") and "bank" not in self.sources:
-            raise ValueError(
-                f"loss.name={loss_name} draws its noise from the memory bank; "
-                "add 'bank' to negatives.sources"
-            )
-        if (
-            not loss_name.startswith("nce")
-            and "bank" in self.sources
-            and not self.bank.as_pool
-            and "mined" not in self.sources
-            and len(self.sources) == 1
-        ):
-            raise ValueError(
-                f"negatives.sources=[bank] gives {loss_name} no negatives (the bank feeds "
-                "NCE noise); set negatives.bank.as_pool=true or add batch/queue/mined"
-            )

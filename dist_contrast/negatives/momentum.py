@@ -9,22 +9,6 @@ import torch
 from torch import nn
 
 
-def check_zero_stage(stage: int) -> None:
-    """Raise ``ValueError`` unless DeepSpeed ZeRO ``stage`` keeps full parameters on every rank.
-
-    Stages 0–2 partition optimiser state and gradients only, so ``engine.module``'s
-    parameters are complete on every rank and the EMA can read them directly. Stage 3
-    partitions the parameters themselves: each rank would average a shard into a full copy.
-    """
-    if stage not in (0, 1, 2, 3):
-        raise ValueError(f"deepspeed zero stage {stage} does not exist; use 0, 1, 2 or 3")
-    if stage == 3:
-        raise ValueError(
-            "the momentum encoder needs full query-encoder parameters on every rank, which "
-            "ZeRO stage 3 partitions away; use deepspeed.zero_stage 0, 1 or 2"
-        )
-
-
 class MomentumEncoder(nn.Module):
     """A frozen deep copy of the query encoder, updated by θ_k ← m·θ_k + (1 − m)·θ_q.
 

@@ -13,6 +13,13 @@ from dist_contrast.negatives.config import NegativesConfig
 from dist_contrast.negatives.miner import FaissMiner
 from dist_contrast.negatives.momentum import MomentumEncoder
 from dist_contrast.negatives.queue import KeyQueue
+from dist_contrast.negatives.registry import (
+    SourceContext,
+    SourceSpec,
+    register_source,
+    source_names,
+    source_spec,
+)
 
 
 def _first(*tensors: Tensor | None) -> Tensor | None:
@@ -20,39 +27,38 @@ def _first(*tensors: Tensor | None) -> Tensor | None:
 
 
 class NegativePool:
-    """Every configured source behind one ``negatives`` / ``update`` / ``state_dict``.
+    """Every configured source behind one ``update`` / ``state_dict``.
 
-    ``in_batch`` says whether the loss should also use the other keys of the global batch
-    (``sources`` has ``batch``); those come from the trainer's gather, not from here.
-    A sharded miner is skipped by ``negatives`` (it must search every rank's queries):
-    use :func:`dist_contrast.negatives.collective.collect_negatives`, which handles it.
+    ``sources`` maps each stateful source's key (``queue``, ``bank``, ``miner``, or a
+    registered one) to the source, in update order. ``in_batch`` says whether the loss should
+    also use the other keys of the global batch (``sources`` has ``batch``); those come from the
+    trainer's gather, not from here. The step's negatives come from
+    :func:`dist_contrast.negatives.collective.collect_negatives`, which merges the local
+    sources with a sharded miner's search over every rank's queries.
     """
 
     def __init__(
-        self,
-        *,
-        in_batch: bool,
-        queue: KeyQueue | None = None,
-        bank: MemoryBank | None = None,
-        miner: FaissMiner | None = None,
-        world_size: int = 1,
+        self, *, in_batch: bool, sources: dict[str, NegativeSource], world_size: int = 1
     ) -> None:
-        if miner is not None and bank is None:
-            raise ValueError("the miner indexes the memory bank; build a bank too")
         self.in_batch = in_batch
-        self.queue = queue
-        self.bank = bank
-        self.miner = miner
+        self.sources = dict(sources)
         self.world_size = world_size
 
     @property
-    def sources(self) -> dict[str, NegativeSource]:
-        """The stateful sources by name, in update order (the miner reads the updated bank)."""
-        named: dict[str, Any] = {"queue": self.queue, "bank": self.bank, "miner": self.miner}
-        return {name: source for name, source in named.items() if source is not None}
+    def queue(self) -> KeyQueue | None:
+        return self.sources.get("queue")  # type: ignore[return-value]
 
-    def negatives(self, query: Tensor, ids: Tensor, labels: Tensor | None) -> Negatives:
-        """Merge what each local source gives for the local queries.
+    @property
+    def bank(self) -> MemoryBank | None:
+        return self.sources.get("bank")  # type: ignore[return-value]
+
+    @property
+    def miner(self) -> FaissMiner | None:
+        return self.sources.get("miner")  # type: ignore[return-value]
+
+    def local_negatives(self, query: Tensor, ids: Tensor, labels: Tensor | None) -> Negatives:
+        """Merge what each source gives for the local queries, leaving out a sharded miner
+        (its search needs every rank: ``collective.collect_negatives`` adds it).
 
         Shape: query [B, D], ids [B], labels [B] or None -> :class:`Negatives`.
         """
@@ -73,6 +79,7 @@ class NegativePool:
             pool_mask=_first(a.pool_mask, b.pool_mask),
             pool_ids=_first(a.pool_ids, b.pool_ids),
             pool_is_sharded=a.pool_is_sharded or b.pool_is_sharded,
+            pool_lse=_first(a.pool_lse, b.pool_lse),
             query_negatives=_first(a.query_negatives, b.query_negatives),
             query_negative_mask=_first(a.query_negative_mask, b.query_negative_mask),
             query_negative_ids=_first(a.query_negative_ids, b.query_negative_ids),
@@ -108,7 +115,7 @@ class NegativePool:
     def update(self, keys: Tensor, ids: Tensor, labels: Tensor | None, step: int) -> None:
         """Absorb the global batch's keys after the optimiser step (queue, bank, then miner).
 
-        Shape: keys [W·B, D] (from ``collective.gather_batch``), ids [W·B], labels [W·B].
+        Shape: keys [W·B, D] (the gathered global batch), ids [W·B], labels [W·B].
         """
         keys = keys.detach()
         for source in self.sources.values():
@@ -138,40 +145,57 @@ def build_negative_pool(
     seed: int = 0,
     nce_noise: bool = True,
 ) -> NegativePool:
-    """The composite of ``cfg.sources``; rank and world size come in explicitly.
+    """The composite of ``cfg.sources``, built in registration order; rank and world size
+    come in explicitly.
 
     The same ``seed`` on every rank gives every rank the same bank initialisation; noise and
     rank-window sampling use per-rank streams derived from it. With ``nce_noise=False`` (the
     loss is not NCE) the bank draws no noise samples: they would be B·m·D unused floats.
     """
-    sources = set(cfg.sources)
-    queue = bank = miner = None
-    if "queue" in sources:
-        queue = KeyQueue(
-            cfg.queue.size,
-            dim,
-            sharded=cfg.queue.layout == "sharded",
-            rank=rank,
-            world_size=world_size,
-            mask_same_instance=cfg.queue.mask_same_instance,
-            device=device,
-        )
-    if "bank" in sources:
-        bank = MemoryBank(
-            dataset_size,
-            dim,
-            momentum=cfg.bank.momentum,
-            noise_samples=cfg.bank.noise_samples if nce_noise else 0,
-            as_pool=cfg.bank.as_pool,
-            seed=seed,
-            noise_seed=seed + 1 + rank,
-            device=device,
-        )
-    if "mined" in sources and bank is not None:
-        miner = FaissMiner(cfg.miner, bank, rank=rank, world_size=world_size, seed=seed + rank)
-    return NegativePool(
-        in_batch="batch" in sources, queue=queue, bank=bank, miner=miner, world_size=world_size
+    context = SourceContext(dataset_size=dataset_size, dim=dim, rank=rank,
+                            world_size=world_size, device=device, seed=seed, nce_noise=nce_noise)
+    for name in source_names():
+        spec = source_spec(name)
+        if name in cfg.sources and spec.build is not None:
+            context.built[spec.key] = spec.build(cfg, context)
+    return NegativePool(in_batch="batch" in cfg.sources, sources=context.built,
+                        world_size=world_size)
+
+
+def _queue(cfg: NegativesConfig, context: SourceContext) -> KeyQueue:
+    return KeyQueue(
+        cfg.queue.size,
+        context.dim,
+        sharded=cfg.queue.layout == "sharded",
+        rank=context.rank,
+        world_size=context.world_size,
+        mask_same_instance=cfg.queue.mask_same_instance,
+        device=context.device,
     )
+
+
+def _bank(cfg: NegativesConfig, context: SourceContext) -> MemoryBank:
+    return MemoryBank(
+        context.dataset_size,
+        context.dim,
+        momentum=cfg.bank.momentum,
+        noise_samples=cfg.bank.noise_samples if context.nce_noise else 0,
+        as_pool=cfg.bank.as_pool,
+        seed=context.seed,
+        noise_seed=context.seed + 1 + context.rank,
+        device=context.device,
+    )
+
+
+def _miner(cfg: NegativesConfig, context: SourceContext) -> FaissMiner:
+    return FaissMiner(cfg.miner, context.built["bank"], rank=context.rank,
+                      world_size=context.world_size, seed=context.seed + context.rank)
+
+
+register_source("queue", SourceSpec(key="queue", build=_queue))
+register_source("bank", SourceSpec(key="bank", build=_bank))
+# The miner's index is over the memory bank: built after it, and it absorbs keys after it.
+register_source("mined", SourceSpec(key="miner", build=_miner, requires=("bank",)))
 
 
 def build_momentum_encoder(

@@ -41,7 +41,6 @@ class Evaluator:
         self.memory = _take(data.eval_train, cfg.eval.max_samples)
         self.queries = _take(data.eval_test, cfg.eval.max_samples)
         self.train_set = data.train
-        self.history: list[dict[str, float]] = []
         self._last_test_embedding: torch.Tensor | None = None
 
     @property
@@ -106,7 +105,6 @@ class Evaluator:
                     )
                 )
         self._last_test_embedding = test_embedding
-        self.history.append({"step": float(step), **results})
         return results
 
     def log_plots(self, tracker: Any) -> None:

@@ -27,14 +27,12 @@ class TrainProgress:
     """Where the run stands; restored on resume."""
 
     step: int = 0
-    samples_seen: int = 0
 
     def state_dict(self) -> dict[str, int]:
-        return {"step": self.step, "samples_seen": self.samples_seen}
+        return {"step": self.step}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.step = int(state["step"])
-        self.samples_seen = int(state["samples_seen"])
 
 
 def rng_state() -> dict[str, Any]:

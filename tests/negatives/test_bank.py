@@ -4,7 +4,6 @@ import torch.nn.functional as F
 from dist_contrast import dist
 from dist_contrast.negatives import MemoryBank
 from dist_contrast.negatives.bank import last_occurrence
-from dist_contrast.negatives.collective import gather_batch
 from tests.gloo import run_distributed
 from tests.negatives._portable import portable, tensors
 
@@ -90,7 +89,8 @@ def _bank_on_ranks() -> tuple:
     for step in range(3):
         keys = F.normalize(torch.randn(2, 4), dim=1)
         ids = torch.tensor([2 * dist.rank(), 2 * dist.rank() + 1]) + 4 * step
-        bank.update(*gather_batch(keys, ids, ids % 3), step)
+        gathered = [dist.all_gather_no_grad(t) for t in (keys, ids, ids % 3)]
+        bank.update(*gathered, step)
     return portable((bank.vectors, bank.labels, bank.write_step))
 
 

@@ -1,6 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
+from dist_contrast.config import Config
 from dist_contrast.negatives import NegativesConfig
 
 
@@ -72,9 +73,16 @@ def test_frozen():
         cfg.momentum = 0.5  # type: ignore[misc]
 
 
-def test_check_loss():
-    NegativesConfig(sources=["bank"]).check_loss("nce")
+def _with_loss(loss: str, **negatives: object) -> Config:
+    return Config.model_validate({"loss": {"name": loss}, "negatives": negatives})
+
+
+def test_the_loss_declarations_are_checked_against_the_sources():
+    _with_loss("nce", sources=["bank"])
     with pytest.raises(ValueError, match="add 'bank'"):
-        NegativesConfig().check_loss("nce")
+        _with_loss("nce")
     with pytest.raises(ValueError, match="as_pool"):
-        NegativesConfig(sources=["bank"]).check_loss("info_nce")
+        _with_loss("info_nce", sources=["bank"])
+    with pytest.raises(ValueError, match="layout=replicated or info_nce"):
+        _with_loss("simple", sources=["batch", "queue"], momentum_encoder=True,
+                   queue={"layout": "sharded"})

@@ -3,7 +3,7 @@ import torch.nn.functional as F
 
 from dist_contrast.losses import info_nce
 from dist_contrast.negatives import NegativesConfig, build_momentum_encoder, build_negative_pool
-from dist_contrast.negatives.collective import collect_negatives, gather_batch
+from dist_contrast.negatives.collective import collect_negatives
 
 
 def _config(**overrides) -> NegativesConfig:
@@ -28,7 +28,7 @@ def _run(pool, steps: int, seed: int = 0):
         key = F.normalize(torch.randn(8, 16, generator=generator), dim=1)
         labels = ids % 4
         negatives = collect_negatives(pool, query, ids, labels)
-        pool.update(*gather_batch(key, ids, labels), step)
+        pool.update(key, ids, labels, step)  # one process: the global batch is the local one
     return negatives
 
 
@@ -60,7 +60,7 @@ def test_composite_merges_every_source():
 def test_bank_only_for_nce():
     cfg = NegativesConfig(sources=["bank"])
     pool = build_negative_pool(cfg, dataset_size=30, dim=8, rank=0, world_size=1)
-    negatives = pool.negatives(torch.randn(4, 8), torch.arange(4), None)
+    negatives = collect_negatives(pool, torch.randn(4, 8), torch.arange(4), None)
     assert negatives.pool is None and negatives.noise is not None
     assert not pool.in_batch
 
@@ -98,6 +98,6 @@ def test_bank_draws_no_noise_unless_the_loss_is_nce() -> None:
     without = build_negative_pool(
         cfg, dataset_size=32, dim=8, rank=0, world_size=1, nce_noise=False
     )
-    assert with_noise.negatives(query, ids, None).noise is not None
-    negatives = without.negatives(query, ids, None)
+    assert collect_negatives(with_noise, query, ids, None).noise is not None
+    negatives = collect_negatives(without, query, ids, None)
     assert negatives.noise is None and negatives.pool is not None

@@ -19,7 +19,7 @@ from dist_contrast.train.state import (
 
 
 def test_round_trip_and_rng(tmp_path: Path) -> None:
-    progress = TrainProgress(step=7, samples_seen=700)
+    progress = TrainProgress(step=7)
     state = {"progress": progress.state_dict(), "rng": rng_state()}
     save_trainer_state(tmp_path, 1, state)
     expected = torch.rand(3)

@@ -1,6 +1,6 @@
 """The trainer's InstDisc step: the NCE positive is the bank entry, Z is (re-)estimated on time.
 
-One process, no Ray or DeepSpeed: a small stand-in engine runs the worker's own ``train_step``.
+One process, no Ray or DeepSpeed: a small stand-in engine runs the trainer's own step.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from torch import nn
 from dist_contrast.config import Config
 from dist_contrast.data import build_data, make_loader
 from dist_contrast.losses import NormalizerEstimator, monte_carlo_normalizer
+from dist_contrast.losses import nce as nce_module
 from dist_contrast.models import build_model
 from dist_contrast.negatives import build_negative_pool
 from dist_contrast.objectives import ObjectiveInputs
-from dist_contrast.train import worker as worker_module
-from dist_contrast.train.state import TrainProgress
-from dist_contrast.train.worker import ContrastiveModel, Worker, build_temperature
+from dist_contrast.train import step as step_module
+from dist_contrast.train.step import TrainStep
+from dist_contrast.train.worker import ContrastiveModel, build_temperature
 
 
 class _Engine:
@@ -44,7 +45,20 @@ class _Engine:
         return [0.1]
 
 
-def _worker(normalizer_every: int = 0) -> Worker:
+class _Stepper:
+    """The step and its counter, as the worker's loop holds them."""
+
+    def __init__(self, step: TrainStep, data: Any) -> None:
+        self.step, self.data, self.count = step, data, 0
+        self.normalizer, self.pool = step.normalizer, step.pool
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        metrics = self.step(batch, self.count)
+        self.count += 1
+        return metrics
+
+
+def _worker(normalizer_every: int = 0) -> _Stepper:
     cfg = Config.model_validate({
         "data": {"name": "synthetic", "num_samples": 200, "dim": 16, "signal_dim": 4},
         "model": {"name": "mlp", "hidden_dim": 16, "num_layers": 1, "embedding_dim": 8},
@@ -58,12 +72,13 @@ def _worker(normalizer_every: int = 0) -> Worker:
     model = ContrastiveModel(build_model(cfg.model, data.input_shape), build_temperature(cfg))
     pool = build_negative_pool(cfg.negatives, dataset_size=len(data.train), dim=8, rank=0,
                                world_size=1, seed=0)
-    return Worker(cfg=cfg, engine=_Engine(model), data=data, tracker=None,  # type: ignore[arg-type]
-                  progress=TrainProgress(), momentum_encoder=None, pool=pool, evaluator=None,
-                  normalizer=NormalizerEstimator(normalizer_every))
+    step = TrainStep(cfg=cfg, engine=_Engine(model), momentum_encoder=None, pool=pool,
+                     dataset_size=len(data.train), has_labels=data.num_classes is not None,
+                     normalizer=NormalizerEstimator(normalizer_every))
+    return _Stepper(step, data)
 
 
-def _batches(worker: Worker) -> Any:
+def _batches(worker: _Stepper) -> Any:
     return iter(make_loader(worker.data.train, batch_size=16, rank=0, world_size=1, seed=0,
                             epoch=0))
 
@@ -71,13 +86,13 @@ def _batches(worker: Worker) -> Any:
 def test_nce_positive_is_the_bank_entry_before_the_update(monkeypatch: pytest.MonkeyPatch):
     worker = _worker()
     seen: list[ObjectiveInputs] = []
-    real = worker_module.compute_objective
+    real = step_module.compute_objective
 
     def spy(name: str, inputs: ObjectiveInputs, tau: Any, **params: Any) -> torch.Tensor:
         seen.append(inputs)
         return real(name, inputs, tau, **params)
 
-    monkeypatch.setattr(worker_module, "compute_objective", spy)
+    monkeypatch.setattr(step_module, "compute_objective", spy)
     assert worker.pool is not None and worker.pool.bank is not None
     bank = worker.pool.bank
     batch = next(_batches(worker))
@@ -101,10 +116,10 @@ def test_normalizer_is_estimated_at_the_configured_steps(every: int, estimated_a
 
     def recording(query: torch.Tensor, noise: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         value = monte_carlo_normalizer(query, noise, **kwargs)
-        estimates.append((worker.progress.step, float(value)))
+        estimates.append((worker.count, float(value)))
         return value
 
-    monkeypatch.setattr(worker_module, "monte_carlo_normalizer", recording)
+    monkeypatch.setattr(nce_module, "monte_carlo_normalizer", recording)
     batches = _batches(worker)
     kept = []
     for _ in range(5):

@@ -1,0 +1,151 @@
+"""Everything a run shows the outside world, and the one place that is gated on rank 0.
+
+Every rank builds a :class:`Reporter`; on rank 0 it holds the MLflow tracker, the evaluator and
+the driver's progress queue, on the others a null tracker and nothing else, so its methods are
+safe to call everywhere. Collectives never run in here: the trainer computes what needs every
+rank before handing it over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from dist_contrast import dist
+from dist_contrast.config import Config
+from dist_contrast.tracking import Tracker
+from dist_contrast.train.evaluation import Evaluator
+
+#: Logged at every step (batched); everything else once per ``trainer.log_every`` window.
+EVERY_STEP = ("train/loss", "train/temperature", "train/lr")
+#: Kept for the training-curves figure.
+PLOTTED = ("train/loss", "train/temperature", "eval/knn_acc", "diag/penalty_entropy")
+
+
+@dataclass
+class MetricWindow:
+    """Throughput and the miner's share of wall time since the last log step (each rank)."""
+
+    started: float = field(default_factory=time.perf_counter)
+    samples: int = 0
+    miner_seconds: float | None = None
+
+    def close(self, miner_seconds: float | None) -> dict[str, float]:
+        """This window's rates; starts the next window."""
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        rates = {"train/samples_per_s": self.samples / elapsed}
+        if self.miner_seconds is not None:
+            # Mining + index upkeep as a share of this rank's wall time since the last log.
+            rates["miner/time_share"] = ((miner_seconds or 0.0) - self.miner_seconds) / elapsed
+        self.started, self.samples, self.miner_seconds = time.perf_counter(), 0, miner_seconds
+        return rates
+
+
+@dataclass
+class Reporter:
+    """Metrics, evaluation, progress and figures of one run; active on rank 0 only."""
+
+    cfg: Config
+    tracker: Tracker
+    evaluator: Evaluator | None = None
+    progress_queue: Any = None
+    active: bool = field(default_factory=dist.is_rank_zero)
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    # Loss, τ and LR of every step since the last flush: logged every step, written in batches.
+    pending: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+
+    def is_eval_step(self, step: int) -> bool:
+        return step % self.cfg.eval.every_steps == 0 or step == self.cfg.trainer.max_steps
+
+    def is_log_step(self, step: int) -> bool:
+        return step % self.cfg.trainer.log_every == 0 or step == self.cfg.trainer.max_steps
+
+    def start(self, params: Mapping[str, str], config_yaml: str) -> None:
+        """A fresh run's params, config, tags and the raw-input baseline."""
+        if not self.active:
+            return
+        self.tracker.log_params(params)
+        self.tracker.log_text(config_yaml, "config.yaml")
+        self.tracker.set_tags({"dist_contrast.world_size": str(dist.world_size())})
+        if self.evaluator is not None:
+            baseline = self.evaluator.raw_baseline()
+            self.tracker.log_metrics(baseline, step=0)
+            self.last_metrics.update(baseline)
+
+    def step_done(self, step: int, metrics: dict[str, float], window: dict[str, float] | None,
+                  model: nn.Module) -> None:
+        """Record step ``step``: the every-step metrics always; on log steps (``window`` holds
+        that window's rates) the whole row; on eval steps the evaluation. Each metric is
+        written once per step."""
+        evaluating = self.is_eval_step(step)
+        if evaluating and self.active and self.evaluator is not None:
+            metrics.update(self.evaluator.evaluate(model, step))
+        if window is not None:
+            metrics.update(window)
+            self.pending.append((step, metrics))
+            self.tracker.log_metric_history(self.pending)
+            self.pending = []
+            self._send_progress(step, metrics)
+        else:
+            self.pending.append((step, {k: metrics[k] for k in EVERY_STEP}))
+            if evaluating:
+                self.tracker.log_metrics(
+                    {k: v for k, v in metrics.items() if k.startswith(("eval/", "diag/"))}, step
+                )
+        if window is not None or evaluating:
+            self._remember(step, metrics)
+        self.last_metrics.update(metrics)
+
+    def _remember(self, step: int, metrics: dict[str, float]) -> None:
+        """Keep the plotted series (rank 0's curves figure at the end)."""
+        if not self.active:
+            return
+        for name in PLOTTED:
+            series = self.history.setdefault(name, [])
+            if name in metrics and (not series or series[-1][0] != step):
+                series.append((step, metrics[name]))
+
+    def _send_progress(self, step: int, metrics: dict[str, float]) -> None:
+        if self.progress_queue is None or not self.active:
+            return
+        update = {"step": step, "total": self.cfg.trainer.max_steps, **metrics}
+        # Progress is best effort: a full or closed queue must not stop training.
+        with contextlib.suppress(Exception):
+            self.progress_queue.put_nowait(update)
+
+    def finish(self) -> None:
+        """The end-of-run figures and summary; the run is marked FINISHED."""
+        if self.active:
+            if self.evaluator is not None:
+                self.evaluator.log_plots(self.tracker)
+            self._log_curves()
+            summary = {k: v for k, v in self.last_metrics.items() if not k.startswith("diag/")}
+            self.tracker.log_text(json.dumps(summary, indent=2, sort_keys=True), "summary.json")
+        self.tracker.close("FINISHED")
+
+    def fail(self) -> None:
+        self.tracker.close("FAILED")
+
+    def _log_curves(self) -> None:
+        from dist_contrast.plots import plot_curves
+
+        series = {name: points for name, points in self.history.items() if points}
+        if not series:
+            return
+        figure = plot_curves(series, title=str(self.cfg.experiment.run_name))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "training_curves.png")
+            figure.savefig(path, dpi=110, bbox_inches="tight")
+            self.tracker.log_artifact(path, "plots")
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)

@@ -1,0 +1,217 @@
+"""One training step, in the one order the trainer allows:
+
+    query forward -> key forward (no grad; momentum encoder with shuffle-BN when configured)
+    -> gather keys -> negatives -> loss -> engine.backward / engine.step
+    -> momentum update -> pool update
+
+The step reads what the configured objective needs from its registry entry
+(:class:`~dist_contrast.objectives.Objective`), never from its name. DeepSpeed appears here only
+as the ``engine`` (forward, backward, step, LR).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from dist_contrast import dist
+from dist_contrast.analysis import training_diagnostics
+from dist_contrast.config import Config
+from dist_contrast.losses import NormalizerEstimator
+from dist_contrast.negatives import MomentumEncoder, NegativePool, Negatives
+from dist_contrast.negatives.collective import (
+    batch_shuffle,
+    batch_unshuffle,
+    collect_negatives,
+    sharded_pool_lse,
+)
+from dist_contrast.objectives import ObjectiveInputs, compute_objective, get_objective
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class TrainStep:
+    """What one rank needs to take a step: the engine, the pools, NCE's Z estimate."""
+
+    cfg: Config
+    engine: Any
+    momentum_encoder: MomentumEncoder | None
+    pool: NegativePool | None
+    dataset_size: int
+    has_labels: bool
+    normalizer: NormalizerEstimator = field(default_factory=NormalizerEstimator)
+
+    def __post_init__(self) -> None:
+        self.objective = get_objective(self.cfg.loss.name)
+        self.loss_params = self._loss_params()
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.engine.device)
+
+    def __call__(self, batch: Batch, step: int, diagnose: bool = False) -> dict[str, float]:
+        """Take optimiser step ``step + 1`` on ``batch``; returns its metrics. ``diagnose``
+        adds the τ diagnostics of this batch (``diag/*``; rank 0 on eval steps)."""
+        ids = batch["index"].to(self.device)
+        # Labels exist for evaluation; the pools see them only for their label-aware options.
+        labels = batch["label"].to(self.device) if self.has_labels else None
+        query = self.engine(batch["view1"].to(self.device))  # [B, D], unit norm
+        keys = self._global_keys(batch["view2"].to(self.device), step)  # [W·B, D]
+        key_labels = dist.all_gather_no_grad(labels) if labels is not None else None
+        tau = self.engine.module.temperature(step)
+        negatives = self._negatives(query, ids, labels, tau)
+        inputs = self._inputs(query, keys, ids, labels, key_labels, negatives, tau, step)
+        loss = self._loss(inputs, tau, ids)
+        diagnostics = self._diagnostics(inputs, keys, tau, labels) if diagnose else {}
+
+        self.engine.backward(loss)
+        self.engine.step()
+        self._update_pools(keys, ids, key_labels, step + 1)
+        return {
+            "train/loss": float(loss.detach()),
+            "train/temperature": float(tau.detach()),
+            "train/lr": float(self.engine.get_lr()[0]),
+            "train/negatives_per_query": self._negatives_per_query(keys, negatives),
+            **negatives.metrics,
+            **diagnostics,
+        }
+
+    # ------------------------------------------------------------------ forward pieces
+
+    def _global_keys(self, view2: torch.Tensor, step: int) -> torch.Tensor:
+        """Keys of the global batch: the local rows keep their graph; other ranks' rows send
+        their gradient home in backward (see ``dist.all_gather_with_grad``)."""
+        keys_local = self._key_forward(view2, step)
+        if keys_local.requires_grad:
+            return dist.all_gather_with_grad(keys_local)
+        return dist.all_gather_no_grad(keys_local)
+
+    def _key_forward(self, view2: torch.Tensor, step: int) -> torch.Tensor:
+        if self.momentum_encoder is None:
+            return self.engine(view2)
+        with torch.no_grad():
+            if self.cfg.negatives.shuffle_bn:
+                # Seeded by the step so a resumed run shuffles exactly as the original would.
+                generator = torch.Generator().manual_seed(
+                    self.cfg.experiment.seed * 1_000_003 + step
+                )
+                shuffled, unshuffle_index = batch_shuffle(view2, generator)
+                return batch_unshuffle(self.momentum_encoder(shuffled), unshuffle_index)
+            return self.momentum_encoder(view2)
+
+    def _negatives(
+        self, query: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor | None,
+        tau: torch.Tensor,
+    ) -> Negatives:
+        """Every source's negatives; a sharded pool becomes its joint log-sum-exp here, since
+        that term carries the query's gradient."""
+        if self.pool is None:
+            return Negatives()
+        negatives = collect_negatives(self.pool, query.detach(), ids, labels)
+        if negatives.pool_is_sharded:
+            negatives.pool_lse = sharded_pool_lse(
+                query, negatives, ids, temperature=tau, tile_size=self.cfg.loss.tile_size,
+                mask_same_instance=self.cfg.negatives.queue.mask_same_instance,
+            )
+        return negatives
+
+    def _inputs(
+        self, query: torch.Tensor, keys: torch.Tensor, ids: torch.Tensor,
+        labels: torch.Tensor | None, key_labels: torch.Tensor | None, negatives: Negatives,
+        tau: torch.Tensor, step: int,
+    ) -> ObjectiveInputs:
+        objective = self.objective
+        if objective.positive_from_bank:
+            # InstDisc's datum is (f_i, v_i): the query against its own bank entry, a constant
+            # written on earlier visits (before this step's update). A positive that is a
+            # current feature with gradient lets both views collapse onto one point that
+            # outruns the stale noise entries; the other view's key only refreshes the bank.
+            assert self.pool is not None and self.pool.bank is not None  # config guarantees it
+            positives = self.pool.bank.entries(ids).to(query.dtype)
+            positive_index = torch.arange(len(ids), device=self.device)
+        else:
+            positives = keys
+            positive_index = dist.rank() * len(ids) + torch.arange(len(ids), device=self.device)
+        normalizer = None
+        if objective.needs_noise and negatives.noise is not None:
+            normalizer = self._normalizer(query, negatives.noise, tau, step)
+        with_labels = objective.needs_labels  # supervised: same-label samples are positives
+        return ObjectiveInputs(
+            query=query, key=positives, positive_index=positive_index,
+            labels=labels if with_labels else None,
+            key_labels=key_labels if with_labels else None,
+            negatives=negatives, normalizer=normalizer, dataset_size=self.dataset_size,
+        )
+
+    def _normalizer(
+        self, query: torch.Tensor, noise: torch.Tensor, tau: torch.Tensor, step: int
+    ) -> float:
+        """InstDisc's Z: a Monte-Carlo estimate averaged over ranks, kept constant until the
+        next one (never, by default; see ``negatives.bank.normalizer_every``)."""
+        return self.normalizer.update(
+            query.detach(), noise, temperature=tau.detach(), dataset_size=self.dataset_size,
+            step=step, reduce=_mean_over_ranks,
+        )
+
+    def _loss(
+        self, inputs: ObjectiveInputs, tau: torch.Tensor, ids: torch.Tensor
+    ) -> torch.Tensor:
+        loss = compute_objective(self.cfg.loss.name, inputs, tau, **self.loss_params)
+        proximal = self.cfg.negatives.bank.proximal
+        if proximal > 0 and self.pool is not None and self.pool.bank is not None:
+            # InstDisc's proximal term, against the bank entries before this step's update.
+            loss = loss + self.pool.bank.proximal_penalty(inputs.query, ids, proximal)
+        return loss
+
+    def _loss_params(self) -> dict[str, Any]:
+        params: dict[str, Any] = dict(self.cfg.loss.params)
+        if self.objective.tiled and self.cfg.loss.tile_size is not None:
+            params["tile_size"] = self.cfg.loss.tile_size
+        if self.objective.in_batch:
+            # The other keys of the global batch are negatives only when 'batch' is a source.
+            params["in_batch"] = "batch" in self.cfg.negatives.sources
+        return params
+
+    # ------------------------------------------------------------------ after the step
+
+    @torch.no_grad()
+    def _update_pools(
+        self, keys: torch.Tensor, ids: torch.Tensor, key_labels: torch.Tensor | None, step: int
+    ) -> None:
+        """After the optimiser step: momentum encoder first, then the pools take the keys."""
+        if self.momentum_encoder is not None:
+            self.momentum_encoder.update(self.engine.module.encoder)
+        if self.pool is not None:
+            gathered_ids = dist.all_gather_no_grad(ids)
+            self.pool.update(keys.detach(), gathered_ids, key_labels, step)
+
+    # ------------------------------------------------------------------ metrics
+
+    def _diagnostics(
+        self, inputs: ObjectiveInputs, keys: torch.Tensor, tau: torch.Tensor,
+        labels: torch.Tensor | None,
+    ) -> dict[str, float]:
+        """How τ spreads the penalty over this batch's negatives (docs/science.md#diagnostics)."""
+        negatives = inputs.negatives
+        pool = None if negatives.pool_is_sharded else negatives.pool
+        positive_index = dist.rank() * len(inputs.query) + torch.arange(
+            len(inputs.query), device=self.device
+        )
+        with torch.no_grad():
+            values = training_diagnostics(
+                inputs.query.detach(), keys.detach(), pool, tau.detach(), labels=labels,
+                top_k=self.cfg.eval.penalty_top_k, positive_index=positive_index,
+            )
+        return {f"diag/{k}": v for k, v in values.items()}
+
+    def _negatives_per_query(self, keys: torch.Tensor, negatives: Negatives) -> float:
+        if "negatives/per_query" in negatives.metrics:
+            return float(negatives.metrics["negatives/per_query"])
+        return float(keys.shape[0] - 1) if "batch" in self.cfg.negatives.sources else 0.0
+
+
+def _mean_over_ranks(value: float) -> float:
+    return float(dist.all_reduce(torch.tensor([value], dtype=torch.float64), "mean"))

@@ -1,0 +1,114 @@
+"""The import rules of docs/architecture.md, checked on the source: each layer imports only the
+layers below it, and each outside dependency stays in its lane."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "dist_contrast"
+
+# What each part of the package may import from the package (besides itself). Keep in step with
+# the table in docs/architecture.md.
+ALLOWED: dict[str, set[str]] = {
+    "errors": set(),
+    "section": set(),
+    "dist": set(),
+    "losses": set(),
+    "analysis": {"losses"},
+    "data": {"section"},
+    "models": {"section"},
+    "negatives": {"losses", "dist", "section"},
+    "objectives": {"losses", "negatives"},
+    "temperature": set(),
+    "config": {"data", "models", "negatives", "objectives", "section", "errors"},
+    "tracking": {"errors"},
+    "plots": set(),
+    "progress": set(),
+    "train": {"dist", "config", "data", "models", "losses", "negatives", "objectives",
+              "analysis", "temperature", "tracking", "errors", "plots"},
+    "orchestrate": {"config", "data", "errors", "progress", "tracking", "train"},
+    "cli": {"config", "errors", "orchestrate", "objectives"},
+}
+
+# Outside dependencies and the parts allowed to import them.
+LANES: dict[str, set[str]] = {
+    "torch.distributed": {"dist"},
+    "ray": {"orchestrate", "train"},
+    "deepspeed": {"train"},
+    "mlflow": {"tracking"},
+    "faiss": {"negatives", "analysis"},
+}
+
+
+def _part(path: Path) -> str:
+    relative = path.relative_to(PACKAGE)
+    return relative.parts[0].removesuffix(".py") if relative.parts[0] != "__init__.py" else ""
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+SOURCES = sorted(p for p in PACKAGE.rglob("*.py") if _part(p))
+PARTS = {_part(p) for p in SOURCES}
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_follow_the_layers(path: Path) -> None:
+    part = _part(path)
+    assert part in ALLOWED, f"{part} is not in the layer table; add it (and to the docs)"
+    for name in _imports(path):
+        if name.startswith("dist_contrast."):
+            target = name.split(".")[1]
+            if target not in PARTS:  # an attribute of the package root (__version__)
+                continue
+            assert target == part or target in ALLOWED[part], f"{part} imports {name}"
+        for lane, owners in LANES.items():
+            if name == lane or name.startswith(lane + "."):
+                assert part in owners, f"{part} imports {name} (only {sorted(owners)} may)"
+
+
+def _loss_name_branches(tree: ast.AST, names: set[str]) -> list[int]:
+    """Lines that compare with a loss name or test a loss-name prefix."""
+    lines = []
+    for node in ast.walk(tree):
+        constants: list[ast.expr] = []
+        if isinstance(node, ast.Compare):
+            constants = [node.left, *node.comparators]
+            constants += [e for c in node.comparators if isinstance(c, ast.Tuple | ast.Set |
+                          ast.List) for e in c.elts]
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr == "startswith"):
+            constants = list(node.args)
+            if any(isinstance(c, ast.Constant) and isinstance(c.value, str)
+                   and any(n.startswith(c.value) for n in names) for c in constants):
+                lines.append(node.lineno)
+            continue
+        if any(isinstance(c, ast.Constant) and c.value in names for c in constants):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_no_code_outside_losses_and_objectives_branches_on_a_loss_name() -> None:
+    from dist_contrast.objectives import LOSS_NAMES
+
+    for path in SOURCES:
+        if _part(path) in {"losses", "objectives"}:
+            continue
+        branches = _loss_name_branches(ast.parse(path.read_text()), set(LOSS_NAMES))
+        assert not branches, f"{path.relative_to(PACKAGE)} lines {branches} branch on a loss name"
+
+
+def test_the_branch_finder_finds_a_branch() -> None:
+    tree = ast.parse('if cfg.loss.name == "supcon" or name.startswith("nce"):\n    pass\n')
+    assert _loss_name_branches(tree, {"supcon", "nce_focal"}) == [1, 1]
