@@ -15,10 +15,14 @@ Measured, all in one run:
 
 * queries/s (one search call of all queries) and recall@k of each FAISS index type against
   exact ``torch.topk`` over the same bank;
-* the miner's per-step cost in the MoCo + mined configuration (search + filter/rerank of
-  one worker's batch, the incremental refresh every ``refresh_every`` steps, a warm-started
-  rebuild amortised over ``rebuild_every`` steps) as a share of a training step timed in the
-  same run (see ``train_step_seconds`` for exactly what it contains);
+* the real training step (``dist_contrast.train.step.TrainStep``, built by the trainer's own
+  factories ``build_engine``/``build_step``: DeepSpeed on CPU, one process) of the MoCo + mined
+  configuration *without* the miner (``negatives.sources`` minus ``bank``/``mined``), and the
+  miner's per-step cost per index type (search + filter/rerank of one worker's batch, then
+  ``FaissMiner.update`` under the shipped refresh/rebuild policy) as a share of that step
+  (see ``step_without_miner`` and ``mining_step_seconds`` for exactly what each contains);
+* the miner's share of the real step *with* the miner (``miner_share_in_step``): the quantity
+  ``miner/time_share`` logs in training;
 * the peak resident memory per worker of the queue + loss, replicated vs sharded, with
   2 gloo processes.
 
@@ -33,7 +37,10 @@ import math
 import os
 import resource
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dist_contrast import dist  # noqa: E402
 from dist_contrast.config import Config, load_config  # noqa: E402
+from dist_contrast.data import DataBundle, build_data, make_loader  # noqa: E402
 from dist_contrast.data.synthetic import SyntheticSource  # noqa: E402
 from dist_contrast.losses import info_nce  # noqa: E402
 from dist_contrast.models.build import build_model  # noqa: E402
@@ -54,10 +62,11 @@ from dist_contrast.negatives import (  # noqa: E402
     KeyQueue,
     MemoryBank,
     MinerConfig,
-    MomentumEncoder,
 )
 from dist_contrast.negatives.collective import sharded_pool_lse  # noqa: E402
 from dist_contrast.negatives.synthetic import clustered_keys  # noqa: E402
+from dist_contrast.train.step import Batch, TrainStep  # noqa: E402
+from dist_contrast.train.worker import build_engine, build_step  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "moco_mined.yaml"
 
@@ -78,7 +87,9 @@ class Setup:
 
 
 FULL = Setup([100_000, 1_000_000], 4096, 64, 128, 200, 262_144, 10, 40)
-QUICK = Setup([4_000], 128, 16, 32, 5, 8192, 2, 12, memory_batch=32)
+# Quick: 10 timed steps, not 2: the real step takes ~10 ms here, and a median of 2 on a shared
+# machine is one unlucky time slice.
+QUICK = Setup([4_000], 128, 16, 32, 5, 8192, 10, 12, memory_batch=32)
 
 
 def nlist_for(size: int) -> int:
@@ -163,15 +174,27 @@ def synthetic_source(cfg: Config, size: int) -> SyntheticSource:
     )
 
 
-def encoder_bank(setup: Setup, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Keys of a briefly trained encoder over ``size`` synthetic rows, query views, their ids.
+@dataclass
+class Bank:
+    """A bank of unit keys, query views of some of its instances, and (encoder bank only) the
+    trained encoder's weights, which the real steps start from.
 
-    Shape: -> keys [size, D], queries [Q, D], query_ids [Q].
+    Shape: keys [size, D], queries [Q, D], query_ids [Q].
     """
+
+    keys: torch.Tensor
+    queries: torch.Tensor
+    query_ids: torch.Tensor
+    encoder_state: dict[str, torch.Tensor] | None = None
+
+
+def encoder_bank(setup: Setup, size: int) -> Bank:
+    """Keys of a briefly trained encoder over ``size`` synthetic rows, query views, their ids."""
     cfg = experiment_config(setup.dim)
     source = synthetic_source(cfg, size)
     torch.manual_seed(0)
     model = build_model(cfg.model, source.input_shape)
+    # Only to give the bank a partly trained encoder's geometry; this loop is never timed.
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(0)
     for step in range(setup.encoder_steps):
@@ -190,16 +213,17 @@ def encoder_bank(setup: Setup, size: int) -> tuple[torch.Tensor, torch.Tensor, t
         ])
         query_ids = torch.randperm(size, generator=generator)[: setup.queries]
         queries = model(source.views(query_ids, 10**6))
-    return keys.contiguous(), queries.contiguous(), query_ids
+    state = {name: value.detach().clone() for name, value in model.state_dict().items()}
+    return Bank(keys.contiguous(), queries.contiguous(), query_ids, state)
 
 
-def clustered_bank(setup: Setup, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``clustered_keys``; a query is a bank key plus a little noise. Same shapes as above."""
+def clustered_bank(setup: Setup, size: int) -> Bank:
+    """``clustered_keys``; a query is a bank key plus a little noise."""
     keys, _ = clustered_keys(size, setup.dim, clusters=max(20, size // 1000), seed=0)
     generator = torch.Generator().manual_seed(1)
     query_ids = torch.randperm(size, generator=generator)[: setup.queries]
     noise = torch.randn(setup.queries, setup.dim, generator=generator) / setup.dim**0.5
-    return keys, F.normalize(keys[query_ids] + 0.3 * noise, dim=1), query_ids
+    return Bank(keys, F.normalize(keys[query_ids] + 0.3 * noise, dim=1), query_ids)
 
 
 def bench_indexes(
@@ -260,59 +284,214 @@ def bench_indexes(
 # ----------------------------------------------------------------------------- step costs
 
 
-def train_step_seconds(setup: Setup, cfg: Config, query_negatives: int) -> float:
-    """Median seconds of one worker's MoCo + mined training step (after 2 warm-up steps).
+WARMUP_STEPS = 2  # not timed: DeepSpeed's and the allocator's first-call costs, the first build
 
-    Timed: query encoder forward on the batch's first view, momentum key encoder forward on
-    the second (no grad), ``info_nce`` over the in-batch keys + the queue
-    (``tile_size`` from the config) + ``query_negatives`` mined negatives per query,
-    backward, AdamW step, momentum update, queue update. Not timed: making the views (the
-    data loader's job), the cross-worker gathers, and the miner (measured separately).
+
+def step_config(setup: Setup, quick: bool, keys: int, sources: list[str] | None = None) -> Config:
+    """``configs/moco_mined.yaml`` as this benchmark runs it (quick: batch 32, queue 2048).
+
+    Overridden: the embedding (D of the banks); the synthetic training split, ``keys`` rows,
+    so the step's bank is the size of the benchmark's largest bank; the miner's ``nlist``
+    (``nlist_for(keys)``, as in the index table) and its FAISS threads; ``sources`` replaces
+    ``negatives.sources`` when given. Everything else, the miner's policy included, as shipped.
     """
-    torch.manual_seed(0)
-    source = synthetic_source(cfg, 100_000)
-    encoder = build_model(cfg.model, source.input_shape)
-    key_encoder = MomentumEncoder(encoder, cfg.negatives.momentum)
-    optimiser = torch.optim.AdamW(encoder.parameters(), lr=cfg.optimizer.lr)
-    dim, batch = cfg.model.embedding_dim, cfg.trainer.batch_size
-    queue = KeyQueue(cfg.negatives.queue.size, dim)
-    queue.update(F.normalize(torch.randn(queue.size, dim), dim=1),
-                 torch.arange(queue.size) + 10**7, None, 0)
-    times = []
-    for step in range(setup.train_steps + 2):
-        ids = torch.arange(batch) + step * batch
-        view_q, view_k = source.views(ids, 2 * step), source.views(ids, 2 * step + 1)
-        mined = F.normalize(torch.randn(batch, query_negatives, dim), dim=2)
-        start = time.perf_counter()
-        query = encoder(view_q)
-        with torch.no_grad():
-            key = key_encoder(view_k)
-        negatives = queue.negatives(query, ids, None)
-        loss = info_nce(query, key, negatives.pool, temperature=cfg.loss.temperature,
-                        negative_mask=negatives.pool_mask, tile_size=cfg.loss.tile_size,
-                        query_negatives=mined)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        key_encoder.update(encoder)
-        queue.update(key, ids, None, step)
-        if step >= 2:
+    overrides = [
+        f"model.embedding_dim={setup.dim}",
+        f"data.num_samples={keys + keys // 4}", f"data.num_test={keys // 4}",
+        f"negatives.miner.nlist={nlist_for(keys)}",
+        # FAISS threads as torch's (main sets both from --threads).
+        f"negatives.miner.num_threads={torch.get_num_threads()}",
+    ]
+    if quick:
+        overrides += ["trainer.batch_size=32", "negatives.queue.size=2048"]
+    if sources is not None:
+        overrides.append(f"negatives.sources=[{','.join(sources)}]")
+    return load_config(CONFIG, overrides)
+
+
+@contextmanager
+def one_process_group() -> Iterator[None]:
+    """A gloo process group of one rank around the real steps (left alone if one is up).
+
+    DeepSpeed needs a process group; at world size 1 the package's gathers and reductions
+    are identities, so the timed step has no communication. DeepSpeed runs on the CPU unless
+    ``DS_ACCELERATOR`` says otherwise: the miner (faiss-cpu) and this benchmark's threads are
+    CPU figures. On exit the group and the environment are undone (the smoke test runs this
+    inside pytest).
+    """
+    if torch.distributed.is_initialized():
+        yield
+        return
+    env = {"LOCAL_RANK": "0", "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.distributed.init_process_group(
+                "gloo", init_method=f"file://{tmp}/rendezvous", rank=0, world_size=1
+            )
+            try:
+                yield
+            finally:
+                _destroy_process_group()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _destroy_process_group() -> None:
+    """DeepSpeed's teardown when it has seen the group: it also drops the groups it cached
+    from it, which a later group in this process (a second ``main``) would not know."""
+    import deepspeed.comm
+
+    if deepspeed.comm.is_initialized():
+        deepspeed.comm.destroy_process_group()
+    else:
+        torch.distributed.destroy_process_group()
+
+
+@dataclass
+class RealStep:
+    """The trainer's step and batches of its loader, made before any timing."""
+
+    step: TrainStep
+    batches: list[Batch]
+    count: int = 0
+
+    def run(self, steps: int) -> list[float]:
+        """Wall seconds of each of the next ``steps`` steps (the batches are reused in turn)."""
+        times = []
+        for _ in range(steps):
+            batch = self.batches[self.count % len(self.batches)]
+            start = time.perf_counter()
+            self.step(batch, self.count)
             times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+            self.count += 1
+        return times
+
+
+def build_real_step(cfg: Config, bank: Bank, batches: int) -> RealStep:
+    """The real step of ``cfg`` in ``build_worker``'s order, its encoder starting from the
+    encoder bank's trained encoder, and its pools full (``fill_pools``)."""
+    assert bank.encoder_state is not None
+    torch.manual_seed(cfg.experiment.seed)
+    data = build_data(cfg.data, seed=cfg.experiment.seed)
+    encoder = build_model(cfg.model, data.input_shape)
+    # Queries from the encoder that made the bank's keys: the index's lists fit them, as in
+    # training, where the bank holds the current encoder's keys.
+    encoder.load_state_dict(bank.encoder_state)
+    step = build_step(cfg, build_engine(cfg, encoder), data, encoder)
+    fill_pools(step, bank.keys)
+    return RealStep(step, loader_batches(cfg, data, batches))
+
+
+def loader_batches(cfg: Config, data: DataBundle, count: int) -> list[Batch]:
+    """The first ``count`` batches of the trainer's loader (rank 0 of 1), epoch after epoch."""
+    batches: list[Batch] = []
+    epoch = 0
+    while len(batches) < count:
+        loader = make_loader(
+            data.train, batch_size=cfg.trainer.batch_size, rank=0, world_size=1,
+            seed=cfg.experiment.seed, epoch=epoch, drop_last=cfg.model.batch_norm,
+        )
+        for batch in loader:
+            if len(batches) == count:
+                break
+            batches.append(batch)
+        epoch += 1
+    return batches
+
+
+def fill_pools(step: TrainStep, keys: torch.Tensor) -> None:
+    """Start full, as a run is after its first epoch: the queue holds the bank's first keys
+    (an empty queue would make the loss cheaper), the bank (if any) all of them, so the
+    miner's first search builds its index over the whole bank."""
+    pool = step.pool
+    assert pool is not None and pool.queue is not None
+    size = min(pool.queue.size, keys.shape[0])
+    pool.queue.update(keys[:size], torch.arange(size), None, 0)
+    if pool.bank is not None:
+        pool.bank.update(keys, torch.arange(keys.shape[0]), None, 0)
+
+
+def step_without_miner(setup: Setup, quick: bool, bank: Bank) -> RealStep:
+    """The real step of the MoCo + mined configuration with ``negatives.sources`` minus
+    ``bank`` and ``mined`` (so: batch + queue), for ``median_step_seconds``.
+
+    Timed per step, exactly ``TrainStep.__call__``: query forward through the DeepSpeed engine
+    on view 1; momentum key encoder on view 2 (no grad, shuffle-BN); the gathers (identities
+    in one process); the queue's negatives; ``info_nce`` over the in-batch keys + the queue
+    (``tile_size`` from the config); ``engine.backward``, ``engine.step`` (AdamW, warm-up LR
+    schedule); momentum update; queue update. Not timed: making the batches (the loader,
+    before timing), cross-worker communication (one process), the bank, the miner and the
+    mined negatives in the loss (measured separately), diagnostics.
+    """
+    keys = bank.keys.shape[0]
+    sources = [name for name in step_config(setup, quick, keys).negatives.sources
+               if name not in ("bank", "mined")]
+    cfg = step_config(setup, quick, keys, sources)
+    return build_real_step(cfg, bank, WARMUP_STEPS + setup.train_steps)
+
+
+def median_step_seconds(real: RealStep, setup: Setup) -> float:
+    """Median wall seconds of ``setup.train_steps`` real steps after ``WARMUP_STEPS``."""
+    real.run(WARMUP_STEPS)
+    times = sorted(real.run(setup.train_steps))
+    return times[len(times) // 2]
+
+
+def miner_share_in_step(setup: Setup, quick: bool, bank: Bank) -> dict[str, float]:
+    """The miner's share of the real step's wall time: what ``miner/time_share`` logs.
+
+    The real step of ``step_config`` with moco_mined's own sources (batch, queue, bank, mined)
+    and miner policy (refresh every ``refresh_every``; rebuilds by the adaptive rent-or-buy
+    rule, ``rebuild_every`` at the latest). Its bank is pre-filled with the encoder bank's
+    keys, so the first search builds the index over all of them (cold, in the warm-up).
+    After ``WARMUP_STEPS``, ``setup.mining_steps`` steps: the miner's own clock
+    (``FaissMiner.total_seconds``: search, selection, update, refreshes, rebuilds) over the
+    steps' wall time. One process: the bank takes B keys per step, not a W-worker run's W·B.
+    """
+    cfg = step_config(setup, quick, bank.keys.shape[0])
+    real = build_real_step(cfg, bank, WARMUP_STEPS + setup.mining_steps)
+    pool = real.step.pool
+    assert pool is not None and pool.miner is not None
+    miner = pool.miner
+    real.run(WARMUP_STEPS)
+    seconds, rebuilds = miner.total_seconds, miner.counters.rebuilds
+    times = real.run(setup.mining_steps)
+    wall, mined = sum(times), miner.total_seconds - seconds
+    return {
+        "steps": float(len(times)), "wall": wall, "median": sorted(times)[len(times) // 2],
+        "miner": mined, "share": mined / wall,
+        "rebuilds": float(miner.counters.rebuilds - rebuilds),
+    }
 
 
 def mining_step_seconds(
     setup: Setup, bank: MemoryBank, queries: torch.Tensor, query_ids: torch.Tensor,
     cfg: MinerConfig, batch: int,
 ) -> dict[str, float]:
-    """One worker's miner cost per training step, in seconds.
+    """One worker's miner cost per training step, in seconds, under ``cfg``'s policy.
 
-    Each step: ``negatives`` for ``batch`` queries (search + rerank + filter + gather), then
-    the bank and the miner absorb the *global* batch (``setup.workers`` × ``batch`` keys:
-    the query embeddings of the step, i.e. drifted versions of those entries), which runs the
-    incremental refresh every ``cfg.refresh_every`` steps. The rebuild is timed once, warm
-    (from the first build's centroids, as in training), and amortised over
-    ``cfg.rebuild_every`` steps.
+    The index is first built cold over the whole bank (every entry written, as after an
+    epoch). Then each of ``setup.mining_steps`` steps: ``negatives`` for ``batch`` queries
+    (search + rerank + filter + gather: "search"), then the bank and the miner absorb the
+    *global* batch (``setup.workers`` × ``batch`` keys: the step's query embeddings, i.e.
+    drifted versions of those entries); ``miner.update`` ("update") marks them dirty and does
+    what ``miner_policy.decide`` says: the incremental refresh every ``refresh_every`` steps,
+    or a rebuild if a rule fires ("rebuilds": counted, and inside "update"). Last, one warm
+    rebuild is timed (k-means from the previous centroids, ``retrain_iterations``).
+
+    The rebuild column. The shipped config rebuilds by rent-or-buy (``adaptive_rebuild``):
+    when the searches' extra scanning since the last build, priced from FAISS's scan counts,
+    has cost as much as that build. The interval is set by the encoder's drift, which fixed
+    queries do not have, so it cannot be measured here: "rebuild_floor" (warm rebuild /
+    ``rebuild_every``, the longest interval the policy allows) is a lower bound on the
+    rebuilds' cost per step, not its expectation. ``miner_share_in_step`` (the real step)
+    and ``miner_share.py`` (real runs) measure the policy itself.
     """
     miner = FaissMiner(cfg, bank)
     start = time.perf_counter()
@@ -332,17 +511,19 @@ def mining_step_seconds(
         start = time.perf_counter()
         miner.update(keys, ids, None, step)
         update.append(time.perf_counter() - start)
+    rebuilds = miner.counters.rebuilds - 1
     start = time.perf_counter()
     miner.rebuild(setup.mining_steps)
     warm = time.perf_counter() - start
     return {
         "search": sorted(search)[len(search) // 2],
-        "refresh": sum(update) / len(update),
+        "update": sum(update) / len(update),
         "refreshes": float(setup.mining_steps // cfg.refresh_every),
+        "rebuilds": float(rebuilds),
         "candidates": float(miner.candidates),
         "cold_rebuild": cold,
         "rebuild": warm,
-        "amortised_rebuild": warm / cfg.rebuild_every,
+        "rebuild_floor": warm / cfg.rebuild_every,
         "negative_similarity": sum(hardness) / len(hardness),
     }
 
@@ -412,19 +593,21 @@ def best_point(results: dict[str, Any], target: float) -> tuple[str, dict[str, A
 def print_step_costs(
     setup: Setup, cfg: MinerConfig, cost: dict[str, float], step: float, batch: int
 ) -> None:
-    total = cost["search"] + cost["refresh"] + cost["amortised_rebuild"]
+    total = cost["search"] + cost["update"] + cost["rebuild_floor"]
     print(f"\nminer per step, one worker, {setup.sizes[-1]:,} keys: {cfg.index} "
           f"nlist={cfg.nlist}, {cfg.quantizer} quantizer, nprobe={cfg.nprobe}, "
           f"{cost['candidates']:.0f} candidates reranked for M={cfg.num_negatives}; "
           f"global batch {setup.workers}×{batch}; refresh every {cfg.refresh_every}, "
-          f"rebuild every {cfg.rebuild_every} (cold build {cost['cold_rebuild']:.1f} s):")
+          f"adaptive rebuild {cfg.adaptive_rebuild}, rebuild every {cfg.rebuild_every} at the "
+          f"latest (cold build {cost['cold_rebuild']:.1f} s):")
     print("| part | ms/step | share of training step |\n|---|---|---|")
     for name, seconds in (
         ("search + rerank/filter/gather (median)", cost["search"]),
-        (f"incremental refresh (mean over {setup.mining_steps} steps, "
-         f"{cost['refreshes']:.0f} refreshes)", cost["refresh"]),
-        (f"warm rebuild {cost['rebuild']:.1f} s / {cfg.rebuild_every}",
-         cost["amortised_rebuild"]),
+        (f"update: refresh + policy rebuilds (mean over {setup.mining_steps} steps, "
+         f"{cost['refreshes']:.0f} refreshes due, {cost['rebuilds']:.0f} rebuilds)",
+         cost["update"]),
+        (f"warm rebuild {cost['rebuild']:.1f} s / {cfg.rebuild_every} (floor: the adaptive "
+         "rule rebuilds sooner as the encoder drifts)", cost["rebuild_floor"]),
         ("total", total),
     ):
         print(f"| {name} | {1000 * seconds:.1f} | {100 * seconds / step:.1f}% |")
@@ -435,11 +618,27 @@ def print_step_costs(
 
 def describe_step(cfg: Config, setup: Setup, seconds: float, when: str) -> None:
     negatives = cfg.negatives
-    print(f"\ntraining step, {when} (one worker; {cfg.model.name} encoder with BatchNorm, batch "
-          f"{cfg.trainer.batch_size}, info_nce over in-batch + {negatives.queue.size:,}-key "
-          f"queue (tile {cfg.loss.tile_size}) + {negatives.miner.num_negatives} mined/query, "
-          f"fwd + bwd + AdamW + momentum + queue update; median of {setup.train_steps}): "
-          f"{1000 * seconds:.1f} ms", flush=True)
+    print(f"\nreal training step without the miner, {when} (TrainStep via build_engine/"
+          f"build_step, DeepSpeed on CPU, one process; sources {negatives.sources}; "
+          f"{cfg.model.name} encoder with BatchNorm, batch {cfg.trainer.batch_size}, info_nce "
+          f"over in-batch + {negatives.queue.size:,}-key queue (tile {cfg.loss.tile_size}); "
+          "fwd + momentum fwd (shuffle-BN) + bwd + AdamW + momentum + queue update; median of "
+          f"{setup.train_steps} after {WARMUP_STEPS} warm-up): {1000 * seconds:.1f} ms",
+          flush=True)
+
+
+def print_in_step_share(cfg: Config, keys: int, share: dict[str, float]) -> None:
+    miner = cfg.negatives.miner
+    print(f"\nminer inside the real step (sources {cfg.negatives.sources}, batch "
+          f"{cfg.trainer.batch_size}, {keys:,}-key bank pre-filled with the encoder's keys; "
+          f"{miner.index} nlist={miner.nlist} nprobe={miner.nprobe}, refresh every "
+          f"{miner.refresh_every}, adaptive rebuild {miner.adaptive_rebuild}; "
+          f"{share['steps']:.0f} steps after {WARMUP_STEPS} warm-up):")
+    print("| steps | wall s | step ms (median) | miner s | miner/time_share | policy rebuilds |"
+          "\n|---|---|---|---|---|---|")
+    print(f"| {share['steps']:.0f} | {share['wall']:.2f} | {1000 * share['median']:.1f} | "
+          f"{share['miner']:.2f} | {100 * share['share']:.1f}% | {share['rebuilds']:.0f} |",
+          flush=True)
 
 
 def print_load(when: str) -> None:
@@ -447,6 +646,99 @@ def print_load(when: str) -> None:
     one, five, fifteen = os.getloadavg()
     print(f"\nload average {when}: {one:.2f} {five:.2f} {fifteen:.2f} ({os.cpu_count()} CPUs)",
           flush=True)
+
+
+def bench_index_tables(setup: Setup) -> Bank:
+    """The index tables of every bank and size, and target 1; returns the largest encoder
+    bank (the one the step costs use)."""
+    print("\n| keys | bank | index | build s | queries/s | recall@k | vs exact |")
+    print("|---|---|---|---|---|---|---|")
+    largest = setup.sizes[-1]
+    kept: Bank | None = None
+    target_results: dict[str, Any] = {}
+    for size in setup.sizes:
+        for name, make in (("encoder", encoder_bank), ("clustered", clustered_bank)):
+            bank = make(setup, size)
+            results = bench_indexes(setup, name, bank.keys, bank.queries,
+                                    only_ivf=name == "clustered")
+            if name == "encoder" and size == largest:
+                kept, target_results = bank, results
+            del bank
+    best = best_point(target_results, 0.95)
+    exact_qps = target_results.get("exact_qps", 0.0)
+    if best is None:
+        print(f"\ntarget 1 at {largest:,} (encoder bank): no index reached recall@k ≥ 0.95")
+    else:
+        name, row = best
+        print(f"\ntarget 1 at {largest:,} (encoder bank): {name}: recall {row['recall']:.3f}, "
+              f"{row['qps']:,.0f} q/s = {row['qps'] / exact_qps:.1f}× exact torch.topk "
+              f"({exact_qps:,.0f} q/s)")
+    assert kept is not None
+    return kept
+
+
+def mining_configs(cfg: MinerConfig, keys: int) -> list[MinerConfig]:
+    """The miner as shipped (policy, k-means sample) at the index settings compared.
+
+    (index, quantizer, nprobe): recall@64 0.97 and 0.88 with float16 keys (see the index
+    table), the float32 ivf_flat at recall 0.97 for comparison, and the exact index: far too
+    slow to train with, it is the reference for how hard the mined negatives are.
+    """
+    nlist = nlist_for(keys)
+    return [
+        cfg.model_copy(update={
+            "index": index, "nlist": nlist, "nprobe": min(nprobe, nlist),
+            "quantizer": quantizer, "ef_search": 32,
+        })
+        for index, quantizer, nprobe in (
+            ("ivf_fp16", "flat", 32), ("ivf_fp16", "flat", 16), ("ivf_flat", "flat", 32),
+            ("exact", "flat", 1),
+        )
+    ]
+
+
+def bench_step_costs(setup: Setup, quick: bool, kept: Bank) -> None:
+    """The real step without the miner, the miner's costs per index, and its share inside
+    the real step."""
+    keys = kept.keys.shape[0]
+    cfg = step_config(setup, quick, keys)
+    batch = cfg.trainer.batch_size
+    with one_process_group():
+        plain = step_without_miner(setup, quick, kept)
+        step_before = median_step_seconds(plain, setup)
+        describe_step(plain.step.cfg, setup, step_before, "before the miner")
+        costs = []
+        for mining_cfg in mining_configs(cfg.negatives.miner, keys):
+            bank = MemoryBank(keys, setup.dim, seed=0)
+            bank.update(kept.keys, torch.arange(keys), None, step=0)
+            costs.append((mining_cfg, mining_step_seconds(
+                setup, bank, kept.queries, kept.query_ids, mining_cfg, batch)))
+            del bank
+        # The step again after the miner: the shares divide by the faster of the two, so a
+        # quieter moment cannot flatter them.
+        step_after = median_step_seconds(plain, setup)
+        describe_step(plain.step.cfg, setup, step_after, "after the miner")
+        del plain
+        share = miner_share_in_step(setup, quick, kept)
+    step = min(step_before, step_after)
+    for mining_cfg, cost in costs:
+        print_step_costs(setup, mining_cfg, cost, step, batch)
+    print_summary(costs, step)
+    print_in_step_share(cfg, keys, share)
+
+
+def print_summary(costs: list[tuple[MinerConfig, dict[str, float]]], step: float) -> None:
+    print(f"\nsummary, ms per real training step of {1000 * step:.1f} ms without the miner "
+          "(share = miner / (step + miner)):\n| index | search + select | update (refresh, "
+          "policy rebuilds) | rebuild floor (÷ rebuild_every) | total | share "
+          "| mined-negative similarity |\n|---|---|---|---|---|---|---|")
+    for mining_cfg, cost in costs:
+        total = cost["search"] + cost["update"] + cost["rebuild_floor"]
+        name = mining_cfg.index if mining_cfg.index == "exact" else (
+            f"{mining_cfg.index} nprobe={mining_cfg.nprobe}")
+        print(f"| {name} | {1000 * cost['search']:.1f} | {1000 * cost['update']:.1f} | "
+              f"{1000 * cost['rebuild_floor']:.1f} | {1000 * total:.1f} | "
+              f"{100 * total / (step + total):.1f}% | {cost['negative_similarity']:.4f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -469,80 +761,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\npeak RSS growth per worker, 2 gloo workers, queue + info_nce fwd/bwd:")
         print("| layout | queue K | MiB per worker (max over ranks) |\n|---|---|---|")
         bench_memory(setup)
-    print("\n| keys | bank | index | build s | queries/s | recall@k | vs exact |")
-    print("|---|---|---|---|---|---|---|")
-    largest = setup.sizes[-1]
-    kept: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-    target_results: dict[str, Any] = {}
-    for size in setup.sizes:
-        for name, make in (("encoder", encoder_bank), ("clustered", clustered_bank)):
-            if args.step_costs_only:
-                if name == "encoder" and size == largest:
-                    kept = make(setup, size)
-                continue
-            keys, queries, query_ids = make(setup, size)
-            results = bench_indexes(setup, name, keys, queries, only_ivf=name == "clustered")
-            if name == "encoder" and size == largest:
-                kept = (keys, queries, query_ids)
-                target_results = results
-            del keys, queries
-    best = best_point(target_results, 0.95)
-    exact_qps = target_results.get("exact_qps", 0.0)
     if args.step_costs_only:
-        pass
-    elif best is None:
-        print(f"\ntarget 1 at {largest:,} (encoder bank): no index reached recall@k ≥ 0.95")
+        kept = encoder_bank(setup, setup.sizes[-1])
     else:
-        name, row = best
-        print(f"\ntarget 1 at {largest:,} (encoder bank): {name}: recall {row['recall']:.3f}, "
-              f"{row['qps']:,.0f} q/s = {row['qps'] / exact_qps:.1f}× exact torch.topk "
-              f"({exact_qps:,.0f} q/s)")
-
-    cfg = experiment_config(setup.dim)
-    if args.quick:
-        cfg = load_config(CONFIG, [f"model.embedding_dim={setup.dim}", "trainer.batch_size=32",
-                                   "negatives.queue.size=2048"])
-    batch, miner_cfg = cfg.trainer.batch_size, cfg.negatives.miner
-    step_before = train_step_seconds(setup, cfg, miner_cfg.num_negatives)
-    describe_step(cfg, setup, step_before, "before the miner")
-    assert kept is not None
-    keys, queries, query_ids = kept
-    nlist = nlist_for(largest)
-    costs = []
-    # (index, quantizer, nprobe): recall@64 0.97 and 0.88 with float16 keys (see the index
-    # table), the float32 ivf_flat at recall 0.97 for comparison, and the exact index: far
-    # too slow to train with, it is the reference for how hard the mined negatives are.
-    for index, quantizer, nprobe in (
-        ("ivf_fp16", "flat", 32), ("ivf_fp16", "flat", 16), ("ivf_flat", "flat", 32),
-        ("exact", "flat", 1),
-    ):
-        mining_cfg = miner_cfg.model_copy(update={
-            "index": index, "nlist": nlist, "nprobe": min(nprobe, nlist),
-            "quantizer": quantizer, "ef_search": 32, "train_per_list": 16,
-            "num_threads": args.threads,
-        })
-        bank = MemoryBank(largest, setup.dim, seed=0)
-        bank.update(keys, torch.arange(largest), None, step=0)
-        cost = mining_step_seconds(setup, bank, queries, query_ids, mining_cfg, batch)
-        costs.append((mining_cfg, cost))
-        del bank
-    # The training step again after the miner: the shares divide by the faster of the two,
-    # so a quieter moment cannot flatter them.
-    step_after = train_step_seconds(setup, cfg, miner_cfg.num_negatives)
-    describe_step(cfg, setup, step_after, "after the miner")
-    step = min(step_before, step_after)
-    for mining_cfg, cost in costs:
-        print_step_costs(setup, mining_cfg, cost, step, batch)
-    print(f"\nsummary, ms per training step of {1000 * step:.1f} ms (share = miner / (step + "
-          "miner)):\n| index | search + select | refresh | rebuild, amortised | total | share "
-          "| mined-negative similarity |\n|---|---|---|---|---|---|---|")
-    for mining_cfg, cost in costs:
-        total = cost["search"] + cost["refresh"] + cost["amortised_rebuild"]
-        name = mining_cfg.index if mining_cfg.index == "exact" else (
-            f"{mining_cfg.index} nprobe={mining_cfg.nprobe}")
-        print(f"| {name} | {1000 * cost['search']:.1f} | {1000 * cost['refresh']:.1f} | "
-              f"{1000 * cost['amortised_rebuild']:.1f} | {1000 * total:.1f} | "
-              f"{100 * total / (step + total):.1f}% | {cost['negative_similarity']:.4f} |")
+        kept = bench_index_tables(setup)
+    bench_step_costs(setup, args.quick, kept)
     print_load("after the step costs")
     return 0
 
