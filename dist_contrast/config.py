@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from dist_contrast.data.config import DataConfig
 from dist_contrast.errors import UserError
@@ -107,9 +107,22 @@ class TrainerConfig(Section):
     use_gpu: Literal["auto", "true", "false"] = "auto"
     cpus_per_worker: float = Field(default=1.0, gt=0.0)
     threads_per_worker: int = Field(default=1, ge=1)
+    # Restarts of the worker group after a worker dies, each from the newest complete checkpoint.
     max_failures: int = Field(default=0, ge=0)
     resume_from: str | None = None
     show_worker_logs: bool = False
+    # Consecutive steps with a non-finite loss or gradient (each skipped) before the run stops.
+    max_bad_steps: int = Field(default=5, ge=1)
+    # Seed everything and use deterministic algorithms only (slower; see the README).
+    deterministic: bool = False
+
+    @field_validator("use_gpu", mode="before")
+    @classmethod
+    def _yaml_boolean(cls, value: object) -> object:
+        # YAML reads an unquoted true/false (and yes/no, on/off) as a boolean, not a string.
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return value
 
 
 class EvalConfig(Section):
@@ -175,11 +188,8 @@ class Config(Section):
                 f"model.name=cnn needs image data but data.name={self.data.name} yields vectors; "
                 "use model.name=mlp or data.name=digits"
             )
-        if self.optimizer.warmup_steps >= self.trainer.max_steps:
-            raise ValueError(
-                "optimizer.warmup_steps must be below trainer.max_steps "
-                f"({self.optimizer.warmup_steps} >= {self.trainer.max_steps})"
-            )
+        # optimizer.warmup_steps >= trainer.max_steps is allowed: the warm-up is capped
+        # (train.deepspeed_config.warmup_steps) and the driver says so (preflight.config_notes).
         return self
 
 

@@ -69,7 +69,7 @@ def test_apply_overrides_does_not_mutate_input() -> None:
         (["loss.name=nce"], "bank"),
         (["model.name=cnn"], "model.name=cnn needs image data"),
         (["deepspeed.zero_stage=3"], "deepspeed.zero_stage"),
-        (["optimizer.warmup_steps=1000", "trainer.max_steps=10"], "warmup_steps"),
+        (["trainer.use_gpu=maybe"], "trainer.use_gpu"),
         (["loss.temperature_mode=cosine"], "temperature_final"),
         (["negatives.sources=[queue]"], "momentum_encoder"),
         (["noequals"], "section.key=value"),
@@ -110,3 +110,25 @@ def test_flatten_and_yaml_round_trip(tmp_path: Path) -> None:
     assert params["trainer.num_workers"] == "2"
     again = load_config(_write(tmp_path, to_yaml(cfg)))
     assert again == cfg
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("true", "true"), ("false", "false"), ("'true'", "true"), ("yes", "true"), ("auto", "auto")],
+)
+def test_use_gpu_accepts_yaml_booleans(tmp_path: Path, text: str, expected: str) -> None:
+    # Unquoted true/false are YAML booleans; the setting is the string either way.
+    cfg = load_config(_write(tmp_path, f"trainer:\n  use_gpu: {text}\n"))
+    assert cfg.trainer.use_gpu == expected
+    assert load_config(_write(tmp_path, "{}\n"), [f"trainer.use_gpu={text}"]).trainer.use_gpu == (
+        expected
+    )
+    assert Config.model_validate(cfg.model_dump(mode="json")) == cfg
+
+
+def test_a_warm_up_longer_than_the_run_is_accepted(tmp_path: Path) -> None:
+    # The trainer caps it (train.deepspeed_config.warmup_steps) and the driver prints a note.
+    cfg = load_config(
+        _write(tmp_path, "{}\n"), ["optimizer.warmup_steps=1000", "trainer.max_steps=10"]
+    )
+    assert cfg.optimizer.warmup_steps == 1000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -63,19 +64,66 @@ def _check_exists(path: str | Path) -> None:
 
 
 def _load_npy(path: str | Path, what: str) -> np.ndarray:
+    _check_npy(path, what)
     try:
         # allow_pickle=False: an object array would execute code on load and is not numeric.
         return np.load(path, allow_pickle=False)
-    except ValueError as error:
+    except (ValueError, OSError, EOFError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(
+            path, f"{what} are not a readable .npy array ({reason})", "write it with numpy.save"
+        ) from error
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+_NPY_HEADER_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+
+
+def _check_npy(path: str | Path, what: str) -> None:
+    """An empty, foreign, truncated or object-array ``.npy`` file, each said in one line.
+
+    Reads only the header: the file's size must cover the array the header announces
+    (a copy cut short otherwise fails inside ``np.load`` with a low-level message).
+    """
+    size = Path(path).stat().st_size
+    fix = "write the array again with numpy.save(path, x)"
+    if size == 0:
+        raise DataError(path, f"the {what} file is empty (0 bytes)", fix)
+    with open(path, "rb") as handle:
+        start = handle.read(len(_NPY_MAGIC))
+        if start != _NPY_MAGIC:
+            kind = "it is a zip archive: an .npz?" if start.startswith(b"PK") else (
+                "it does not start with numpy's .npy signature"
+            )
+            raise DataError(path, f"the {what} file is not a .npy file ({kind})", fix)
+        handle.seek(0)
+        try:
+            reader = _NPY_HEADER_READERS.get(np.lib.format.read_magic(handle))
+            if reader is None:  # a newer header version: np.load reads it
+                return
+            shape, _, dtype = reader(handle)
+        except ValueError as error:
+            raise DataError(
+                path, f"the {what} file's .npy header is truncated or damaged ({error})", fix
+            ) from error
+        data_start = handle.tell()
+    if dtype.hasobject:
         raise DataError(
             path,
             f"{what} are an object (pickled) array, not numbers",
             "save a numeric array, e.g. np.save(path, x.astype(np.float32))",
-        ) from error
-    except OSError as error:
+        )
+    expected = data_start + math.prod(shape) * dtype.itemsize
+    if size < expected:
         raise DataError(
-            path, f"not a readable .npy file ({error})", "write it with numpy.save"
-        ) from error
+            path,
+            f"the {what} file is truncated: {size:,} of {expected:,} bytes for a "
+            f"{list(shape)} {dtype} array (an interrupted copy or save?)",
+            fix,
+        )
 
 
 def _check_features(path: str | Path, features: np.ndarray) -> np.ndarray:

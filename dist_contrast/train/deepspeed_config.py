@@ -10,6 +10,18 @@ from typing import Any
 from dist_contrast.config import Config
 
 
+def warmup_steps(cfg: Config) -> int:
+    """The warm-up DeepSpeed gets: ``optimizer.warmup_steps``, at least 1 (DeepSpeed's
+    schedulers refuse 0) and at most ``trainer.max_steps - 1``.
+
+    A warm-up as long as the run would never reach the configured learning rate (and leave
+    WarmupCosineLR no step to decay over), so it is capped to end one step before the run
+    does; the driver prints a note when it caps (``preflight.config_notes``). Below the cap
+    the value is passed through unchanged.
+    """
+    return max(1, min(cfg.optimizer.warmup_steps, cfg.trainer.max_steps - 1))
+
+
 def build_deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
     """The ``config=`` argument of ``deepspeed.initialize`` for one worker of ``world_size``.
 
@@ -17,8 +29,8 @@ def build_deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
     CPU, and the CPU-offload kernel is only needed with ZeRO offload, which we do not use.
     """
     opt = cfg.optimizer
-    warmup = max(1, opt.warmup_steps)
-    optimizer = {
+    warmup = warmup_steps(cfg)
+    optimizer: dict[str, Any] = {
         "type": "AdamW" if opt.name == "adamw" else "Adam",
         "params": {
             "lr": opt.lr,
@@ -28,6 +40,9 @@ def build_deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
             "torch_adam": True,
         },
     }
+    if opt.name == "sgd":  # DeepSpeed builds torch.optim.SGD for a type it does not own
+        optimizer = {"type": "SGD", "params": {
+            "lr": opt.lr, "momentum": opt.momentum, "weight_decay": opt.weight_decay}}
     if opt.schedule == "cosine":
         scheduler = {
             "type": "WarmupCosineLR",

@@ -120,3 +120,39 @@ def test_not_a_parquet_file(tmp_path):
     path = tmp_path / "x.parquet"
     path.write_bytes(b"not parquet")
     _one_line_error(lambda: load_features(path), "not a readable parquet file")
+
+
+def test_empty_npy(tmp_path):
+    path = tmp_path / "x.npy"
+    path.write_bytes(b"")
+    _one_line_error(lambda: load_features(path), "x.npy", "empty (0 bytes)", "numpy.save")
+
+
+def test_truncated_npy(tmp_path):
+    path = tmp_path / "x.npy"
+    np.save(path, np.ones((20, 3), dtype=np.float32))
+    data = path.read_bytes()
+    path.write_bytes(data[:-30])
+    _one_line_error(
+        lambda: load_features(path), "x.npy", "truncated", "338 of 368 bytes", "[20, 3] float32"
+    )
+    path.write_bytes(data[:40])  # cut inside the header
+    _one_line_error(lambda: load_features(path), "x.npy", "header is truncated")
+
+
+def test_a_file_named_npy_that_is_not_one(tmp_path):
+    path = tmp_path / "x.npy"
+    path.write_text("a,b\n1,2\n")
+    message = _one_line_error(lambda: load_features(path), "not a .npy file", "numpy.save")
+    assert "pickled" not in message
+    np.savez(tmp_path / "y.npz", x=np.ones((20, 3)))
+    (tmp_path / "y.npz").rename(tmp_path / "y.npy")
+    _one_line_error(lambda: load_features(tmp_path / "y.npy"), "zip archive", ".npz")
+
+
+def test_truncated_labels_npy(tmp_path):
+    path = _npy(tmp_path / "x.npy", np.ones((20, 3)))
+    labels = tmp_path / "y.npy"
+    np.save(labels, np.arange(20))
+    labels.write_bytes(labels.read_bytes()[:-8])
+    _one_line_error(lambda: load_features(path, labels_path=labels), "y.npy", "labels file is")

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
 from dist_contrast.config import Config
-from dist_contrast.train.deepspeed_config import build_deepspeed_config
+from dist_contrast.train.deepspeed_config import build_deepspeed_config, warmup_steps
 
 
 def _cfg(**sections: dict) -> Config:
@@ -38,3 +44,62 @@ def test_optimizer_and_schedules() -> None:
     )
     assert constant["scheduler"]["type"] == "WarmupLR"
     assert constant["scheduler"]["params"]["warmup_num_steps"] == 1
+
+
+def test_configs_below_the_cap_are_unchanged() -> None:
+    # What build_deepspeed_config gave for configs/synthetic.yaml before the cap existed.
+    from dist_contrast.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "synthetic.yaml")
+    assert build_deepspeed_config(cfg, world_size=2) == {
+        "train_micro_batch_size_per_gpu": 256,
+        "train_batch_size": 512,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": 1.0,
+        "optimizer": {"type": "AdamW", "params": {
+            "lr": 0.002, "betas": [0.9, 0.999], "eps": 1e-08, "weight_decay": 0.0001,
+            "torch_adam": True,
+        }},
+        "scheduler": {"type": "WarmupCosineLR", "params": {
+            "total_num_steps": 2000, "warmup_min_ratio": 0.0, "warmup_num_steps": 30,
+            "cos_min_ratio": 0.01, "warmup_type": "linear",
+        }},
+        "zero_optimization": {"stage": 0},
+        "bf16": {"enabled": False},
+        "steps_per_print": 1000000000,
+        "wall_clock_breakdown": False,
+    }
+    for warmup, max_steps in [(0, 1), (0, 5), (1, 2), (7, 8), (49, 50)]:
+        cfg = _cfg(optimizer={"warmup_steps": warmup}, trainer={"max_steps": max_steps})
+        assert warmup_steps(cfg) == max(1, warmup)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+@pytest.mark.parametrize(("warmup", "max_steps", "capped"), [(50, 6, 5), (6, 6, 5), (50, 2, 1),
+                                                             (50, 1, 1)])
+def test_a_warm_up_as_long_as_the_run_is_capped(
+    schedule: str, warmup: int, max_steps: int, capped: int
+) -> None:
+    cfg = _cfg(optimizer={"warmup_steps": warmup, "schedule": schedule},
+               trainer={"max_steps": max_steps})
+    scheduler = build_deepspeed_config(cfg, world_size=1)["scheduler"]
+    assert scheduler["params"]["warmup_num_steps"] == capped
+    # DeepSpeed's own scheduler accepts it and gives a finite LR in [0, lr] at every step.
+    from deepspeed.runtime import lr_schedules
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    lr_scheduler = getattr(lr_schedules, scheduler["type"])(optimizer, **scheduler["params"])
+    for _ in range(max_steps):
+        lr = optimizer.param_groups[0]["lr"]
+        assert math.isfinite(lr) and 0.0 <= lr <= 0.1
+        optimizer.step()
+        lr_scheduler.step()
+
+
+def test_sgd_is_sgd_with_its_momentum() -> None:
+    cfg = _cfg(optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.8, "weight_decay": 0.0})
+    ds = build_deepspeed_config(cfg, world_size=1)
+    assert ds["optimizer"] == {"type": "SGD", "params": {"lr": 0.1, "momentum": 0.8,
+                                                         "weight_decay": 0.0}}
+    # DeepSpeed builds torch's optimiser of that name.
+    assert getattr(torch.optim, ds["optimizer"]["type"]) is torch.optim.SGD
