@@ -84,6 +84,8 @@ def _print_summary(summary: object) -> None:
     for key in ("eval/alignment", "eval/uniformity", "train/loss"):
         if key in m:
             print(f"  {key:<32}: {m[key]:.4f}")
+    for warning in _warnings(m):
+        print(f"  warning: {warning}")
     if summary.checkpoint_path:
         print(f"  checkpoint: {summary.checkpoint_path}")
     uri = summary.tracking_uri
@@ -93,6 +95,21 @@ def _print_summary(summary: object) -> None:
         print(f"  open it with: mlflow ui --backend-store-uri {uri}")
     else:
         print(f"  open it at: {uri}")
+
+
+def _warnings(m: dict[str, float]) -> list[str]:
+    """What a failed embedding looks like, said in words (see README, When things go wrong)."""
+    found = []
+    if m.get("eval/nonfinite_embeddings", 0.0) > 0:
+        found.append("the encoder puts out NaN/inf embeddings; lower optimizer.lr, keep "
+                     "deepspeed.gradient_clipping > 0, check the inputs (data.standardize)")
+    if m.get("eval/uniformity", -1.0) > -0.05:
+        found.append("the embedding collapsed (uniformity ≈ 0: nearly one point); lower "
+                     "optimizer.lr or raise loss.temperature")
+    if m.get("train/skipped_steps", 0.0) > 0:
+        found.append(f"{int(m['train/skipped_steps'])} step(s) had a non-finite loss or "
+                     "gradient and were skipped (train/skipped_steps)")
+    return found
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -120,13 +137,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    from dist_contrast.orchestrate import Interrupted
+
     try:
         return _run(args)
+    except Interrupted as exc:
+        print(f"dist-contrast: {exc}", file=sys.stderr)
+        return exc.exit_code
     except UserError as exc:
         print(f"dist-contrast: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("dist-contrast: interrupted; the last reported checkpoint is kept", file=sys.stderr)
+        print("dist-contrast: interrupted before training started; nothing to resume",
+              file=sys.stderr)
         return 130
 
 

@@ -115,3 +115,10 @@ def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     if is_distributed():
         dist.broadcast(tensor, src=src)
     return tensor
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if ``flag`` is True on any rank: how ranks agree to skip or stop."""
+    if not is_distributed():
+        return flag
+    return bool(all_reduce(torch.tensor([1.0 if flag else 0.0]), op="max").item() > 0)

@@ -14,3 +14,10 @@ class UserError(Exception):
     def __init__(self, message: str) -> None:
         # Keep the promise of "one line" even when a library's message has newlines in it.
         super().__init__(" ".join(message.split()))
+
+
+class RunFailed(UserError):
+    """The run started but could not finish (a worker died, an error in a worker): one line,
+    exit status 1; the full report is in a file the line names."""
+
+    exit_code = 1

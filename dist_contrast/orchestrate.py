@@ -8,6 +8,10 @@ set it joins that cluster. Either way it runs ``ray.train.torch.TorchTrainer`` w
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,9 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from dist_contrast.config import Config, flatten, to_yaml
-from dist_contrast.errors import UserError
+from dist_contrast.errors import RunFailed, UserError
 from dist_contrast.progress import ProgressDisplay
-from dist_contrast.tracking import default_tracking_uri, ensure_experiment, find_run_id
+from dist_contrast.tracking import (
+    default_tracking_uri,
+    end_run,
+    ensure_experiment,
+    final_metrics,
+    open_run,
+)
+from dist_contrast.train import storage
 
 
 @dataclass(frozen=True)
@@ -44,20 +55,40 @@ def resolve(cfg: Config) -> Config:
     )
 
 
-def preflight(cfg: Config) -> None:
-    """Catch user mistakes on the driver, before any worker starts (a clear line, no traceback)."""
+@dataclass(frozen=True)
+class Checked:
+    """What the driver learnt before starting anything: notes to print, and the data's size
+    and shape for the cluster's resource check."""
+
+    notes: list[str]
+    train_size: int
+    input_shape: tuple[int, ...]
+
+
+def preflight(cfg: Config) -> Checked:
+    """Catch user mistakes on the driver, in seconds, before anything is written or started:
+    the data, this machine's CPUs and memory (when running locally), and the checkpoint a run
+    would resume from. Raises ``UserError`` (one line); returns notes to print."""
+    from dist_contrast import preflight as checks
     from dist_contrast.data import DataError, build_data
 
     try:
-        build_data(cfg.data, seed=cfg.experiment.seed)
+        bundle = build_data(cfg.data, seed=cfg.experiment.seed)
     except DataError as exc:
         raise UserError(str(exc)) from None
-    resume = cfg.trainer.resume_from
-    if resume is not None and "://" not in resume and not Path(resume).is_dir():
-        raise UserError(
-            f"trainer.resume_from '{cfg.trainer.resume_from}' is not a checkpoint folder; "
-            "pass a checkpoint_* folder from a previous run's results"
-        )
+    size, shape = len(bundle.train), tuple(bundle.input_shape)
+    notes = checks.config_notes(cfg)
+    if not os.environ.get("RAY_ADDRESS"):
+        cpus, gpus, memory = checks.local_resources()
+        notes += checks.check_resources(cfg, cpus=cpus, gpus=gpus, memory_bytes=memory,
+                                        local=True, train_size=size, input_shape=shape)
+    run_dir = storage.run_directory(cfg.experiment.output_dir, str(cfg.experiment.run_name))
+    newest = storage.newest_complete(run_dir)
+    source = newest.path if newest is not None else cfg.trainer.resume_from
+    if source is not None:
+        notes += checks.check_checkpoint(source, cfg, shape, train_size=size)
+    notes += _resume_notes(cfg, run_dir)
+    return Checked(notes, size, shape)
 
 
 def _enable_token_auth_if_available() -> None:
@@ -98,11 +129,11 @@ def _use_gpu(cfg: Config, ray: Any) -> bool:
     return float(ray.cluster_resources().get("GPU", 0)) >= cfg.trainer.num_workers
 
 
-def _start_ray(cfg: Config) -> Any:
+def _start_ray(cfg: Config, checked: Checked) -> Any:
+    """Connect to ``RAY_ADDRESS`` and check its resources, or start a local runtime."""
     import logging
 
     if os.environ.get("RAY_ADDRESS"):
-        _check_reachable(os.environ["RAY_ADDRESS"])
         _enable_token_auth_if_available()  # read by Ray when it is imported
 
     import ray
@@ -117,13 +148,15 @@ def _start_ray(cfg: Config) -> Any:
                 f"({str(exc).splitlines()[0][:160]}); start it, give its token (RAY_AUTH_TOKEN or "
                 "~/.ray/auth_token), or unset RAY_ADDRESS to run locally"
             ) from None
-        available = float(ray.cluster_resources().get("CPU", 0))
-        if available < needed:
-            raise UserError(
-                f"the Ray cluster has {available:g} CPUs but trainer.num_workers="
-                f"{cfg.trainer.num_workers} x trainer.cpus_per_worker="
-                f"{cfg.trainer.cpus_per_worker:g} need more; lower them or add nodes"
-            )
+        from dist_contrast.preflight import check_resources
+
+        resources = ray.cluster_resources()
+        for note in check_resources(
+            cfg, cpus=float(resources.get("CPU", 0)), gpus=float(resources.get("GPU", 0)),
+            memory_bytes=int(resources.get("memory", 0)), local=False,
+            train_size=checked.train_size, input_shape=checked.input_shape,
+        ):
+            print(f"dist-contrast: note: {note}", flush=True)
     else:
         # Local: make room for every worker even on a 2-core laptop (they time-share).
         num_cpus = max(os.cpu_count() or 1, int(needed + 0.999))
@@ -148,10 +181,23 @@ def _worker_env(use_gpu: bool, cfg: Config) -> dict[str, str]:
     return env
 
 
+class Interrupted(UserError):
+    """The user stopped the run (SIGINT / SIGTERM): what was saved and how to go on."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
 def run_training(
     cfg: Config, train_loop: Callable[[dict[str, Any]], None] | None = None
 ) -> TrainingSummary:
     """Run one experiment end to end and return its summary (raises UserError on user mistakes).
+
+    The driver checks what it can before anything starts, opens the MLflow run, runs the
+    workers, and marks the run FAILED or KILLED when it does not finish. SIGINT and SIGTERM
+    stop the workers after the current step with a checkpoint (a second signal stops at once)
+    and raise :class:`Interrupted`.
 
     ``train_loop`` replaces the per-worker function (default
     :func:`dist_contrast.train.entry.train_loop_per_worker`); a wrapper that registers an
@@ -159,36 +205,193 @@ def run_training(
     the package plugs in.
     """
     cfg = resolve(cfg)
-    preflight(cfg)
+    if os.environ.get("RAY_ADDRESS"):  # before anything is written
+        _check_reachable(os.environ["RAY_ADDRESS"])
+    checked = preflight(cfg)
+    for note in checked.notes:
+        print(f"dist-contrast: note: {note}", flush=True)
     uri = str(cfg.tracking.tracking_uri)
     local_store = uri.startswith(("sqlite:", "file:")) or "://" not in uri
     ensure_experiment(
         uri, cfg.tracking.experiment, Path.cwd() / "mlartifacts" if local_store else None
     )
-    ray = _start_ray(cfg)
+    run_dir = storage.run_directory(cfg.experiment.output_dir, str(cfg.experiment.run_name))
+    run_id = None
+    with _Signals() as signals:
+        try:
+            ray = _start_ray(cfg, checked)
+            run_id, _ = open_run(
+                uri, cfg.tracking.experiment, str(cfg.experiment.run_name),
+                continue_existing=storage.exists(run_dir), params=flatten(cfg),
+                config_yaml=to_yaml(cfg), tags=_run_tags(cfg),
+            )
+            _run_workers(ray, cfg, run_id, signals, train_loop)
+        except BaseException as exc:
+            interrupted = signals.received is not None or isinstance(exc, KeyboardInterrupt)
+            if run_id is not None:
+                end_run(uri, run_id, "KILLED" if interrupted else "FAILED")
+            _shutdown_ray()
+            if interrupted:
+                raise _interrupted(cfg, signals.received or signal.SIGINT, None) from None
+            raise _explain_failure(exc, cfg) from None
+    _shutdown_ray()
+    # From the MLflow run: Ray keeps the metrics of registered checkpoints only, and the
+    # checkpoints are ours.
+    metrics = final_metrics(uri, run_id)
+    if signals.received is not None:
+        end_run(uri, run_id, "KILLED")
+        raise _interrupted(cfg, signals.received, metrics.get("step"))
+    end_run(uri, run_id, "FINISHED")  # rank 0 has marked it; in case it could not
+    return TrainingSummary(
+        run_name=str(cfg.experiment.run_name),
+        run_id=run_id,
+        tracking_uri=uri,
+        checkpoint_path=_newest_checkpoint(cfg),
+        metrics=metrics,
+    )
+
+
+def _resume_notes(cfg: Config, run_dir: str) -> list[str]:
+    """What a continued or resumed run changes that the user may not expect."""
+    newest = storage.newest_complete(run_dir)
+    resume = cfg.trainer.resume_from
+    source = newest.path if newest is not None else (_local_or_uri(resume) if resume else None)
+    meta = storage.read_meta(source) if source is not None else None
+    if not meta or meta.get("max_steps") in (None, cfg.trainer.max_steps):
+        return []
+    if cfg.optimizer.schedule != "cosine":  # a constant schedule does not depend on the length
+        return []
+    return [
+        f"trainer.max_steps changed from {meta['max_steps']} to {cfg.trainer.max_steps} since "
+        f"the checkpoint at step {meta['step']}: the learning rate goes on from its value there "
+        "along a cosine to the new end (no jump)"
+    ]
+
+
+def _newest_checkpoint(cfg: Config) -> str | None:
+    run_dir = storage.run_directory(cfg.experiment.output_dir, str(cfg.experiment.run_name))
+    newest = storage.newest_complete(run_dir)
+    return newest.path if newest is not None else None
+
+
+def _run_tags(cfg: Config) -> dict[str, str]:
+    tags = {"dist_contrast.world_size": str(cfg.trainer.num_workers)}
+    resume = cfg.trainer.resume_from
+    if resume is not None:
+        # A resumed run is a new MLflow run that says where it came from.
+        tags["dist_contrast.resumed_from_checkpoint"] = _local_or_uri(resume)
+        meta = storage.read_meta(_local_or_uri(resume))
+        if meta and meta.get("mlflow_run_id"):
+            tags["dist_contrast.resumed_from_run"] = str(meta["mlflow_run_id"])
+    return tags
+
+
+def _run_workers(
+    ray: Any, cfg: Config, run_id: str, signals: _Signals,
+    train_loop: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    """Run the TorchTrainer on the Ray runtime ``ray`` is connected to."""
     from ray.util.queue import Queue
 
     queue = Queue()
-    trainer = _trainer(cfg, _use_gpu(cfg, ray), queue, train_loop)
+    stop = ray.remote(num_cpus=0)(StopSignal).remote()
+    trainer = _trainer(cfg, _use_gpu(cfg, ray), queue, train_loop,
+                       extra={"run_id": run_id, "stop_signal": stop})
     display = ProgressDisplay(queue, total=cfg.trainer.max_steps)
     display.start()
     try:
-        result = trainer.fit()
-    except Exception as exc:
-        raise _explain_failure(exc) from None
+        signals.run(trainer.fit, on_first=lambda: stop.request.remote())
     finally:
         display.stop()
         queue.shutdown()
-    metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
-    return TrainingSummary(
-        run_name=str(cfg.experiment.run_name),
-        run_id=find_run_id(
-            str(cfg.tracking.tracking_uri), cfg.tracking.experiment, str(cfg.experiment.run_name)
-        ),
-        tracking_uri=str(cfg.tracking.tracking_uri),
-        checkpoint_path=result.checkpoint.path if result.checkpoint else None,
-        metrics=metrics,
+
+
+class StopSignal:
+    """A Ray actor the driver sets on SIGINT / SIGTERM; rank 0 asks it between steps."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def request(self) -> None:
+        self.requested = True
+
+    def is_set(self) -> bool:
+        return self.requested
+
+
+class _Signals:
+    """SIGINT / SIGTERM during a run: the first asks the workers to stop after the current
+    step (they save a checkpoint), the second stops at once. Ray Train's own SIGINT handler
+    aborts the workers without a checkpoint, so ``fit`` runs in a thread, where Ray does not
+    install it, and the main thread keeps the signals."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._on_first: Callable[[], Any] | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is not threading.main_thread():
+            return self  # only the main thread may handle signals; the caller's own rules hold
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        first = self.received is None
+        self.received = signum
+        if not first or self._on_first is None:
+            raise KeyboardInterrupt  # before the workers run, or a second signal: at once
+        print(f"\ndist-contrast: {signal.Signals(signum).name} received: stopping after the "
+              "current step and saving a checkpoint (again to stop at once)",
+              file=sys.stderr, flush=True)
+        self._on_first()
+
+    def run(self, fit: Callable[[], Any], on_first: Callable[[], Any]) -> Any:
+        """``fit()`` in a thread; signals are handled here meanwhile."""
+        outcome: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                outcome["result"] = fit()
+            except BaseException as exc:  # handed to the main thread below
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=target, name="ray-train-fit", daemon=True)
+        self._on_first = on_first
+        try:
+            thread.start()
+            while thread.is_alive():
+                thread.join(0.2)
+        finally:
+            self._on_first = None
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["result"]
+
+
+def _interrupted(cfg: Config, signum: int, step: float | None) -> Interrupted:
+    run_dir = storage.run_directory(cfg.experiment.output_dir, str(cfg.experiment.run_name))
+    kept = storage.newest_complete(run_dir)
+    saved = f"checkpoint at step {kept.step} kept" if kept else "no checkpoint saved"
+    at = f" at step {int(step)}" if step is not None else ""
+    return Interrupted(
+        f"stopped by {signal.Signals(signum).name}{at} ({saved}; MLflow run marked KILLED); "
+        f"continue it with the same command and experiment.run_name={cfg.experiment.run_name}",
+        signum,
     )
+
+
+def _shutdown_ray() -> None:
+    """Stop the local Ray runtime (or leave the cluster): no Ray process outlives the run."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def _local_or_uri(path: str) -> str:
@@ -199,10 +402,12 @@ def _local_or_uri(path: str) -> str:
 def _trainer(
     cfg: Config, use_gpu: bool, queue: Any,
     train_loop: Callable[[dict[str, Any]], None] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Any:
     """The TorchTrainer for ``cfg``; every worker runs ``train_loop`` (by default
-    ``train_loop_per_worker``)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    ``train_loop_per_worker``) with the loop config below plus ``extra`` (the MLflow run id,
+    the stop signal)."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from dist_contrast.train.entry import train_loop_per_worker
@@ -210,12 +415,11 @@ def _trainer(
     resume = cfg.trainer.resume_from
     loop_config = {
         "config": cfg.model_dump(mode="json"),
-        "params": flatten(cfg),
-        "config_yaml": to_yaml(cfg),
         "progress_queue": queue,
         # Ray Train V2 has no resume_from_checkpoint: the workers load this path themselves
-        # when Ray offers no newer checkpoint of this run (get_checkpoint() wins).
+        # when the run has no newer checkpoint of its own.
         "resume_from": _local_or_uri(resume) if resume else None,
+        **(extra or {}),
     }
     return TorchTrainer(
         train_loop or train_loop_per_worker,
@@ -229,7 +433,6 @@ def _trainer(
         run_config=RunConfig(
             name=cfg.experiment.run_name,
             storage_path=cfg.experiment.output_dir,
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
             failure_config=FailureConfig(max_failures=cfg.trainer.max_failures),
             # Ray Train V2's RunConfig; mypy sees the V1 class of the same name.
             worker_runtime_env={"env_vars": _worker_env(use_gpu, cfg)},  # type: ignore[call-arg]
@@ -237,8 +440,52 @@ def _trainer(
     )
 
 
-def _explain_failure(exc: BaseException) -> BaseException:
-    """A worker's UserError becomes the driver's UserError; anything else is re-raised as is."""
+def _explain_failure(exc: BaseException, cfg: Config) -> BaseException:
+    """One line for the user. A worker's UserError is the driver's; a worker that failed is
+    named, with what killed it when that is known, and the full report is saved beside the
+    checkpoints."""
+    user_error = _find(exc, lambda e: isinstance(e, UserError))
+    if user_error is not None:  # raised in a worker: the same line and exit status here
+        error = UserError(str(user_error))
+        error.exit_code = getattr(user_error, "exit_code", UserError.exit_code)
+        return error
+    report = _save_report(cfg, exc)
+    group = _find(exc, lambda e: hasattr(e, "worker_failures"))  # Ray's WorkerGroupError
+    failures: dict[int, BaseException] = getattr(group, "worker_failures", {})
+    if not failures:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return RunFailed(f"training failed: {type(exc).__name__}: {first[:200]} "
+                         f"(full report: {report})")
+    # The rank whose process died is the cause; the others then fail in a collective.
+    dead = {rank: f for rank, f in failures.items() if _process_died(f)}
+    rank, failure = min((dead or failures).items())
+    if dead:
+        what = "its process died (killed by a signal or the out-of-memory killer)"
+        fix = (f"set trainer.max_failures (now {cfg.trainer.max_failures}) above 0 to restart "
+               "from the newest checkpoint" if cfg.trainer.max_failures == 0 else
+               f"it failed after {cfg.trainer.max_failures} restart(s) "
+               "(trainer.max_failures); check the machine's memory and logs")
+    else:
+        # Ray wraps the worker's own exception; name that one.
+        cause = getattr(failure, "cause", None)
+        cause = cause if isinstance(cause, BaseException) else failure
+        first = (str(cause).strip().splitlines() or [""])[0]
+        what = f"{type(cause).__name__}: {first[:200]}"
+        fix = "fix the cause and re-run with the same experiment.run_name to continue"
+    return RunFailed(f"worker rank {rank} failed: {what}; {fix} (full report: {report})")
+
+
+def _process_died(failure: BaseException) -> bool:
+    """Whether Ray says the worker's process died (as opposed to raising an exception)."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError
+
+    return isinstance(failure, ActorDiedError | ActorUnavailableError) or (
+        "worker process has died" in str(failure)
+    )
+
+
+def _find(exc: BaseException, wanted: Callable[[BaseException], bool]) -> BaseException | None:
+    """The first ``wanted`` exception in ``exc``'s chain of causes and worker failures."""
     seen: set[int] = set()
     stack: list[BaseException | None] = [exc]
     while stack:
@@ -246,14 +493,26 @@ def _explain_failure(exc: BaseException) -> BaseException:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, UserError):
-            return UserError(str(current))
+        if wanted(current):
+            return current
         stack.extend([current.__cause__, current.__context__])
         stack.extend(getattr(current, "worker_failures", {}).values())
         for attr in ("cause", "error"):
-            stack.append(
-                getattr(current, attr, None)
-                if isinstance(getattr(current, attr, None), BaseException)
-                else None
-            )
-    return exc
+            value = getattr(current, attr, None)
+            stack.append(value if isinstance(value, BaseException) else None)
+    return None
+
+
+def _save_report(cfg: Config, exc: BaseException) -> str:
+    """The whole failure (Ray's report with every worker's traceback) in a file; its path."""
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    run_dir = storage.run_directory(cfg.experiment.output_dir, str(cfg.experiment.run_name))
+    if "://" in run_dir:
+        path = Path(tempfile.gettempdir()) / f"dist-contrast-{cfg.experiment.run_name}-error.txt"
+    else:
+        path = Path(run_dir) / "error.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)

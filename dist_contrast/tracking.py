@@ -7,6 +7,7 @@ rank 0 then opens the run and logs params, per-step metrics, artifacts and the s
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +23,8 @@ class Tracker(Protocol):
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
     def log_metric_history(self, rows: Sequence[tuple[int, Mapping[str, float]]]) -> None: ...
     def log_text(self, text: str, artifact_file: str) -> None: ...
+    def last_step(self, key: str) -> int | None: ...
+    def has_metric(self, key: str) -> bool: ...
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
     def close(self, status: str = "FINISHED") -> None: ...
@@ -43,6 +46,12 @@ class NullTracker:
 
     def log_text(self, text: str, artifact_file: str) -> None:
         pass
+
+    def last_step(self, key: str) -> int | None:
+        return None
+
+    def has_metric(self, key: str) -> bool:
+        return False
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         pass
@@ -105,6 +114,62 @@ def find_run_id(tracking_uri: str, experiment: str, run_name: str) -> str | None
     return runs[0].info.run_id if runs else None
 
 
+def open_run(
+    tracking_uri: str,
+    experiment: str,
+    run_name: str,
+    *,
+    continue_existing: bool,
+    params: Mapping[str, str],
+    config_yaml: str,
+    tags: Mapping[str, str],
+) -> tuple[str, bool]:
+    """The MLflow run a training run logs to, opened on the driver before any worker starts.
+
+    With ``continue_existing`` (the run's checkpoint folder exists) the run of that name is
+    continued and marked RUNNING again; otherwise (or if the store has no such run) a new run
+    gets the params, ``config.yaml`` and ``tags``. Returns ``(run_id, continued)``.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    if continue_existing:
+        run_id = find_run_id(tracking_uri, experiment, run_name)
+        if run_id is not None:
+            client.update_run(run_id, status="RUNNING")
+            return run_id, True
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    run_id = client.create_run(experiment_id, run_name=run_name, tags=dict(tags)).info.run_id
+    tracker = MlflowTracker(tracking_uri, experiment, run_name, run_id=run_id)
+    tracker.log_params(params)
+    tracker.log_text(config_yaml, "config.yaml")
+    return run_id, False
+
+
+def final_metrics(tracking_uri: str, run_id: str) -> dict[str, float]:
+    """The run's latest value of every metric, and ``step``: the last step logged."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    metrics = dict(client.get_run(run_id).data.metrics)
+    history = client.get_metric_history(run_id, "train/loss")
+    if history:
+        metrics["step"] = float(max(m.step for m in history))
+    return metrics
+
+
+def end_run(tracking_uri: str, run_id: str, status: str) -> None:
+    """Mark a run FINISHED, FAILED or KILLED unless it already ended (best effort: the store
+    may be the thing that failed)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    with contextlib.suppress(Exception):
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status=status)
+
+
 class MlflowTracker:
     """One MLflow run, opened on rank 0 (or resumed by id after a restart)."""
 
@@ -148,6 +213,15 @@ class MlflowTracker:
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self._client.log_text(self.run_id, text, artifact_file)
+
+    def last_step(self, key: str) -> int | None:
+        """The last step at which ``key`` was logged (None if never): where a restart's
+        history resumes, so that no step is logged twice."""
+        history = self._client.get_metric_history(self.run_id, key)
+        return max((m.step for m in history), default=None)
+
+    def has_metric(self, key: str) -> bool:
+        return key in self._client.get_run(self.run_id).data.metrics
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._client.log_artifact(self.run_id, str(path), artifact_path)

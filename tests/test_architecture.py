@@ -29,7 +29,8 @@ ALLOWED: dict[str, set[str]] = {
     "progress": set(),
     "train": {"dist", "config", "data", "models", "losses", "negatives", "objectives",
               "analysis", "temperature", "tracking", "errors", "plots"},
-    "orchestrate": {"config", "data", "errors", "progress", "tracking", "train"},
+    "preflight": {"config", "errors", "models", "negatives", "objectives", "train"},
+    "orchestrate": {"config", "data", "errors", "preflight", "progress", "tracking", "train"},
     "cli": {"config", "errors", "orchestrate", "objectives"},
 }
 

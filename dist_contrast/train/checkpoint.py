@@ -1,7 +1,8 @@
 """Checkpoints: every rank saves DeepSpeed's state and its own trainer state, then every rank
 reports the same checkpoint to Ray Train; a restart or resume reads both back.
 
-What a checkpoint folder holds is described in :mod:`dist_contrast.train.state`.
+What a checkpoint folder holds is described in :mod:`dist_contrast.train.state`; where the
+folders live and which are complete, in :mod:`dist_contrast.train.storage`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ import tempfile
 from typing import Any
 
 from dist_contrast import dist
+from dist_contrast.config import Config
 from dist_contrast.errors import UserError
+from dist_contrast.train import storage
 from dist_contrast.train.state import (
     DEEPSPEED_TAG,
     TrainProgress,
@@ -47,15 +50,28 @@ def load_trainer_state(step: TrainStep, progress: TrainProgress, state: dict[str
 
 def save_and_report(
     train: Any, step: TrainStep, progress: TrainProgress, run_id: str | None,
-    metrics: dict[str, float],
+    metrics: dict[str, float], cfg: Config,
 ) -> None:
-    """Every rank saves (DeepSpeed + trainer state), then every rank reports the same call."""
-    report = {**metrics, "step": progress.step}
+    """Every rank saves (DeepSpeed + trainer state) into the run's ``checkpoint_<step>`` folder;
+    once every rank's files are there, rank 0 marks it complete and prunes old ones; then every
+    rank reports the metrics to Ray Train.
+
+    The checkpoints are ours, not Ray's (Ray is given metrics only): Ray can only know the
+    checkpoints it registered before a failure, so a restart would resume from an older one,
+    and its retention would leave the newer ones on disk (see :mod:`.storage`)."""
+    run_dir = storage.run_directory(cfg.experiment.output_dir, str(cfg.experiment.run_name))
+    target = storage.join(run_dir, storage.checkpoint_name(progress.step))
     with tempfile.TemporaryDirectory() as directory:
         step.engine.save_checkpoint(directory, tag=DEEPSPEED_TAG)
         save_trainer_state(directory, dist.rank(), trainer_state(step, progress, run_id))
-        dist.barrier()
-        train.report(report, checkpoint=train.Checkpoint.from_directory(directory))
+        storage.upload(directory, target)
+    dist.barrier()  # every rank's files are in place
+    if dist.is_rank_zero():
+        meta = {"step": progress.step, "max_steps": cfg.trainer.max_steps,
+                "world_size": dist.world_size(), "mlflow_run_id": run_id}
+        storage.mark_complete(target, meta)
+        storage.prune(run_dir, cfg.checkpoint.num_to_keep)
+    train.report({**metrics, "step": progress.step, "checkpoint": target})
 
 
 def restore(step: TrainStep, progress: TrainProgress, directory: str,

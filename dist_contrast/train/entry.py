@@ -1,26 +1,32 @@
 """The Ray entry point: what ``ray.train.torch.TorchTrainer`` runs on every worker.
 
 Ray appears in the trainer only here and as the ``train`` module handed to
-:meth:`Worker.run <dist_contrast.train.worker.Worker.run>` (report, checkpoints).
+:meth:`Worker.run <dist_contrast.train.worker.Worker.run>` (report, checkpoints). The driver
+owns the MLflow run (it opens it, and marks it FAILED or KILLED when the run does not finish);
+every attempt of the worker group, first or after a restart, logs to that run.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
+import time
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from dist_contrast import dist
 from dist_contrast.config import Config
-from dist_contrast.train import checkpoint
-from dist_contrast.train.state import load_trainer_state
+from dist_contrast.train import checkpoint, storage
+from dist_contrast.train.state import check_safe_to_load, load_trainer_state
 from dist_contrast.train.worker import Worker, build_worker
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Build this rank's worker (restoring a checkpoint when there is one) and train."""
+    """Build this rank's worker (restoring the newest checkpoint when there is one) and train."""
     import ray.train
 
     cfg = Config.model_validate(loop_config["config"])
@@ -28,32 +34,67 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(cfg.trainer.threads_per_worker))
     for name in ("DeepSpeed", "deepspeed"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    if cfg.trainer.deterministic:
+        make_deterministic(cfg.experiment.seed)
 
     worker = _resume_or_build(cfg, loop_config, ray.train)
-    try:
-        worker.run(ray.train)
+    worker.reporter.start()
+    if worker.run(ray.train, should_stop=_stop_poller(loop_config.get("stop_signal"))):
         worker.reporter.finish()
-    except BaseException:
-        worker.reporter.fail()
-        raise
+
+
+def make_deterministic(seed: int) -> None:
+    """Seed every generator and allow only deterministic algorithms (``trainer.deterministic``)."""
+    # cuBLAS needs a fixed workspace to be deterministic (ignored on CPU).
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
+def _stop_poller(stop_signal: Any, every_s: float = 1.0) -> Callable[[], bool]:
+    """Asks the driver's stop signal (a Ray actor) at most every ``every_s`` seconds."""
+    if stop_signal is None:
+        return lambda: False
+    import ray
+
+    last = {"asked": 0.0, "answer": False}
+
+    def should_stop() -> bool:
+        now = time.monotonic()
+        if not last["answer"] and now - float(last["asked"]) >= every_s:
+            last["asked"] = now
+            last["answer"] = bool(ray.get(stop_signal.is_set.remote()))
+        return bool(last["answer"])
+
+    return should_stop
 
 
 def _resume_or_build(cfg: Config, loop_config: dict[str, Any], train: Any) -> Worker:
-    # A restart within this run (or a re-run with the same name and storage path) gets Ray's
-    # latest checkpoint; otherwise trainer.resume_from names one to start from.
-    checkpoint_found = train.get_checkpoint()
-    if checkpoint_found is None and loop_config.get("resume_from"):
-        checkpoint_found = train.Checkpoint(loop_config["resume_from"])
+    """This rank's worker, restored from the newest complete checkpoint of the run (written
+    before a restart or a re-run), else from ``resume_from``, else new."""
+    run_id = loop_config["run_id"]
     queue = loop_config.get("progress_queue")
-    if checkpoint_found is None:
-        worker = build_worker(cfg, queue)
-        worker.reporter.start(loop_config["params"], loop_config["config_yaml"])
-        return worker
+    run_dir = storage.run_directory(cfg.experiment.output_dir, str(cfg.experiment.run_name))
+    newest = storage.newest_complete(run_dir)
+    source = newest.path if newest is not None else loop_config.get("resume_from")
+    if source is None:
+        return build_worker(cfg, queue, run_id=run_id)
+    if dist.is_rank_zero():
+        # A checkpoint a crash interrupted after the one we resume from would be mixed with
+        # the replayed steps' files: remove it first.
+        storage.prune(run_dir, cfg.checkpoint.num_to_keep, newer_than=storage.step_of(source))
+    dist.barrier()
     # One download and one read of the trainer state (it holds the pools, e.g. a bank of
-    # every instance's key): the MLflow run id and the restore both come from it.
-    with checkpoint_found.as_directory() as directory:
+    # every instance's key).
+    with train.Checkpoint(source).as_directory() as directory:
+        # DeepSpeed unpickles its files without restriction: only files that load with
+        # weights_only=True get that far.
+        check_safe_to_load(directory, rank=dist.rank())
         state = load_trainer_state(directory, dist.rank())
-        run_id = state.get("mlflow_run_id")
-        worker = build_worker(cfg, queue, run_id=str(run_id) if run_id else None)
+        worker = build_worker(cfg, queue, run_id=run_id)
         checkpoint.restore(worker.step, worker.progress, directory, state)
     return worker
+

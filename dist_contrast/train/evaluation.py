@@ -86,8 +86,14 @@ class Evaluator:
         return self.embed(model, view1), self.embed(model, view2)
 
     def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
+        """The eval metrics of the current encoder; only ``eval/nonfinite_embeddings`` (the
+        share of non-finite rows) when the encoder puts out NaN or inf, which no metric or
+        probe could use."""
         encoder: nn.Module = getattr(model, "encoder", model)
         test_embedding = self.embed(encoder, self.queries[0])
+        nonfinite = float((~torch.isfinite(test_embedding).all(dim=1)).float().mean())
+        if nonfinite > 0:
+            return {"eval/nonfinite_embeddings": nonfinite}
         first, second = self._pair_embeddings(encoder)
         results = {
             "eval/alignment": float(alignment(first, second)),

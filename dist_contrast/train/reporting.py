@@ -13,7 +13,6 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +24,7 @@ from dist_contrast.tracking import Tracker
 from dist_contrast.train.evaluation import Evaluator
 
 #: Logged at every step (batched); everything else once per ``trainer.log_every`` window.
-EVERY_STEP = ("train/loss", "train/temperature", "train/lr")
+EVERY_STEP = ("train/loss", "train/temperature", "train/lr", "train/skipped_steps")
 #: Kept for the training-curves figure.
 PLOTTED = ("train/loss", "train/temperature", "eval/knn_acc", "diag/penalty_entropy")
 
@@ -62,6 +61,9 @@ class Reporter:
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     # Loss, τ and LR of every step since the last flush: logged every step, written in batches.
     pending: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    # After a restart, steps up to here are already in the run's history: a replayed step is
+    # trained again but not logged twice.
+    logged_through: int = 0
 
     def is_eval_step(self, step: int) -> bool:
         return step % self.cfg.eval.every_steps == 0 or step == self.cfg.trainer.max_steps
@@ -69,14 +71,13 @@ class Reporter:
     def is_log_step(self, step: int) -> bool:
         return step % self.cfg.trainer.log_every == 0 or step == self.cfg.trainer.max_steps
 
-    def start(self, params: Mapping[str, str], config_yaml: str) -> None:
-        """A fresh run's params, config, tags and the raw-input baseline."""
+    def start(self) -> None:
+        """Where the run's history stops, and the raw-input baseline if the run has none yet
+        (the driver has logged the params and the config)."""
         if not self.active:
             return
-        self.tracker.log_params(params)
-        self.tracker.log_text(config_yaml, "config.yaml")
-        self.tracker.set_tags({"dist_contrast.world_size": str(dist.world_size())})
-        if self.evaluator is not None:
+        self.logged_through = self.tracker.last_step("train/loss") or 0
+        if self.evaluator is not None and not self.tracker.has_metric("eval/raw_knn_acc"):
             baseline = self.evaluator.raw_baseline()
             self.tracker.log_metrics(baseline, step=0)
             self.last_metrics.update(baseline)
@@ -86,14 +87,16 @@ class Reporter:
         """Record step ``step``: the every-step metrics always; on log steps (``window`` holds
         that window's rates) the whole row; on eval steps the evaluation. Each metric is
         written once per step."""
+        if step <= self.logged_through:  # replayed after a restart: already in the history
+            self.last_metrics.update(metrics)
+            return
         evaluating = self.is_eval_step(step)
         if evaluating and self.active and self.evaluator is not None:
             metrics.update(self.evaluator.evaluate(model, step))
         if window is not None:
             metrics.update(window)
             self.pending.append((step, metrics))
-            self.tracker.log_metric_history(self.pending)
-            self.pending = []
+            self.flush()
             self._send_progress(step, metrics)
         else:
             self.pending.append((step, {k: metrics[k] for k in EVERY_STEP}))
@@ -104,6 +107,13 @@ class Reporter:
         if window is not None or evaluating:
             self._remember(step, metrics)
         self.last_metrics.update(metrics)
+
+    def flush(self) -> None:
+        """Write the batched every-step metrics (at log steps, and before a checkpoint, so the
+        history is complete up to any step a restart resumes from)."""
+        if self.pending:
+            self.tracker.log_metric_history(self.pending)
+            self.pending = []
 
     def _remember(self, step: int, metrics: dict[str, float]) -> None:
         """Keep the plotted series (rank 0's curves figure at the end)."""
@@ -123,7 +133,8 @@ class Reporter:
             self.progress_queue.put_nowait(update)
 
     def finish(self) -> None:
-        """The end-of-run figures and summary; the run is marked FINISHED."""
+        """The end-of-run figures and summary; the run is marked FINISHED. (A run that stops
+        otherwise is marked FAILED or KILLED by the driver, which sees why.)"""
         if self.active:
             if self.evaluator is not None:
                 self.evaluator.log_plots(self.tracker)
@@ -131,9 +142,6 @@ class Reporter:
             summary = {k: v for k, v in self.last_metrics.items() if not k.startswith("diag/")}
             self.tracker.log_text(json.dumps(summary, indent=2, sort_keys=True), "summary.json")
         self.tracker.close("FINISHED")
-
-    def fail(self) -> None:
-        self.tracker.close("FAILED")
 
     def _log_curves(self) -> None:
         from dist_contrast.plots import plot_curves

@@ -11,6 +11,7 @@ as the ``engine`` (forward, backward, step, LR).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,10 +44,14 @@ class TrainStep:
     dataset_size: int
     has_labels: bool
     normalizer: NormalizerEstimator = field(default_factory=NormalizerEstimator)
+    # Steps skipped for a non-finite loss or gradient: in total, and in a row up to now.
+    skipped_steps: int = 0
+    bad_in_a_row: int = 0
 
     def __post_init__(self) -> None:
         self.objective = get_objective(self.cfg.loss.name)
         self.loss_params = self._loss_params()
+        self.fault_steps = _fault_steps()
 
     @property
     def device(self) -> torch.device:
@@ -65,19 +70,57 @@ class TrainStep:
         negatives = self._negatives(query, ids, labels, tau)
         inputs = self._inputs(query, keys, ids, labels, key_labels, negatives, tau, step)
         loss = self._loss(inputs, tau, ids)
+        if step + 1 in self.fault_steps:  # test-only fault injection, see _fault_steps
+            loss = loss * float("nan")
         diagnostics = self._diagnostics(inputs, keys, tau, labels) if diagnose else {}
 
-        self.engine.backward(loss)
-        self.engine.step()
-        self._update_pools(keys, ids, key_labels, step + 1)
+        applied = self._backward_and_step(loss)
+        if applied:
+            self._update_pools(keys, ids, key_labels, step + 1)
         return {
             "train/loss": float(loss.detach()),
             "train/temperature": float(tau.detach()),
             "train/lr": float(self.engine.get_lr()[0]),
             "train/negatives_per_query": self._negatives_per_query(keys, negatives),
+            "train/skipped_steps": float(self.skipped_steps),
             **negatives.metrics,
             **diagnostics,
         }
+
+    def _backward_and_step(self, loss: torch.Tensor) -> bool:
+        """Backward and optimiser step, unless the loss or a gradient is non-finite on any
+        rank: then nothing is applied (no update, no pool or momentum update) and the step is
+        counted as skipped. Returns whether the step was applied."""
+        finite = not dist.any_rank(not bool(torch.isfinite(loss.detach())))
+        if finite:
+            self.engine.backward(loss)
+            finite = not dist.any_rank(not self._gradients_finite())
+            if finite:
+                self.engine.step()
+                self.bad_in_a_row = 0
+                return True
+            self._discard_gradients()
+        # The LR schedule still advances, so the LR stays a function of the step.
+        if self.engine.lr_scheduler is not None:
+            self.engine.lr_scheduler.step()
+        self.skipped_steps += 1
+        self.bad_in_a_row += 1
+        return False
+
+    def _gradients_finite(self) -> bool:
+        """Whether this rank's gradients are finite. Without ZeRO they sit in ``.grad``; ZeRO
+        partitions them inside its optimiser, where the loss check above has to do."""
+        if self.engine.zero_optimization():
+            return True
+        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        return all(bool(torch.isfinite(g).all()) for g in grads)
+
+    def _discard_gradients(self) -> None:
+        # What DeepSpeed's own step does after applying them, without applying them.
+        if self.engine.bfloat16_enabled() and hasattr(self.engine.optimizer, "zero_grad"):
+            self.engine.optimizer.zero_grad()
+        else:
+            self.engine.zero_grad()
 
     # ------------------------------------------------------------------ forward pieces
 
@@ -211,6 +254,13 @@ class TrainStep:
         if "negatives/per_query" in negatives.metrics:
             return float(negatives.metrics["negatives/per_query"])
         return float(keys.shape[0] - 1) if "batch" in self.cfg.negatives.sources else 0.0
+
+
+def _fault_steps() -> frozenset[int]:
+    """Steps whose loss is made NaN, from ``DIST_CONTRAST_FAULT_NONFINITE_STEPS`` ("5,6,7"):
+    a test-only hook that exercises the non-finite guard through the real trainer."""
+    raw = os.environ.get("DIST_CONTRAST_FAULT_NONFINITE_STEPS", "")
+    return frozenset(int(part) for part in raw.split(",") if part.strip())
 
 
 def _mean_over_ranks(value: float) -> float:

@@ -9,6 +9,7 @@ the run reports and the rank-0 gate (:mod:`~dist_contrast.train.reporting`), che
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,14 +19,14 @@ from torch import nn
 from dist_contrast import dist
 from dist_contrast.config import Config
 from dist_contrast.data import DataBundle, build_data, make_loader
-from dist_contrast.errors import UserError
+from dist_contrast.errors import RunFailed, UserError
 from dist_contrast.losses import NormalizerEstimator
 from dist_contrast.models import build_model
 from dist_contrast.negatives import build_momentum_encoder, build_negative_pool
 from dist_contrast.objectives import get_objective
 from dist_contrast.temperature import Temperature
 from dist_contrast.tracking import make_tracker
-from dist_contrast.train import checkpoint
+from dist_contrast.train import checkpoint, storage
 from dist_contrast.train.evaluation import Evaluator
 from dist_contrast.train.reporting import MetricWindow, Reporter
 from dist_contrast.train.state import TrainProgress
@@ -66,15 +67,18 @@ class Worker:
     reporter: Reporter
     progress: TrainProgress
 
-    def run(self, train: Any) -> dict[str, float]:
+    def run(self, train: Any, should_stop: Callable[[], bool] = lambda: False) -> bool:
         """Train until ``trainer.max_steps``; ``train`` is ``ray.train`` (report, checkpoints).
 
-        Returns the last metrics."""
+        ``should_stop`` is asked after every step (on rank 0; the ranks agree): when it says so,
+        the run saves a checkpoint and returns False. Returns True when every step is done.
+        Raises ``UserError`` after ``trainer.max_bad_steps`` non-finite steps in a row."""
         cfg, reporter = self.cfg, self.reporter
         total = cfg.trainer.max_steps
         loader_epoch = -1
         batches: Any = iter(())
         window = MetricWindow(miner_seconds=self._miner_seconds())
+        saved_at = self.progress.step
         while self.progress.step < total:
             epoch, offset = divmod(self.progress.step, self.steps_per_epoch)
             if epoch != loader_epoch:
@@ -88,12 +92,35 @@ class Worker:
             window.samples += batch["view1"].shape[0] * dist.world_size()
             rates = window.close(self._miner_seconds()) if reporter.is_log_step(step) else None
             reporter.step_done(step, metrics, rates, self.step.engine.module)
+            if self.step.bad_in_a_row >= cfg.trainer.max_bad_steps:
+                raise self._too_many_bad_steps()
             if step % cfg.checkpoint.every_steps == 0 or step == total:
-                checkpoint.save_and_report(
-                    train, self.step, self.progress, reporter.tracker.run_id,
-                    reporter.last_metrics,
-                )
-        return reporter.last_metrics
+                self._save(train)
+                saved_at = step
+            if dist.any_rank(dist.is_rank_zero() and should_stop()):
+                if saved_at != step:
+                    self._save(train)
+                return False
+        return True
+
+    def _save(self, train: Any) -> None:
+        self.reporter.flush()
+        checkpoint.save_and_report(train, self.step, self.progress, self.reporter.tracker.run_id,
+                                   self.reporter.last_metrics, self.cfg)
+
+    def _too_many_bad_steps(self) -> RunFailed:
+        cfg, step = self.cfg, self.progress.step
+        first = step - self.step.bad_in_a_row + 1
+        kept = storage.newest_complete(
+            storage.run_directory(cfg.experiment.output_dir, str(cfg.experiment.run_name))
+        )
+        where = f"the last good checkpoint is {kept.path}" if kept else "no checkpoint was saved"
+        return RunFailed(
+            f"steps {first}-{step} had a non-finite loss or gradient ({self.step.bad_in_a_row} "
+            f"in a row, trainer.max_bad_steps={cfg.trainer.max_bad_steps}); stopped, {where}; "
+            "lower optimizer.lr, keep deepspeed.gradient_clipping > 0 or check the inputs "
+            "(data.standardize)"
+        )
 
     def _miner_seconds(self) -> float | None:
         """The miner's running total of seconds (None without a miner)."""
@@ -131,6 +158,7 @@ def build_engine(cfg: Config, encoder: nn.Module) -> Any:
     import deepspeed
 
     from dist_contrast.train.deepspeed_config import build_deepspeed_config
+    from dist_contrast.train.schedule import ResumableCosineLR
 
     model = ContrastiveModel(encoder, build_temperature(cfg))
     # Decaying log τ would drag the temperature towards 1.
@@ -139,10 +167,14 @@ def build_engine(cfg: Config, encoder: nn.Module) -> Any:
     groups: list[dict[str, Any]] = [{"params": encoder_params}]
     if temperature_params:
         groups.append({"params": temperature_params, "weight_decay": 0.0})
+    config = build_deepspeed_config(cfg, dist.world_size())
+    lr_scheduler = None
+    if config["scheduler"]["type"] == "WarmupCosineLR":
+        # The same schedule, continuous when a resume changes trainer.max_steps.
+        params = config.pop("scheduler")["params"]
+        lr_scheduler = functools.partial(ResumableCosineLR, **params)
     engine, _, _, _ = deepspeed.initialize(
-        model=model,
-        model_parameters=groups,
-        config=build_deepspeed_config(cfg, dist.world_size()),
+        model=model, model_parameters=groups, config=config, lr_scheduler=lr_scheduler
     )
     if cfg.deepspeed.precision == "bf16":
         # DeepSpeed casts parameters but not buffers: BatchNorm's running statistics would
@@ -205,3 +237,4 @@ def build_worker(cfg: Config, progress_queue: Any = None, run_id: str | None = N
         active=rank_zero,
     )
     return Worker(cfg=cfg, data=data, step=step, reporter=reporter, progress=TrainProgress())
+

@@ -44,6 +44,17 @@ class _Engine:
     def get_lr(self) -> list[float]:
         return [0.1]
 
+    lr_scheduler = None
+
+    def zero_optimization(self) -> bool:
+        return False
+
+    def bfloat16_enabled(self) -> bool:
+        return False
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad()
+
 
 class _Stepper:
     """The step and its counter, as the worker's loop holds them."""

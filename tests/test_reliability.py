@@ -1,0 +1,223 @@
+"""Runs that do not go straight through, with real processes: a worker SIGKILLed mid-run, Ctrl-C
+on the driver, a resume into a fresh MLflow store with a longer schedule, non-finite steps.
+
+Every run is the real CLI (2 Ray workers, DeepSpeed on CPU, MLflow in SQLite). A resumed or
+restarted run must log each step exactly once and give the same losses as an uninterrupted run.
+Slow: marked ``slow`` and always run in CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import mlflow
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 60
+# Small and quick: 2 workers × 128 rows a step, a checkpoint every 10 steps.
+BASE = [
+    "configs/synthetic.yaml", f"trainer.max_steps={STEPS}", "trainer.batch_size=128",
+    "data.num_samples=6000", "trainer.log_every=5", "eval.every_steps=1000",
+    "checkpoint.every_steps=10", "optimizer.warmup_steps=5",
+]
+
+pytestmark = pytest.mark.slow
+
+
+def _env(store: Path, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}", "DS_ACCELERATOR": "cpu",
+           **extra}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _command(tmp: Path, run_name: str, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "dist_contrast.cli", "train", str(ROOT / BASE[0]), *BASE[1:],
+            f"experiment.output_dir={tmp / 'results'}", f"experiment.run_name={run_name}",
+            *overrides]
+
+
+def _train(tmp: Path, store: Path, run_name: str, *overrides: str,
+           **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(_command(tmp, run_name, *overrides), cwd=tmp, env=_env(store, **env),
+                          capture_output=True, text=True, timeout=900)
+
+
+def _start(tmp: Path, store: Path, run_name: str, *overrides: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(_command(tmp, run_name, *overrides), cwd=tmp, env=_env(store),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(condition: Callable[[], bool], process: subprocess.Popen[str],
+              timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            out, err = process.communicate()
+            pytest.fail(f"the run ended early ({process.returncode}): {out[-2000:]}{err[-2000:]}")
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.1)
+
+
+def _complete(tmp: Path, run_name: str, step: int) -> Callable[[], bool]:
+    marker = tmp / "results" / run_name / f"checkpoint_{step:08d}" / "meta.json"
+    return marker.is_file
+
+
+def _runs(store: Path) -> list[mlflow.entities.Run]:
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}")
+    experiment = client.get_experiment_by_name("dist-contrast")
+    assert experiment is not None
+    return client.search_runs([experiment.experiment_id])
+
+
+def _history(store: Path, run_id: str, key: str = "train/loss") -> list[tuple[int, float]]:
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}")
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _ray_processes_of(pid: int) -> list[int]:
+    """Ray processes started by the driver ``pid`` that are still alive (the session's name
+    ends with the driver's pid; workers are the raylet's children)."""
+    alive = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if f"_{pid}/" in cmdline or f"_{pid} " in cmdline or cmdline.endswith(f"_{pid}"):
+            alive.append(process.info["pid"])
+    return alive
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[int, float]]]:
+    """An uninterrupted run: its folder and its loss at every step."""
+    tmp = tmp_path_factory.mktemp("reference")
+    store = tmp / "mlflow.db"
+    proc = _train(tmp, store, "ref")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run,) = _runs(store)
+    history = _history(store, run.info.run_id)
+    assert [step for step, _ in history] == list(range(1, STEPS + 1))
+    return tmp, history
+
+
+def test_a_sigkilled_worker_restarts_from_the_newest_checkpoint_in_the_same_run(
+    tmp_path: Path, reference: tuple[Path, list[tuple[int, float]]]
+) -> None:
+    store = tmp_path / "mlflow.db"
+    driver = _start(tmp_path, store, "killed", "trainer.max_failures=1")
+    _wait_for(_complete(tmp_path, "killed", 10), driver)
+    workers = [p for p in _descendants(driver.pid) if "RayTrainWorker" in " ".join(p.cmdline())]
+    assert workers, "no Ray Train worker found"
+    workers[-1].send_signal(signal.SIGKILL)
+    out, err = driver.communicate(timeout=900)
+    assert driver.returncode == 0, out[-3000:] + err[-3000:]
+
+    (run,) = _runs(store)  # one MLflow run, not a new one per attempt
+    assert run.info.status == "FINISHED"
+    history = _history(store, run.info.run_id)
+    assert [step for step, _ in history] == list(range(1, STEPS + 1))  # each step once
+    assert history == reference[1]  # and exactly the uninterrupted run's losses
+    kept = sorted(p.name for p in (tmp_path / "results" / "killed").glob("checkpoint_*"))
+    assert kept == ["checkpoint_00000050", "checkpoint_00000060"]  # num_to_keep on disk
+
+
+def test_without_max_failures_a_killed_worker_is_one_line(tmp_path: Path) -> None:
+    store = tmp_path / "mlflow.db"
+    driver = _start(tmp_path, store, "fails")
+    _wait_for(_complete(tmp_path, "fails", 10), driver)
+    workers = [p for p in _descendants(driver.pid) if "RayTrainWorker" in " ".join(p.cmdline())]
+    workers[-1].send_signal(signal.SIGKILL)
+    _, err = driver.communicate(timeout=600)
+    assert driver.returncode == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("dist-contrast: error: worker rank"), err[-3000:]
+    assert "trainer.max_failures" in last and "Traceback" not in err
+    assert (tmp_path / "results" / "fails" / "error.txt").is_file()
+    (run,) = _runs(store)
+    assert run.info.status == "FAILED"
+
+
+def test_ctrl_c_saves_a_checkpoint_and_a_rerun_continues_without_a_duplicate_step(
+    tmp_path: Path, reference: tuple[Path, list[tuple[int, float]]]
+) -> None:
+    store = tmp_path / "mlflow.db"
+    driver = _start(tmp_path, store, "stopped")
+    _wait_for(_complete(tmp_path, "stopped", 10), driver)
+    driver.send_signal(signal.SIGINT)
+    _, err = driver.communicate(timeout=300)
+    assert driver.returncode == 130, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert "stopped by SIGINT" in last and "experiment.run_name=stopped" in last, err[-2000:]
+    assert "Traceback" not in err
+    (run,) = _runs(store)
+    assert run.info.status == "KILLED"
+    deadline = time.monotonic() + 30
+    while _ray_processes_of(driver.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _ray_processes_of(driver.pid), "Ray processes outlived the driver"
+    stopped_at = max(int(p.name.split("_")[1]) for p in
+                     (tmp_path / "results" / "stopped").glob("checkpoint_*"))
+    assert 10 <= stopped_at < STEPS
+
+    again = _train(tmp_path, store, "stopped")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    (run,) = _runs(store)
+    assert run.info.status == "FINISHED"
+    history = _history(store, run.info.run_id)
+    assert [step for step, _ in history] == list(range(1, STEPS + 1))
+    assert history == reference[1]
+
+
+def test_resume_from_starts_a_new_run_in_a_fresh_store_with_a_continuous_lr(
+    tmp_path: Path, reference: tuple[Path, list[tuple[int, float]]]
+) -> None:
+    source = reference[0] / "results" / "ref" / f"checkpoint_{STEPS:08d}"
+    meta = json.loads((source / "meta.json").read_text())
+    store = tmp_path / "fresh.db"
+    proc = _train(tmp_path, store, "longer", f"trainer.resume_from={source}",
+                  f"trainer.max_steps={STEPS + 20}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "trainer.max_steps" in proc.stdout + proc.stderr  # the schedule change is said
+    (run,) = _runs(store)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["dist_contrast.resumed_from_checkpoint"] == str(source)
+    assert run.data.tags["dist_contrast.resumed_from_run"] == meta["mlflow_run_id"]
+    history = _history(store, run.info.run_id)
+    assert [step for step, _ in history] == list(range(STEPS + 1, STEPS + 21))
+    reference_store = reference[0] / "mlflow.db"
+    (source_run,) = _runs(reference_store)
+    lr_before = _history(reference_store, source_run.info.run_id, "train/lr")[-1][1]
+    lr_after = _history(store, run.info.run_id, "train/lr")
+    assert abs(lr_after[0][1] - lr_before) <= 0.05 * lr_before  # no jump at the resume
+    assert all(b[1] <= a[1] + 1e-12 for a, b in zip(lr_after, lr_after[1:], strict=False))
+
+
+def test_non_finite_steps_are_skipped_and_too_many_in_a_row_stop_the_run(tmp_path: Path) -> None:
+    store = tmp_path / "mlflow.db"
+    proc = _train(tmp_path, store, "nan", "trainer.max_bad_steps=3", "checkpoint.every_steps=2",
+                  DIST_CONTRAST_FAULT_NONFINITE_STEPS="3,6,7,8")
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "steps 6-8 had a non-finite loss" in last and "trainer.max_bad_steps=3" in last
+    assert "checkpoint_00000006" in last  # the last good checkpoint, named and kept
+    assert (tmp_path / "results" / "nan" / "checkpoint_00000006" / "meta.json").is_file()
+    (run,) = _runs(store)
+    assert run.info.status == "FAILED"
+    skipped = dict(_history(store, run.info.run_id, "train/skipped_steps"))
+    assert skipped[2] == 0 and skipped[3] == 1 and skipped[6] == 2  # counted as they happen
