@@ -34,6 +34,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/loss.py
 	$(BIN)/python benchmarks/mining.py
 	$(BIN)/python benchmarks/miner_share.py
+	$(BIN)/python benchmarks/determinism.py
 
 clean:
 	rm -rf $(VENV) results mlruns mlartifacts mlflow.db .pytest_cache .mypy_cache .ruff_cache
