@@ -142,6 +142,15 @@ class CheckpointConfig(Section):
 class TrackingConfig(Section):
     experiment: str = Field(default="dist-contrast", min_length=1)
     tracking_uri: str | None = None
+    # At the end of a run, log the trained encoder as an MLflow model (with its preprocessing).
+    log_model: bool = True
+    # Also register it in the Model Registry under this name (a new version each run).
+    register_model: str | None = Field(default=None, min_length=1)
+    # What the logged model puts out: the projection head's unit-norm embedding, or the
+    # backbone's representation before the head (what SimCLR/MoCo users take downstream).
+    model_output: Literal["embedding", "representation"] = "embedding"
+    # CPU, memory (and GPU) use of the run, logged by MLflow as system/* metrics.
+    system_metrics: bool = False
 
 
 class Config(Section):

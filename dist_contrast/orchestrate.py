@@ -22,6 +22,7 @@ from dist_contrast.config import Config, flatten, to_yaml
 from dist_contrast.errors import RunFailed, UserError
 from dist_contrast.progress import ProgressDisplay
 from dist_contrast.tracking import (
+    TrainingData,
     default_tracking_uri,
     end_run,
     ensure_experiment,
@@ -58,11 +59,14 @@ def resolve(cfg: Config) -> Config:
 @dataclass(frozen=True)
 class Checked:
     """What the driver learnt before starting anything: notes to print, and the data's size
-    and shape for the cluster's resource check."""
+    and shape for the cluster's resource check (and, with its classes and dtype, for the
+    MLflow run's dataset)."""
 
     notes: list[str]
     train_size: int
     input_shape: tuple[int, ...]
+    num_classes: int | None = None
+    feature_dtype: str = "float32"
 
 
 def preflight(cfg: Config) -> Checked:
@@ -88,7 +92,8 @@ def preflight(cfg: Config) -> Checked:
     if source is not None:
         notes += checks.check_checkpoint(source, cfg, shape, train_size=size)
     notes += _resume_notes(cfg, run_dir)
-    return Checked(notes, size, shape)
+    dtype = str(bundle.eval_train[0].dtype).removeprefix("torch.")
+    return Checked(notes, size, shape, bundle.num_classes, dtype)
 
 
 def _enable_token_auth_if_available() -> None:
@@ -220,20 +225,27 @@ def run_training(
     with _Signals() as signals:
         try:
             ray = _start_ray(cfg, checked)
+            signals.claim()
             run_id, _ = open_run(
                 uri, cfg.tracking.experiment, str(cfg.experiment.run_name),
                 continue_existing=storage.exists(run_dir), params=flatten(cfg),
                 config_yaml=to_yaml(cfg), tags=_run_tags(cfg),
+                data=_training_data(cfg, checked),
             )
             _run_workers(ray, cfg, run_id, signals, train_loop)
         except BaseException as exc:
             interrupted = signals.received is not None or isinstance(exc, KeyboardInterrupt)
-            if run_id is not None:
-                end_run(uri, run_id, "KILLED" if interrupted else "FAILED")
-            _shutdown_ray()
-            if interrupted:
+            failure: BaseException | None = None
+            try:  # explained first: the run's description ends with the failure's one line
+                failure = None if interrupted else _explain_failure(exc, cfg)
+            finally:
+                if run_id is not None:
+                    end_run(uri, run_id, "KILLED" if interrupted else "FAILED",
+                            reason=None if failure is None else str(failure))
+                _shutdown_ray()
+            if failure is None:
                 raise _interrupted(cfg, signals.received or signal.SIGINT, None) from None
-            raise _explain_failure(exc, cfg) from None
+            raise failure from None
     _shutdown_ray()
     # From the MLflow run: Ray keeps the metrics of registered checkpoints only, and the
     # checkpoints are ours.
@@ -272,6 +284,34 @@ def _newest_checkpoint(cfg: Config) -> str | None:
     run_dir = storage.run_directory(cfg.experiment.output_dir, str(cfg.experiment.run_name))
     newest = storage.newest_complete(run_dir)
     return newest.path if newest is not None else None
+
+
+def _training_data(cfg: Config, checked: Checked) -> TrainingData:
+    """The training data as the MLflow run records it: the file (digest of its bytes), or the
+    generator with its seed, size and settings (digest of those)."""
+    data = cfg.data
+    shape, dtype, rows = checked.input_shape, checked.feature_dtype, checked.train_size
+    if data.name == "file":
+        assert data.path is not None  # the config requires it for data.name=file
+        return TrainingData.from_file(
+            data.path, rows=rows, feature_shape=shape, dtype=dtype,
+            labels_path=data.labels_path, label_column=data.label_column,
+        )
+    # The held-out split decides which rows are training rows.
+    split = ({"num_test": data.num_test} if data.num_test is not None
+             else {"test_fraction": data.test_fraction})
+    seed = data.seed if data.seed is not None else cfg.experiment.seed
+    if data.name == "digits":
+        generator = {"generator": "sklearn.datasets.load_digits (1,797 8×8 images)",
+                     "seed": seed, **split}
+    else:
+        settings = ("num_samples", "num_classes", "dim", "signal_dim", "within_class_scale",
+                    "nuisance_scale", "noise_scale")
+        generator = {"generator": "dist_contrast.data.synthetic (latent classes + nuisance)",
+                     "seed": seed, **{k: getattr(data, k) for k in settings}, **split}
+    label = "label" if checked.num_classes is not None else None
+    return TrainingData.generated(data.name, generator, rows=rows, feature_shape=shape,
+                                  dtype=dtype, label=label)
 
 
 def _run_tags(cfg: Config) -> dict[str, str]:
@@ -336,6 +376,13 @@ class _Signals:
         for signum in (signal.SIGINT, signal.SIGTERM):
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
+
+    def claim(self) -> None:
+        """Take the signals back: ``ray.init`` installs its own SIGTERM handler (it aborts
+        the process), so this runs again once Ray is up."""
+        if self._previous:
+            for signum in self._previous:
+                signal.signal(signum, self._handle)
 
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self._previous.items():

@@ -11,9 +11,11 @@ import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 
+from dist_contrast.serving import load_encoder
 from tests.benchmark_scripts import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,12 +105,33 @@ def test_cli_trains_with_two_ray_workers_and_logs_to_mlflow(tmp_path: Path) -> N
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "config.yaml" in artifacts
 
+    # The run page tells its story: source, user, description with the outcome, the data.
+    tags = run.data.tags
+    assert tags["mlflow.source.name"].startswith("dist-contrast train ")
+    assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.user"]
+    assert "**Outcome**: finished at step 12: kNN accuracy" in tags["mlflow.note.content"]
+    (data_input,) = run.inputs.dataset_inputs
+    assert {(t.key, t.value) for t in data_input.tags} == {("mlflow.data.context", "training")}
+    assert data_input.dataset.name == "synthetic" and data_input.dataset.digest
+    assert client.get_experiment(run.info.experiment_id).tags[
+        "mlflow.experimentKind"] == "custom_model_development"
+    # The encoder is an MLflow model that embeds raw rows as the checkpoint does.
+    rows = np.random.default_rng(0).normal(size=(5, 64)).astype(np.float32)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path}/mlflow.db"
+    try:
+        model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/encoder")
+        from_model = np.asarray(model.predict(rows))
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI")
+
     checkpoints = sorted(
         p for p in (tmp_path / "results" / "e2e").glob("checkpoint_*") if p.is_dir()
     )
     assert checkpoints, "no checkpoint reported"
     files = {p.name for p in checkpoints[-1].iterdir()}
     assert {"trainer_state_rank0.pt", "trainer_state_rank1.pt", "ds"} <= files
+    from_checkpoint = load_encoder(str(checkpoints[-1]))(rows).numpy()
+    np.testing.assert_allclose(from_model, from_checkpoint, rtol=1e-5, atol=1e-6)
 
     # Resume from the step-12 checkpoint for 6 more steps: continues, does not restart.
     resumed = _train(

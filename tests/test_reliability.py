@@ -221,3 +221,15 @@ def test_non_finite_steps_are_skipped_and_too_many_in_a_row_stop_the_run(tmp_pat
     assert run.info.status == "FAILED"
     skipped = dict(_history(store, run.info.run_id, "train/skipped_steps"))
     assert skipped[2] == 0 and skipped[3] == 1 and skipped[6] == 2  # counted as they happen
+
+
+def test_sigterm_stops_like_ctrl_c_with_exit_143(tmp_path: Path) -> None:
+    store = tmp_path / "mlflow.db"
+    driver = _start(tmp_path, store, "terminated")
+    _wait_for(_complete(tmp_path, "terminated", 10), driver)
+    driver.send_signal(signal.SIGTERM)
+    _, err = driver.communicate(timeout=300)
+    assert driver.returncode == 143, err[-3000:]
+    assert "stopped by SIGTERM" in err.strip().splitlines()[-1]
+    (run,) = _runs(store)
+    assert run.info.status == "KILLED"

@@ -12,12 +12,16 @@ from dist_contrast.data.config import DataConfig
 from dist_contrast.data.dataset import ContrastiveDataset, TensorSource
 from dist_contrast.data.errors import DataError
 from dist_contrast.data.files import load_features
+from dist_contrast.data.preprocess import Preprocessing
 from dist_contrast.data.seeding import mix_seed
 from dist_contrast.data.synthetic import SyntheticSource
 
 _SPLIT_STREAM, _EVAL_STREAM = 0x53504C54, 0x4556414C  # "SPLT", "EVAL"
 # Fewest rows a file may have: a few to train on and a few held out to evaluate.
 MIN_FILE_ROWS = 10
+# Raw training rows kept as the MLflow model's input example: at least 2, so that the exported
+# model's batch dimension stays dynamic (torch.export fixes a dimension of size 1).
+EXAMPLE_ROWS = 3
 
 
 @dataclass(frozen=True)
@@ -25,9 +29,12 @@ class DataBundle:
     """Everything the trainer and the evaluator need from the data.
 
     ``eval_train`` is the kNN memory (un-augmented training rows), ``eval_test`` the held-out
-    rows (never in ``train``). Labels are None when the data has none.
+    rows (never in ``train``). Labels are None when the data has none. ``preprocessing`` turns
+    raw rows (as the file holds them) into what the encoder was trained on; ``raw_example``
+    is a few raw training rows.
 
-    Shape: eval features [N, *input_shape] float32, eval labels [N] int64.
+    Shape: eval features [N, *input_shape] float32, eval labels [N] int64;
+    raw_example [EXAMPLE_ROWS, *preprocessing.raw_shape] float32.
     """
 
     train: ContrastiveDataset
@@ -35,11 +42,17 @@ class DataBundle:
     eval_test: tuple[Tensor, Tensor | None]
     input_shape: tuple[int, ...]
     num_classes: int | None
+    preprocessing: Preprocessing
+    raw_example: Tensor
 
 
-def build_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
+def build_data(
+    cfg: DataConfig, seed: int = 0, preprocessing: Preprocessing | None = None
+) -> DataBundle:
     """Build the dataset named by ``cfg``; ``cfg.seed`` (when set) overrides ``seed``.
 
+    ``preprocessing`` (file data only) replaces the statistics of the file's own training split
+    with a trained encoder's, so that new data is evaluated the way the encoder was trained.
     Raises ``DataError`` (one line: file, problem, fix) for unusable user data.
     """
     data_seed = cfg.seed if cfg.seed is not None else seed
@@ -47,7 +60,7 @@ def build_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
         return _build_synthetic(cfg, data_seed)
     if cfg.name == "digits":
         return _build_digits(cfg, data_seed)
-    return _build_file(cfg, data_seed)
+    return _build_file(cfg, data_seed, preprocessing)
 
 
 def _num_test(cfg: DataConfig, num_rows: int, what: str) -> int:
@@ -97,6 +110,8 @@ def _build_synthetic(cfg: DataConfig, seed: int) -> DataBundle:
         eval_test=(test.clean(test_ids), test.labels(test_ids)),
         input_shape=train.input_shape,
         num_classes=cfg.num_classes,
+        preprocessing=Preprocessing.identity(train.input_shape),
+        raw_example=train.clean(torch.arange(min(EXAMPLE_ROWS, num_train))),
     )
 
 
@@ -130,7 +145,9 @@ def _build_digits(cfg: DataConfig, seed: int) -> DataBundle:
 
     digits = load_digits()
     # 8×8 images, values 0..16, bundled with scikit-learn (no download) -> [N, 1, 8, 8] in [0, 1].
-    images = torch.from_numpy(digits.images).float().div_(16.0).unsqueeze(1)
+    # Raw rows are scikit-learn's flat ``digits.data`` rows [64]; the division is exact.
+    preprocessing = Preprocessing.scale(16.0, raw_shape=(64,), input_shape=(1, 8, 8))
+    images = preprocessing.apply(digits.data)
     labels = torch.from_numpy(digits.target).long()
     train, test = _split_tensors(cfg, seed, images, labels, "digits")
     aug = cfg.augment
@@ -141,10 +158,12 @@ def _build_digits(cfg: DataConfig, seed: int) -> DataBundle:
         eval_test=_eval_split(test, cfg.max_eval_test, seed, 1),
         input_shape=tuple(images.shape[1:]),
         num_classes=10,
+        preprocessing=preprocessing,
+        raw_example=train[0][:EXAMPLE_ROWS].reshape(-1, 64) * 16.0,
     )
 
 
-def _build_file(cfg: DataConfig, seed: int) -> DataBundle:
+def _build_file(cfg: DataConfig, seed: int, given: Preprocessing | None = None) -> DataBundle:
     assert cfg.path is not None  # the config validator guarantees it for name="file"
     array, label_array = load_features(
         cfg.path,
@@ -161,12 +180,21 @@ def _build_file(cfg: DataConfig, seed: int) -> DataBundle:
     features = torch.from_numpy(array)
     labels = None if label_array is None else torch.from_numpy(label_array)
     train, test = _split_tensors(cfg, seed, features, labels, "the file")
-    if cfg.standardize:
+    raw_example = train[0][:EXAMPLE_ROWS]
+    preprocessing = Preprocessing.identity(tuple(features.shape[1:]))
+    if given is not None:
+        if given.raw_width != features[0].numel():
+            raise DataError(cfg.path, f"rows have {features[0].numel()} values, the encoder "
+                            f"takes {given.raw_width}", "give data with the training columns")
+        preprocessing = given
+    elif cfg.standardize:
         # Train-split statistics only, so nothing about the held-out rows leaks into training.
         mean = train[0].mean(dim=0)
         std = train[0].std(dim=0).clamp_min(1e-6)
-        train = ((train[0] - mean) / std, train[1])
-        test = ((test[0] - mean) / std, test[1])
+        preprocessing = Preprocessing.standardize(mean, std)
+    if given is not None or cfg.standardize:
+        train = (preprocessing.apply(train[0]), train[1])
+        test = (preprocessing.apply(test[0]), test[1])
     augment = FeatureAugment(cfg.augment.noise_std, cfg.augment.feature_dropout)
     num_classes = None if label_array is None else int(label_array.max()) + 1
     return DataBundle(
@@ -175,4 +203,6 @@ def _build_file(cfg: DataConfig, seed: int) -> DataBundle:
         eval_test=_eval_split(test, cfg.max_eval_test, seed, 1),
         input_shape=tuple(features.shape[1:]),
         num_classes=num_classes,
+        preprocessing=preprocessing,
+        raw_example=raw_example,
     )

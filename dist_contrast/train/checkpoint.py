@@ -12,6 +12,7 @@ from typing import Any
 
 from dist_contrast import dist
 from dist_contrast.config import Config
+from dist_contrast.data.preprocess import Preprocessing
 from dist_contrast.errors import UserError
 from dist_contrast.train import storage
 from dist_contrast.train.state import (
@@ -50,7 +51,7 @@ def load_trainer_state(step: TrainStep, progress: TrainProgress, state: dict[str
 
 def save_and_report(
     train: Any, step: TrainStep, progress: TrainProgress, run_id: str | None,
-    metrics: dict[str, float], cfg: Config,
+    metrics: dict[str, float], cfg: Config, preprocessing: Preprocessing | None = None,
 ) -> None:
     """Every rank saves (DeepSpeed + trainer state) into the run's ``checkpoint_<step>`` folder;
     once every rank's files are there, rank 0 marks it complete and prunes old ones; then every
@@ -58,7 +59,10 @@ def save_and_report(
 
     The checkpoints are ours, not Ray's (Ray is given metrics only): Ray can only know the
     checkpoints it registered before a failure, so a restart would resume from an older one,
-    and its retention would leave the newer ones on disk (see :mod:`.storage`)."""
+    and its retention would leave the newer ones on disk (see :mod:`.storage`).
+
+    ``meta.json`` also holds the resolved config and the data's ``preprocessing``, so that the
+    folder alone rebuilds the encoder (``dist_contrast.serving.load_encoder``)."""
     run_dir = storage.run_directory(cfg.experiment.output_dir, str(cfg.experiment.run_name))
     target = storage.join(run_dir, storage.checkpoint_name(progress.step))
     with tempfile.TemporaryDirectory() as directory:
@@ -68,7 +72,9 @@ def save_and_report(
     dist.barrier()  # every rank's files are in place
     if dist.is_rank_zero():
         meta = {"step": progress.step, "max_steps": cfg.trainer.max_steps,
-                "world_size": dist.world_size(), "mlflow_run_id": run_id}
+                "world_size": dist.world_size(), "mlflow_run_id": run_id,
+                "config": cfg.model_dump(mode="json"),
+                "preprocessing": None if preprocessing is None else preprocessing.to_dict()}
         storage.mark_complete(target, meta)
         storage.prune(run_dir, cfg.checkpoint.num_to_keep)
     train.report({**metrics, "step": progress.step, "checkpoint": target})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -20,6 +21,7 @@ from torch import nn
 
 from dist_contrast import dist
 from dist_contrast.config import Config
+from dist_contrast.serving.model import TrainedEncoder, log_encoder
 from dist_contrast.tracking import Tracker
 from dist_contrast.train.evaluation import Evaluator
 
@@ -76,6 +78,10 @@ class Reporter:
         (the driver has logged the params and the config)."""
         if not self.active:
             return
+        if self.cfg.tracking.system_metrics:
+            # A daemon thread that also stops by itself once the driver ends the run, so a run
+            # that fails before finish() leaves nothing behind.
+            self.tracker.start_system_metrics()
         self.logged_through = self.tracker.last_step("train/loss") or 0
         if self.evaluator is not None and not self.tracker.has_metric("eval/raw_knn_acc"):
             baseline = self.evaluator.raw_baseline()
@@ -132,16 +138,38 @@ class Reporter:
         with contextlib.suppress(Exception):
             self.progress_queue.put_nowait(update)
 
-    def finish(self) -> None:
-        """The end-of-run figures and summary; the run is marked FINISHED. (A run that stops
-        otherwise is marked FAILED or KILLED by the driver, which sees why.)"""
+    def finish(self, trained: TrainedEncoder | None = None) -> None:
+        """The end-of-run figures, summary and (given ``trained``) the encoder as the run's
+        MLflow model; the run is marked FINISHED. (A run that stops otherwise is marked FAILED
+        or KILLED by the driver, which sees why.)"""
+        self.tracker.stop_system_metrics()  # training is over: sample no more, flush the rest
         if self.active:
             if self.evaluator is not None:
                 self.evaluator.log_plots(self.tracker)
             self._log_curves()
             summary = {k: v for k, v in self.last_metrics.items() if not k.startswith("diag/")}
             self.tracker.log_text(json.dumps(summary, indent=2, sort_keys=True), "summary.json")
+            if trained is not None:
+                self._log_model(trained)
         self.tracker.close("FINISHED")
+
+    def _log_model(self, trained: TrainedEncoder) -> None:
+        """``runs:/<run id>/encoder`` (and a new registry version with
+        ``tracking.register_model``). A failure here is a warning and a run tag, not a failed
+        run: training is done and its last checkpoint holds the same encoder."""
+        tracking, run_id = self.cfg.tracking, self.tracker.run_id
+        if run_id is None or tracking.tracking_uri is None:
+            return
+        try:
+            log_encoder(trained, tracking_uri=tracking.tracking_uri, run_id=run_id,
+                        output=tracking.model_output,
+                        registered_model_name=tracking.register_model)
+        except Exception as exc:
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+            logging.getLogger(__name__).warning(
+                "the encoder was not logged as an MLflow model (%s); load it from the run's "
+                "last checkpoint instead (dist-contrast embed CHECKPOINT ...)", reason)
+            self.tracker.set_tags({"dist_contrast.model_error": reason})
 
     def _log_curves(self) -> None:
         from dist_contrast.plots import plot_curves

@@ -24,9 +24,10 @@ from dist_contrast.losses import NormalizerEstimator
 from dist_contrast.models import build_model
 from dist_contrast.negatives import build_momentum_encoder, build_negative_pool
 from dist_contrast.objectives import get_objective
+from dist_contrast.serving.model import TrainedEncoder
 from dist_contrast.temperature import Temperature
 from dist_contrast.tracking import make_tracker
-from dist_contrast.train import checkpoint, storage
+from dist_contrast.train import checkpoint, export, storage
 from dist_contrast.train.evaluation import Evaluator
 from dist_contrast.train.reporting import MetricWindow, Reporter
 from dist_contrast.train.state import TrainProgress
@@ -106,7 +107,22 @@ class Worker:
     def _save(self, train: Any) -> None:
         self.reporter.flush()
         checkpoint.save_and_report(train, self.step, self.progress, self.reporter.tracker.run_id,
-                                   self.reporter.last_metrics, self.cfg)
+                                   self.reporter.last_metrics, self.cfg, self.data.preprocessing)
+
+    def trained_encoder(self) -> TrainedEncoder | None:
+        """The query encoder to log as the run's MLflow model: float32 with the optimiser's
+        master weights, in eval mode, on the CPU (rank 0; None elsewhere, or without
+        ``tracking.log_model``). Every rank must call it: under ZeRO 1-2 it gathers."""
+        if not self.cfg.tracking.log_model:
+            return None
+        state = export.master_state_dict(self.step.engine)
+        if not dist.is_rank_zero():
+            return None
+        with torch.random.fork_rng(devices=[]):  # a fresh copy must not move the run's RNG
+            encoder = build_model(self.cfg.model, self.data.input_shape)
+        encoder.load_state_dict(state)
+        return TrainedEncoder(encoder.eval(), self.data.preprocessing, self.data.raw_example,
+                              self.cfg)
 
     def _too_many_bad_steps(self) -> RunFailed:
         cfg, step = self.cfg, self.progress.step

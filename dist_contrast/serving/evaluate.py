@@ -1,0 +1,105 @@
+"""``dist-contrast evaluate``: a trained encoder measured on any dataset the config can name.
+
+The encoder comes from :func:`~dist_contrast.serving.load.load_encoder` (a run, a registered
+model or a checkpoint folder); the dataset from its training config with the user's overrides
+(``data.name=file data.path=…``). File data goes through the encoder's own preprocessing (its
+training statistics), as ``embed`` would. The measures are the trainer's own
+(:class:`~dist_contrast.train.evaluation.Evaluator`: kNN beside the raw-input baseline, linear
+probe, alignment, uniformity, tolerance), logged as a new MLflow run tagged with what it
+evaluates.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dist_contrast.config import Config, apply_overrides, flatten, to_yaml, validate
+from dist_contrast.data import DataError, build_data
+from dist_contrast.errors import UserError
+from dist_contrast.models import ContrastiveEncoder
+from dist_contrast.serving.load import LoadedEncoder, load_encoder
+from dist_contrast.serving.model import Output
+from dist_contrast.tracking import MlflowTracker, default_tracking_uri, ensure_experiment
+from dist_contrast.train.evaluation import Evaluator
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    run_id: str
+    tracking_uri: str
+    metrics: dict[str, float]
+
+
+class _Outputs(nn.Module):
+    """The encoder's chosen output on encoder inputs (what the evaluator embeds with)."""
+
+    def __init__(self, encoder: ContrastiveEncoder, output: Output) -> None:
+        super().__init__()
+        self.encoder, self.output = encoder, output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.output == "representation":
+            return self.encoder.encode(x)
+        return self.encoder(x)
+
+
+def evaluation_config(loaded: LoadedEncoder, overrides: list[str]) -> Config:
+    """The run's training config (defaults if the source has none) with ``overrides``."""
+    base = (loaded.config or Config()).model_dump(mode="json")
+    base["trainer"]["resume_from"] = None
+    return validate(apply_overrides(base, overrides), source="evaluate")
+
+
+def run_evaluation(
+    source: str, overrides: list[str], *, output: Output | None = None,
+    tracking_uri: str | None = None, run_name: str | None = None,
+) -> Evaluation:
+    """Evaluate ``source`` on the dataset of its config with ``overrides``; log a new run."""
+    loaded = load_encoder(source, tracking_uri=tracking_uri)
+    if output is not None:
+        loaded = loaded.with_output(output)
+    cfg = evaluation_config(loaded, overrides)
+    given = loaded.preprocessing if cfg.data.name == "file" else None
+    try:
+        data = build_data(cfg.data, seed=cfg.experiment.seed, preprocessing=given)
+    except DataError as exc:
+        raise UserError(str(exc)) from None
+    if tuple(data.input_shape) != tuple(loaded.input_shape):
+        raise UserError(
+            f"data.name={cfg.data.name} gives inputs of shape {tuple(data.input_shape)}, the "
+            f"encoder of {source} takes {tuple(loaded.input_shape)}; name a dataset like its "
+            "training data"
+        )
+    evaluator = Evaluator(cfg, data, torch.device("cpu"))
+    metrics = evaluator.raw_baseline()
+    metrics |= evaluator.evaluate(_Outputs(loaded.encoder, loaded.output),
+                                  step=cfg.trainer.max_steps)
+    uri = tracking_uri or str(cfg.tracking.tracking_uri or default_tracking_uri())
+    run_id = _log(uri, cfg, loaded, metrics, run_name)
+    return Evaluation(run_id=run_id, tracking_uri=uri, metrics=metrics)
+
+
+def _log(uri: str, cfg: Config, loaded: LoadedEncoder, metrics: dict[str, float],
+         run_name: str | None) -> str:
+    ensure_experiment(uri, cfg.tracking.experiment, None)
+    name = run_name or f"evaluate-{cfg.experiment.run_name or cfg.experiment.name}"
+    tracker = MlflowTracker(uri, cfg.tracking.experiment, name)
+    assert tracker.run_id is not None
+    tags = {
+        "dist_contrast.evaluates_source": loaded.source,
+        "dist_contrast.evaluation_output": loaded.output,
+        "mlflow.source.name": " ".join(["dist-contrast", *sys.argv[1:]]),
+    }
+    if loaded.run_id is not None:
+        tags["dist_contrast.evaluates_run"] = loaded.run_id
+    tracker.set_tags(tags)
+    tracker.log_params({k: v for k, v in flatten(cfg).items()
+                        if k.startswith(("data.", "eval.", "model."))})
+    tracker.log_text(to_yaml(cfg), "config.yaml")
+    tracker.log_metrics(metrics, step=0)
+    tracker.close("FINISHED")
+    return tracker.run_id
