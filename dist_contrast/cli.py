@@ -204,6 +204,13 @@ def _warnings(m: dict[str, float]) -> list[str]:
     if m.get("eval/uniformity", -1.0) > -0.05:
         found.append("the embedding collapsed (uniformity ≈ 0: nearly one point); lower "
                      "optimizer.lr or raise loss.temperature")
+    if m.get("eval/collapsed", 0.0) >= 1.0:
+        mean, positive = (m.get(f"eval/{k}_similarity", float("nan")) for k in ("mean", "positive"))
+        found.append(f"collapse alarm at the last eval (eval/mean_similarity {mean:.3f}, "
+                     f"eval/positive_similarity {positive:.4f}); what usually fixes it: with a "
+                     "memory bank as the pool, model.batch_norm=true and a larger "
+                     "negatives.bank.momentum (fewer stale entries); a lower optimizer.lr; a "
+                     "larger loss.temperature")
     if m.get("train/skipped_steps", 0.0) > 0:
         found.append(f"{int(m['train/skipped_steps'])} step(s) had a non-finite loss or "
                      "gradient and were skipped (train/skipped_steps)")

@@ -1,4 +1,5 @@
-"""Figures people would rather look at than read: embeddings by class, training curves."""
+"""Figures people would rather look at than read: embeddings by class, training curves, the
+relative penalty and the similarity histograms."""
 
 from __future__ import annotations
 
@@ -43,5 +44,49 @@ def plot_curves(series: Mapping[str, Sequence[tuple[int, float]]], title: str = 
         axis.set_xlabel("step")
     if title:
         figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def plot_relative_penalty(
+    snapshots: Sequence[tuple[str, torch.Tensor, torch.Tensor]],
+) -> Any:
+    """InfoNCE's relative penalty ``r_ij`` against the negative similarity ``s_ij``, one colour
+    per snapshot (label, s, r): how sharply τ focuses the push on the hardest negatives. Log
+    scale: ``r`` spans orders of magnitude; the dashed line of each colour is the uniform
+    ``1/N`` of its rows (τ → ∞, the simple loss).
+
+    Shape:
+        s, r: [R, M] (R queries' rows, the same in both).
+    """
+    figure, axis = plt.subplots(figsize=(6, 4.2))
+    colours = plt.get_cmap("viridis")
+    for index, (label, s, r) in enumerate(snapshots):
+        colour = colours(index / max(1, len(snapshots) - 1))
+        axis.scatter(s.flatten().numpy(), r.flatten().clamp_min(1e-30).numpy(), s=3,
+                     alpha=0.4, color=colour, label=label)
+        axis.axhline(1.0 / r.shape[1], color=colour, linestyle="--", linewidth=0.8)
+    axis.set_yscale("log")
+    axis.set_xlabel("negative similarity s_ij")
+    axis.set_ylabel("relative penalty r_ij")
+    axis.set_title("relative penalty over the negatives")
+    axis.legend(markerscale=4, fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def plot_similarities(positive: torch.Tensor, negative: torch.Tensor, bins: int = 60) -> Any:
+    """Histograms (densities) of positive-pair and negative-pair cosine similarities.
+
+    Shape:
+        positive: [P]. negative: [M].
+    """
+    figure, axis = plt.subplots(figsize=(6, 4))
+    edges = torch.linspace(-1.0, 1.0, bins + 1).tolist()
+    axis.hist(negative.flatten().numpy(), bins=edges, density=True, alpha=0.6, label="negatives")
+    axis.hist(positive.flatten().numpy(), bins=edges, density=True, alpha=0.6, label="positives")
+    axis.set_xlabel("cosine similarity")
+    axis.set_ylabel("density")
+    axis.legend()
     figure.tight_layout()
     return figure

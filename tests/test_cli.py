@@ -82,3 +82,16 @@ def test_unreachable_mlflow_is_one_line(tmp_path: Path) -> None:
 def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert "usage" in capsys.readouterr().out
+
+
+def test_collapse_alarm_is_one_line_with_the_usual_fixes() -> None:
+    from dist_contrast.cli import _warnings
+
+    assert _warnings({"eval/collapsed": 0.0, "eval/uniformity": -2.0}) == []
+    found = _warnings({"eval/collapsed": 1.0, "eval/mean_similarity": 0.93,
+                       "eval/positive_similarity": 0.9995, "eval/uniformity": -0.3})
+    assert len(found) == 1 and "\n" not in found[0]
+    assert "collapse alarm" in found[0] and "0.930" in found[0] and "0.9995" in found[0]
+    for fix in ("model.batch_norm", "negatives.bank.momentum", "optimizer.lr",
+                "loss.temperature"):
+        assert fix in found[0]

@@ -7,7 +7,9 @@ from dist_contrast.analysis.diagnostics import training_diagnostics
 from dist_contrast.analysis.evaluation import knn_accuracy, knn_predict, linear_probe_accuracy
 from dist_contrast.analysis.geometry import (
     alignment,
+    is_collapsed,
     local_separation,
+    mean_pairwise_similarity,
     similarity_stats,
     tolerance,
     uniformity,
@@ -16,18 +18,22 @@ from dist_contrast.analysis.penalty import (
     negative_similarities,
     penalty_entropy,
     relative_penalty,
+    sample_relative_penalty,
     top_k_penalty_share,
 )
 
 __all__ = [
     "alignment",
+    "is_collapsed",
     "knn_accuracy",
     "knn_predict",
     "linear_probe_accuracy",
     "local_separation",
+    "mean_pairwise_similarity",
     "negative_similarities",
     "penalty_entropy",
     "relative_penalty",
+    "sample_relative_penalty",
     "similarity_stats",
     "tolerance",
     "top_k_penalty_share",

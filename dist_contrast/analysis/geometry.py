@@ -1,4 +1,4 @@
-"""Embedding-geometry metrics: alignment, uniformity, tolerance, local separation.
+"""Embedding-geometry metrics: alignment, uniformity, tolerance, local separation, collapse.
 
 Definitions: docs/science.md#embedding-geometry.
 """
@@ -57,6 +57,42 @@ def local_separation(positive: Tensor, negative_sims: Tensor) -> Tensor:
         positive: [B]. negative_sims: [B, N]. Returns [B].
     """
     return positive - negative_sims.amax(dim=1)
+
+
+def mean_pairwise_similarity(x: Tensor) -> Tensor:
+    """``mean_{i≠j} cos(x_i, x_j)``: about ``‖mean_i x_i‖²`` for unit rows, so 0 for an
+    embedding spread over the sphere and 1 for one collapsed to a point.
+
+    Uses ``Σ_{i≠j} x_iᵀx_j = ‖Σ_i x_i‖² − Σ_i ‖x_i‖²``: O(n·D), no n×n matrix.
+
+    Shape:
+        x: [n, D], n ≥ 2. Returns a 0-dim tensor.
+    """
+    if x.shape[0] < 2:
+        raise ValueError("mean_pairwise_similarity needs at least two embeddings")
+    unit = torch.nn.functional.normalize(x.to(compute_dtype(x)), dim=1)
+    n = unit.shape[0]
+    return (unit.sum(dim=0).pow(2).sum() - unit.pow(2).sum()) / (n * (n - 1))
+
+
+#: Collapse thresholds (docs/science.md#collapse-alarm). At a mean pairwise cosine of 0.9 the
+#: average pair is ~26° apart and the mean direction has norm ~0.95: no class structure survives
+#: (a spread embedding sits near 0; C tight, spread-out classes near 1/C). Positives above
+#: 0.999 mean the encoder ignores the augmentation; with a mean pairwise cosine above 0.8 that is
+#: the onset of the same collapse.
+COLLAPSE_MEAN_SIMILARITY = 0.9
+COLLAPSE_POSITIVE_SIMILARITY = 0.999
+COLLAPSE_MEAN_WITH_POSITIVES = 0.8
+
+
+def is_collapsed(mean_similarity: float, positive_similarity: float | None = None) -> bool:
+    """Whether an embedding with this mean pairwise and mean positive similarity has collapsed
+    (thresholds above)."""
+    if mean_similarity > COLLAPSE_MEAN_SIMILARITY:
+        return True
+    return (positive_similarity is not None
+            and positive_similarity > COLLAPSE_POSITIVE_SIMILARITY
+            and mean_similarity > COLLAPSE_MEAN_WITH_POSITIVES)
 
 
 def similarity_stats(positive: Tensor, negative_sims: Tensor) -> dict[str, float]:

@@ -75,3 +75,31 @@ def top_k_penalty_share(negative_sims: Tensor, temperature: Temperature, k: int)
     """
     r = relative_penalty(negative_sims, temperature)
     return r.topk(min(k, r.shape[1]), dim=1).values.sum(dim=1).mean()
+
+
+def sample_relative_penalty(
+    negative_sims: Tensor,
+    temperature: Temperature,
+    max_points: int = 2000,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """A small sample of ``(s_ij, r_ij)`` for a figure: whole rows (random queries) while they
+    fit in ``max_points``, else one random query's row thinned to ``max_points`` random
+    negatives (its ``r`` still normalised over the whole row). Whole rows keep ``Σ_j r_ij = 1``.
+
+    ``generator`` (CPU) picks the rows; the global RNG is never drawn from, so sampling
+    cannot change a run.
+
+    Shape:
+        negative_sims: [B, N]. Returns (s, r), both [R, M] float32 on the CPU, R·M ≤ max_points
+        (R ≥ 1).
+    """
+    r = relative_penalty(negative_sims, temperature).detach().float().cpu()
+    sims = negative_sims.detach().float().cpu()
+    batch, count = sims.shape
+    rows = torch.randperm(batch, generator=generator)[: max(1, min(batch, max_points // count))]
+    s, r = sims[rows], r[rows]
+    if count > max_points:
+        columns = torch.randperm(count, generator=generator)[:max_points]
+        s, r = s[:, columns], r[:, columns]
+    return s, r

@@ -40,7 +40,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     worker = _resume_or_build(cfg, loop_config, ray.train)
     worker.reporter.start()
     if worker.run(ray.train, should_stop=_stop_poller(loop_config.get("stop_signal"))):
-        worker.reporter.finish(worker.trained_encoder())  # every rank: the weights are gathered
+        # Every rank: the weights are gathered.
+        worker.reporter.finish(worker.trained_encoder(), worker.step.penalty_snapshots)
 
 
 def make_deterministic(seed: int) -> None:

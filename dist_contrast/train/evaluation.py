@@ -15,8 +15,12 @@ from torch import nn
 
 from dist_contrast.analysis import (
     alignment,
+    is_collapsed,
     knn_accuracy,
     linear_probe_accuracy,
+    local_separation,
+    mean_pairwise_similarity,
+    negative_similarities,
     tolerance,
     uniformity,
 )
@@ -42,6 +46,9 @@ class Evaluator:
         self.queries = _take(data.eval_test, cfg.eval.max_samples)
         self.train_set = data.train
         self._last_test_embedding: torch.Tensor | None = None
+        # Positive and (sampled) negative similarities of the last eval's view pairs: ~5k
+        # floats for the end-of-run histogram.
+        self._last_pair_similarities: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def has_labels(self) -> bool:
@@ -98,6 +105,7 @@ class Evaluator:
         results = {
             "eval/alignment": float(alignment(first, second)),
             "eval/uniformity": float(uniformity(test_embedding)),
+            **self._separation_and_collapse(first, second, test_embedding),
         }
         if self.has_labels:
             assert self.queries[1] is not None and self.memory[1] is not None
@@ -113,22 +121,61 @@ class Evaluator:
         self._last_test_embedding = test_embedding
         return results
 
+    def _separation_and_collapse(
+        self, first: torch.Tensor, second: torch.Tensor, test_embedding: torch.Tensor,
+        negatives_kept: int = 4096,
+    ) -> dict[str, float]:
+        """Local separation of the view pairs (positive: the other view of the same sample;
+        negatives: the other samples' second views, as in ``eval/alignment``), the mean pairwise
+        similarity of the test embedding and the collapse alarm.
+
+        Shape:
+            first, second: [n, D] (row i: two views of sample i). test_embedding: [m, D].
+        """
+        if first.shape[0] < 2:  # no negatives
+            return {}
+        positive, negative_sims = negative_similarities(first, second)
+        separation = local_separation(positive, negative_sims)
+        mean_similarity = float(mean_pairwise_similarity(test_embedding))
+        positive_similarity = float(positive.mean())
+        # A fixed generator: the kept sample is the same on a re-run and the run's RNG is untouched.
+        generator = torch.Generator().manual_seed(0)
+        flat = negative_sims.flatten().float()
+        kept = flat[torch.randint(flat.numel(), (negatives_kept,), generator=generator)]
+        self._last_pair_similarities = (positive.float().cpu(), kept.cpu())
+        return {
+            "eval/local_separation": float(separation.mean()),
+            "eval/local_separation_p10": float(torch.quantile(separation.float(), 0.1)),
+            "eval/positive_similarity": positive_similarity,
+            "eval/mean_similarity": mean_similarity,
+            "eval/collapsed": float(is_collapsed(mean_similarity, positive_similarity)),
+        }
+
     def log_plots(self, tracker: Any) -> None:
-        """Final figures as MLflow artifacts: the embedding next to the raw input, by class."""
+        """Final figures as MLflow artifacts: the embedding next to the raw input, by class;
+        histograms of the last eval's positive and negative similarities."""
+        from dist_contrast.plots import plot_embeddings, plot_similarities
+
+        if self._last_pair_similarities is not None:
+            log_figure(tracker, plot_similarities(*self._last_pair_similarities),
+                       "similarities.png")
         if self._last_test_embedding is None or not self.has_labels:
             return
-        from dist_contrast.plots import plot_embeddings
-
         assert self.queries[1] is not None
         figure = plot_embeddings(
             raw=self.queries[0].flatten(1).float(),
             learned=self._last_test_embedding,
             labels=self.queries[1],
         )
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "embeddings.png"
-            figure.savefig(path, dpi=110, bbox_inches="tight")
-            tracker.log_artifact(path, "plots")
-        import matplotlib.pyplot as plt
+        log_figure(tracker, figure, "embeddings.png")
 
-        plt.close(figure)
+
+def log_figure(tracker: Any, figure: Any, filename: str) -> None:
+    """Save a matplotlib figure as the run artifact ``plots/<filename>`` and close it."""
+    import matplotlib.pyplot as plt
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / filename
+        figure.savefig(path, dpi=110, bbox_inches="tight")
+        tracker.log_artifact(path, "plots")
+    plt.close(figure)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +21,8 @@ from dist_contrast import dist
 from dist_contrast.config import Config
 from dist_contrast.serving.model import TrainedEncoder, log_encoder
 from dist_contrast.tracking import Tracker
-from dist_contrast.train.evaluation import Evaluator
+from dist_contrast.train.evaluation import Evaluator, log_figure
+from dist_contrast.train.evidence import PenaltySnapshots
 
 #: Logged at every step (batched); everything else once per ``trainer.log_every`` window.
 EVERY_STEP = ("train/loss", "train/temperature", "train/lr", "train/skipped_steps")
@@ -138,15 +137,18 @@ class Reporter:
         with contextlib.suppress(Exception):
             self.progress_queue.put_nowait(update)
 
-    def finish(self, trained: TrainedEncoder | None = None) -> None:
-        """The end-of-run figures, summary and (given ``trained``) the encoder as the run's
-        MLflow model; the run is marked FINISHED. (A run that stops otherwise is marked FAILED
-        or KILLED by the driver, which sees why.)"""
+    def finish(self, trained: TrainedEncoder | None = None,
+               penalty: PenaltySnapshots | None = None) -> None:
+        """The end-of-run figures (with ``penalty``, the relative penalty over training),
+        summary and (given ``trained``) the encoder as the run's MLflow model; the run is
+        marked FINISHED. (A run that stops otherwise is marked FAILED or KILLED by the driver,
+        which sees why.)"""
         self.tracker.stop_system_metrics()  # training is over: sample no more, flush the rest
         if self.active:
             if self.evaluator is not None:
                 self.evaluator.log_plots(self.tracker)
             self._log_curves()
+            self._log_penalty(penalty)
             summary = {k: v for k, v in self.last_metrics.items() if not k.startswith("diag/")}
             self.tracker.log_text(json.dumps(summary, indent=2, sort_keys=True), "summary.json")
             if trained is not None:
@@ -178,10 +180,11 @@ class Reporter:
         if not series:
             return
         figure = plot_curves(series, title=str(self.cfg.experiment.run_name))
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "training_curves.png")
-            figure.savefig(path, dpi=110, bbox_inches="tight")
-            self.tracker.log_artifact(path, "plots")
-        import matplotlib.pyplot as plt
+        log_figure(self.tracker, figure, "training_curves.png")
 
-        plt.close(figure)
+    def _log_penalty(self, penalty: PenaltySnapshots | None) -> None:
+        from dist_contrast.plots import plot_relative_penalty
+
+        snapshots = penalty.labelled() if penalty is not None else []
+        if snapshots:
+            log_figure(self.tracker, plot_relative_penalty(snapshots), "relative_penalty.png")

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from dist_contrast import dist
-from dist_contrast.analysis import training_diagnostics
+from dist_contrast.analysis import negative_similarities, training_diagnostics
 from dist_contrast.config import Config
 from dist_contrast.losses import NormalizerEstimator
 from dist_contrast.negatives import MomentumEncoder, NegativePool, Negatives
@@ -29,6 +29,7 @@ from dist_contrast.negatives.collective import (
     sharded_pool_lse,
 )
 from dist_contrast.objectives import ObjectiveInputs, compute_objective, get_objective
+from dist_contrast.train.evidence import PenaltySnapshots
 
 Batch = dict[str, torch.Tensor]
 
@@ -52,6 +53,8 @@ class TrainStep:
         self.objective = get_objective(self.cfg.loss.name)
         self.loss_params = self._loss_params()
         self.fault_steps = _fault_steps()
+        # (s_ij, r_ij) samples of diagnosed batches for the end-of-run figure (rank 0).
+        self.penalty_snapshots = PenaltySnapshots(self.cfg.trainer.max_steps)
 
     @property
     def device(self) -> torch.device:
@@ -72,7 +75,7 @@ class TrainStep:
         loss = self._loss(inputs, tau, ids)
         if step + 1 in self.fault_steps:  # test-only fault injection, see _fault_steps
             loss = loss * float("nan")
-        diagnostics = self._diagnostics(inputs, keys, tau, labels) if diagnose else {}
+        diagnostics = self._diagnostics(inputs, keys, tau, labels, step + 1) if diagnose else {}
 
         applied = self._backward_and_step(loss)
         if applied:
@@ -235,9 +238,10 @@ class TrainStep:
 
     def _diagnostics(
         self, inputs: ObjectiveInputs, keys: torch.Tensor, tau: torch.Tensor,
-        labels: torch.Tensor | None,
+        labels: torch.Tensor | None, step: int,
     ) -> dict[str, float]:
-        """How τ spreads the penalty over this batch's negatives (docs/science.md#diagnostics)."""
+        """How τ spreads the penalty over this batch's negatives (docs/science.md#diagnostics);
+        a sample of it is kept for the end-of-run figure. Observes only: no grad, no global RNG."""
         negatives = inputs.negatives
         pool = None if negatives.pool_is_sharded else negatives.pool
         positive_index = dist.rank() * len(inputs.query) + torch.arange(
@@ -248,6 +252,9 @@ class TrainStep:
                 inputs.query.detach(), keys.detach(), pool, tau.detach(), labels=labels,
                 top_k=self.cfg.eval.penalty_top_k, positive_index=positive_index,
             )
+            _, negative_sims = negative_similarities(inputs.query, keys, pool,
+                                                     positive_index=positive_index)
+            self.penalty_snapshots.offer(step, negative_sims, tau)
         return {f"diag/{k}": v for k, v in values.items()}
 
     def _negatives_per_query(self, keys: torch.Tensor, negatives: Negatives) -> float:

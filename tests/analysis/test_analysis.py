@@ -10,13 +10,16 @@ import torch
 
 from dist_contrast.analysis import (
     alignment,
+    is_collapsed,
     knn_accuracy,
     knn_predict,
     linear_probe_accuracy,
     local_separation,
+    mean_pairwise_similarity,
     negative_similarities,
     penalty_entropy,
     relative_penalty,
+    sample_relative_penalty,
     similarity_stats,
     tolerance,
     top_k_penalty_share,
@@ -147,3 +150,52 @@ def test_training_diagnostics_reports_everything():
     assert all(isinstance(v, float) and math.isfinite(v) for v in out.values())
     assert 0 < out["penalty_entropy"] < out["penalty_entropy_max"]
     assert "tolerance" not in training_diagnostics(q, k, pool, 0.1)
+
+
+def test_mean_pairwise_similarity_closed_form():
+    e1, e2 = torch.eye(2, dtype=torch.float64)
+    x = torch.stack([e1, e2, (e1 + e2) / math.sqrt(2)])
+    # Pairs: 0, 1/√2, 1/√2.
+    assert float(mean_pairwise_similarity(x)) == pytest.approx(math.sqrt(2) / 3)
+    # ±e1, ±e2: two pairs at −1, four at 0; scale does not matter (cosine).
+    assert float(mean_pairwise_similarity(3 * torch.stack([e1, -e1, e2, -e2]))) == pytest.approx(
+        -1 / 3)
+    x = _unit(50, 8, seed=3)
+    sims = x @ x.T
+    reference = (sims.sum() - sims.diagonal().sum()) / (50 * 49)
+    assert float(mean_pairwise_similarity(x)) == pytest.approx(float(reference))
+
+
+def test_collapse_alarm_on_collapsed_and_spread_embeddings():
+    gen = torch.Generator().manual_seed(0)
+    direction = torch.nn.functional.normalize(torch.randn(16, generator=gen), dim=0)
+    collapsed = direction + 0.05 * torch.randn(200, 16, generator=gen)
+    spread = torch.randn(200, 16, generator=gen)
+    assert float(mean_pairwise_similarity(collapsed)) > 0.9
+    assert is_collapsed(float(mean_pairwise_similarity(collapsed)))
+    assert abs(float(mean_pairwise_similarity(spread))) < 0.05
+    assert not is_collapsed(float(mean_pairwise_similarity(spread)), 0.9)
+    # Identical views with everything close (0.85) is the onset; spread identical views are not.
+    assert is_collapsed(0.85, 0.9995) and not is_collapsed(0.85, 0.99)
+    assert not is_collapsed(0.3, 0.9995)
+
+
+def test_sampled_relative_penalty_keeps_whole_rows_summing_to_one():
+    sims = torch.rand(64, 100, dtype=torch.float64) * 2 - 1
+    state = torch.random.get_rng_state()
+    s, r = sample_relative_penalty(sims, 0.1, max_points=450,
+                                   generator=torch.Generator().manual_seed(1))
+    assert torch.equal(torch.random.get_rng_state(), state)  # the run's RNG is not drawn from
+    assert s.shape == r.shape == (4, 100)
+    torch.testing.assert_close(r.sum(dim=1), torch.ones(4))
+    # Each kept row is a query's row, with r its softmax at τ (closed form).
+    rows = [int((sims.float() == row).all(dim=1).nonzero()) for row in s]
+    torch.testing.assert_close(r, torch.softmax(sims[rows].float() / 0.1, dim=1))
+
+
+def test_sampled_relative_penalty_thins_a_long_row():
+    sims = torch.rand(8, 5000) * 2 - 1
+    s, r = sample_relative_penalty(sims, 0.2, max_points=2000)
+    assert s.shape == r.shape == (1, 2000)
+    assert float(r.sum()) < 1.0  # normalised over the whole row, of which 2000 are shown
+    assert torch.all(r > 0)
