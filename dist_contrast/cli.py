@@ -185,7 +185,8 @@ def _print_summary(summary: object) -> None:
         print(f"  checkpoint: {summary.checkpoint_path}")
     uri = summary.tracking_uri
     print(f"  MLflow run {summary.run_id} in {uri}")
-    print("  artifacts: config.yaml, summary.json, plots/embeddings.png, plots/training_curves.png")
+    print("  artifacts: config.yaml, summary.json, plots/ (embeddings, training_curves, "
+          "relative_penalty, similarities), the MLflow model encoder")
     if summary.checkpoint_path:
         print(f"  embed rows with it: dist-contrast embed {summary.checkpoint_path} ROWS.npy "
               "-o EMBEDDINGS.npy (or the MLflow model runs:/RUN_ID/encoder)")
@@ -201,7 +202,8 @@ def _warnings(m: dict[str, float]) -> list[str]:
     if m.get("eval/nonfinite_embeddings", 0.0) > 0:
         found.append("the encoder puts out NaN/inf embeddings; lower optimizer.lr, keep "
                      "deepspeed.gradient_clipping > 0, check the inputs (data.standardize)")
-    if m.get("eval/uniformity", -1.0) > -0.05:
+    if m.get("eval/collapsed", 0.0) < 1.0 and m.get("eval/uniformity", -1.0) > -0.05:
+        # Runs logged before the collapse alarm existed: uniformity alone.
         found.append("the embedding collapsed (uniformity ≈ 0: nearly one point); lower "
                      "optimizer.lr or raise loss.temperature")
     if m.get("eval/collapsed", 0.0) >= 1.0:

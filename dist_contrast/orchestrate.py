@@ -82,7 +82,7 @@ def preflight(cfg: Config) -> Checked:
         raise UserError(str(exc)) from None
     size, shape = len(bundle.train), tuple(bundle.input_shape)
     notes = checks.config_notes(cfg)
-    if not os.environ.get("RAY_ADDRESS"):
+    if _cluster_address() is None:
         cpus, gpus, memory = checks.local_resources()
         notes += checks.check_resources(cfg, cpus=cpus, gpus=gpus, memory_bytes=memory,
                                         local=True, train_size=size, input_shape=shape)
@@ -103,6 +103,12 @@ def _enable_token_auth_if_available() -> None:
         os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file()
     ):
         os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def _cluster_address() -> str | None:
+    """``RAY_ADDRESS`` when it names a cluster to join (unset, empty or ``local``: None)."""
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    return address if address and address != "local" else None
 
 
 def _check_reachable(address: str) -> None:
@@ -138,13 +144,14 @@ def _start_ray(cfg: Config, checked: Checked) -> Any:
     """Connect to ``RAY_ADDRESS`` and check its resources, or start a local runtime."""
     import logging
 
-    if os.environ.get("RAY_ADDRESS"):
+    address = _cluster_address()
+    if address is not None:
         _enable_token_auth_if_available()  # read by Ray when it is imported
 
     import ray
 
     needed = cfg.trainer.num_workers * cfg.trainer.cpus_per_worker
-    if os.environ.get("RAY_ADDRESS"):
+    if address is not None:
         try:
             ray.init(logging_level=logging.WARNING, log_to_driver=cfg.trainer.show_worker_logs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -166,6 +173,9 @@ def _start_ray(cfg: Config, checked: Checked) -> Any:
         # Local: make room for every worker even on a 2-core laptop (they time-share).
         num_cpus = max(os.cpu_count() or 1, int(needed + 0.999))
         ray.init(
+            # A runtime of our own, even when a `ray start` cluster runs on this machine
+            # (without it Ray joins that one, which refuses num_cpus).
+            address="local",
             num_cpus=num_cpus,
             include_dashboard=False,
             logging_level=logging.WARNING,
@@ -210,8 +220,9 @@ def run_training(
     the package plugs in.
     """
     cfg = resolve(cfg)
-    if os.environ.get("RAY_ADDRESS"):  # before anything is written
-        _check_reachable(os.environ["RAY_ADDRESS"])
+    address = _cluster_address()
+    if address is not None:  # before anything is written
+        _check_reachable(address)
     checked = preflight(cfg)
     for note in checked.notes:
         print(f"dist-contrast: note: {note}", flush=True)
