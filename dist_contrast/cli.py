@@ -20,6 +20,7 @@ Examples:
   dist-contrast train configs/synthetic.yaml loss.temperature=0.2 trainer.num_workers=4
   dist-contrast config configs/moco.yaml negatives.queue.size=131072
   dist-contrast embed results/RUN/checkpoint_00002000 rows.parquet -o embeddings.parquet
+  dist-contrast compare my-sweep --out comparison/
   dist-contrast evaluate RUN_ID data.name=file data.path=new.parquet data.label_column=label
   RAY_ADDRESS=http://head:8265 ray job submit -- dist-contrast train configs/moco.yaml
 """
@@ -69,7 +70,48 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_embed(commands)
     _add_evaluate(commands)
+    _add_compare(commands)
     return parser
+
+
+def _add_compare(commands: argparse._SubParsersAction) -> None:
+    compare = commands.add_parser(
+        "compare",
+        help="compare the finished runs of an experiment or a sweep (table, figures, report)",
+        description=(
+            "Group the FINISHED runs of EXPERIMENT_NAME (or the children of PARENT_RUN_ID) into "
+            "grid points whose params differ only in experiment.seed; write a table (mean ± "
+            "std over seeds), figures against τ, the uniformity-tolerance plane, the train/loss "
+            "curves and one self-contained report.html to --out. A parent run also gets them "
+            "as artifacts under compare/."
+        ),
+    )
+    compare.add_argument("target", metavar="EXPERIMENT_NAME|PARENT_RUN_ID",
+                         help="an MLflow experiment name or a sweep's parent run id")
+    compare.add_argument("--out", default="comparison", metavar="DIR",
+                         help="where to write (default comparison/)")
+    compare.add_argument("--metric", default="eval/knn_acc", metavar="NAME",
+                         help="the accuracy plotted against τ (default eval/knn_acc)")
+    compare.add_argument("--tracking-uri", metavar="URI",
+                         help="the MLflow store (default MLFLOW_TRACKING_URI, else "
+                              "sqlite:///mlflow.db here)")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import logging
+
+    from dist_contrast.compare import compare
+    from dist_contrast.tracking import default_tracking_uri
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # keep the table readable
+    done = compare(args.target, args.tracking_uri or default_tracking_uri(), out=args.out,
+                   metric=args.metric)
+    print(done.table, end="")
+    print(f"{len(done.groups)} grid points; wrote {', '.join(p.name for p in done.files)} "
+          f"to {args.out}")
+    if done.parent_id:
+        print(f"  logged to run {done.parent_id} under compare/")
+    return 0
 
 
 def _add_evaluate(commands: argparse._SubParsersAction) -> None:
@@ -226,6 +268,8 @@ def _run(args: argparse.Namespace) -> int:
         return _embed(args)
     if args.command == "evaluate":
         return _evaluate(args)
+    if args.command == "compare":
+        return _compare(args)
     if args.command == "losses":
         from dist_contrast.objectives import loss_names
 

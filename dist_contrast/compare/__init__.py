@@ -1,0 +1,67 @@
+"""``dist-contrast compare``: one table, four figures and one HTML report over the finished
+runs of an experiment or a sweep's parent run, grouped into grid points (seeds pooled)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from dist_contrast.compare.runs import Group, group_runs, load_runs
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What a comparison wrote: the grid points, the table and the files."""
+
+    groups: list[Group]
+    table: str
+    files: list[Path]
+    parent_id: str | None
+
+
+def _figures(groups: list[Group], metric: str, out: Path, tracking_uri: str) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    from dist_contrast.compare import figures
+    from dist_contrast.compare.runs import metric_histories
+
+    run_ids = [r.run_id for g in groups for r in g.runs]
+    made = {
+        "accuracy_vs_tau": figures.plot_against_tau(groups, metric),
+        "uniformity_tolerance": figures.plot_uniformity_tolerance(groups),
+        "penalty_entropy_vs_tau": figures.plot_against_tau(groups, "diag/penalty_entropy"),
+        "train_loss": figures.plot_loss_curves(
+            groups, metric_histories(run_ids, "train/loss", tracking_uri)),
+    }
+    paths = []
+    for name, figure in made.items():
+        path = out / f"{name}.png"
+        figure.savefig(path, dpi=110)
+        plt.close(figure)  # many comparisons in one process must not pile up figures
+        paths.append(path)
+    return paths
+
+
+def compare(
+    target: str, tracking_uri: str, out: str | Path = "comparison",
+    metric: str = "eval/knn_acc",
+) -> Comparison:
+    """Compare the FINISHED runs ``target`` names (an experiment name or a parent run id):
+    write ``comparison.md``, the PNGs and ``report.html`` to ``out`` and, for a parent run,
+    log them as its artifacts under ``compare/``."""
+    from dist_contrast.compare.report import html_report, markdown_table
+    from dist_contrast.compare.runs import log_to_parent
+
+    runs, parent_id = load_runs(target, tracking_uri)
+    groups = group_runs(runs)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(groups)
+    (folder / "comparison.md").write_text(f"# Comparison of {target}\n\n{table}")
+    pngs = _figures(groups, metric, folder, tracking_uri)
+    report = folder / "report.html"
+    report.write_text(html_report(f"Comparison of {target}", groups, pngs))
+    files = [folder / "comparison.md", *pngs, report]
+    if parent_id is not None:
+        log_to_parent(parent_id, files, tracking_uri)
+    return Comparison(groups, table, files, parent_id)

@@ -1,0 +1,99 @@
+"""The comparison's figures: a metric against τ per loss, the uniformity–tolerance plane and
+the training-loss curves. Pure: groups in, matplotlib figures out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on clusters or CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+from dist_contrast.compare.runs import Group, varying_params  # noqa: E402
+
+
+def _series(groups: Sequence[Group]) -> dict[str, list[Group]]:
+    """Groups by loss plus the other varying params: the lines of a "against τ" figure."""
+    extra = varying_params(groups)
+    series: dict[str, list[Group]] = {}
+    for group in groups:
+        label = " ".join([group.loss, *(f"{k}={group.params.get(k)}" for k in extra)])
+        series.setdefault(label, []).append(group)
+    return series
+
+
+def plot_against_tau(groups: Sequence[Group], metric: str) -> Any:
+    """``metric`` (mean ± std over seeds) against τ, one line per loss. A loss whose τ does not
+    vary is a flat dashed line at its mean: it is no τ curve."""
+    figure, axis = plt.subplots(figsize=(6.4, 4.4))
+    taus = [g.tau for g in groups if g.tau is not None]
+    for label, members in _series(groups).items():
+        points = [(g.tau, s) for g in members if (s := g.stat(metric)) is not None]
+        if not points:
+            continue
+        curve = [(t, s) for t, s in points if t is not None]
+        if len({t for t, _ in curve}) > 1:
+            axis.errorbar([t for t, _ in curve], [s.mean for _, s in curve],
+                          yerr=[s.std or 0.0 for _, s in curve], marker="o", capsize=3,
+                          label=label)
+            continue
+        tau, stat = points[0]
+        line = axis.axhline(stat.mean, linestyle="--", linewidth=1.2,
+                            label=f"{label} (τ = {tau if tau is not None else 'n/a'}, fixed)")
+        if tau is not None:
+            axis.errorbar([tau], [stat.mean], yerr=[stat.std or 0.0], marker="s", capsize=3,
+                          color=line.get_color())
+    if len(set(taus)) > 1 and min(taus) > 0:
+        axis.set_xscale("log")  # τ grids are usually geometric
+    axis.set_xlabel("τ (loss.temperature)")
+    axis.set_ylabel(metric)
+    axis.set_title(f"{metric} against τ (mean ± std over seeds)")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def plot_uniformity_tolerance(groups: Sequence[Group]) -> Any:
+    """Each grid point in the uniformity–tolerance plane, annotated with its τ (Wang & Liu's
+    Fig. 4): low uniformity (more uniform) to the left, high tolerance up."""
+    figure, axis = plt.subplots(figsize=(6.4, 4.4))
+    for label, members in _series(groups).items():
+        points = [(g, u, t) for g in members
+                  if (u := g.stat("eval/uniformity")) and (t := g.stat("eval/tolerance"))]
+        if not points:
+            continue
+        axis.scatter([u.mean for _, u, _ in points], [t.mean for _, _, t in points], label=label)
+        for group, u, t in points:
+            text = f"τ={group.tau:g}" if group.tau is not None else "τ n/a"
+            axis.annotate(text, (u.mean, t.mean), textcoords="offset points", xytext=(4, 4),
+                          fontsize=8)
+    axis.set_xlabel("eval/uniformity")
+    axis.set_ylabel("eval/tolerance")
+    axis.set_title("uniformity–tolerance plane (mean over seeds)")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def plot_loss_curves(
+    groups: Sequence[Group], histories: Mapping[str, Sequence[tuple[int, float]]]
+) -> Any:
+    """Every run's ``train/loss`` against the step; one colour per grid point."""
+    figure, axis = plt.subplots(figsize=(6.4, 4.4))
+    colours = plt.get_cmap("tab10")
+    labels = {id(g): label for label, members in _series(groups).items() for g in members}
+    for index, group in enumerate(groups):
+        tau = f" τ={group.tau:g}" if group.tau is not None else ""
+        for seed, run in enumerate(group.runs):
+            points = histories.get(run.run_id, [])
+            axis.plot([s for s, _ in points], [v for _, v in points], linewidth=0.9,
+                      color=colours(index % 10), alpha=0.8,
+                      label=f"{labels[id(group)]}{tau}" if seed == 0 else None)
+    axis.set_xlabel("step")
+    axis.set_ylabel("train/loss")
+    axis.set_title("train/loss of every run")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    return figure

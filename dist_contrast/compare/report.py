@@ -1,0 +1,66 @@
+"""The comparison as text: the markdown table and the self-contained HTML report."""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Sequence
+from pathlib import Path
+
+from dist_contrast.compare.runs import LOSS, TABLE_METRICS, TAU, Group, varying_params
+
+
+def table_rows(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
+    """The header and one row per grid point: τ, loss, the other varying params, each metric's
+    mean ± std (n), and whether any seed collapsed."""
+    extra = varying_params(groups)
+    header = ["τ", "loss", *extra, "runs", *TABLE_METRICS, "eval/collapsed"]
+    rows = []
+    for group in groups:
+        stats = [group.stat(m) for m in TABLE_METRICS]
+        rows.append([
+            group.params.get(TAU, "—"), group.params.get(LOSS, "—"),
+            *(group.params.get(k, "—") for k in extra), str(len(group.runs)),
+            *(str(s) if s is not None else "—" for s in stats),
+            "yes" if group.collapsed else "no",
+        ])
+    return header, rows
+
+
+def markdown_table(groups: Sequence[Group]) -> str:
+    """The table in markdown (also what the CLI prints)."""
+    header, rows = table_rows(groups)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _html_table(groups: Sequence[Group]) -> str:
+    header, rows = table_rows(groups)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>{body}</tbody>\n</table>"
+
+
+STYLE = """body{font-family:sans-serif;margin:2em;max-width:80em}
+table{border-collapse:collapse;font-size:0.85em}td,th{border:1px solid #ccc;padding:3px 6px}
+th{background:#f3f3f3}img{max-width:100%;margin:1em 0;display:block}"""
+
+
+def html_report(title: str, groups: Sequence[Group], figures: Sequence[Path]) -> str:
+    """One HTML page that opens from a file with no server: the table, then every figure
+    embedded as a base64 ``data:`` URI."""
+    images = "\n".join(
+        f"<h2>{html.escape(path.stem)}</h2>\n<img alt=\"{html.escape(path.stem)}\" "
+        f"src=\"data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}\">"
+        for path in figures
+    )
+    runs = sum(len(g.runs) for g in groups)
+    return (
+        f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}"
+        f"</title><style>{STYLE}</style></head><body>\n<h1>{html.escape(title)}</h1>\n"
+        f"<p>{len(groups)} grid points, {runs} runs; mean ± sample std over seeds (n).</p>\n"
+        f"{_html_table(groups)}\n{images}\n</body></html>\n"
+    )

@@ -1,0 +1,220 @@
+"""Reading finished runs from MLflow, grouping them into grid points and their statistics.
+
+MLflow is imported here only (client calls, so that sqlite and ``http://`` stores behave the
+same); grouping and statistics are pure functions of :class:`RunRecord` values.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dist_contrast.errors import UserError
+
+SEED = "experiment.seed"
+TAU = "loss.temperature"
+LOSS = "loss.name"
+PARENT_TAG = "mlflow.parentRunId"
+SWEEP_TAG = "dist_contrast.sweep"
+#: Params that name or place a run rather than choose its science: never part of a grid point.
+IGNORED = {SEED, "experiment.run_name", "experiment.output_dir", "trainer.resume_from"}
+IGNORED_PREFIXES = ("tracking.",)
+#: The final metrics the table reports, in its column order.
+TABLE_METRICS = (
+    "eval/knn_acc", "eval/linear_probe_acc", "eval/uniformity", "eval/tolerance",
+    "diag/penalty_entropy", "eval/local_separation",
+)
+COLLAPSED = "eval/collapsed"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One finished run as the comparison needs it: plain values, no MLflow objects."""
+
+    run_id: str
+    name: str
+    params: Mapping[str, str]
+    metrics: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation (n − 1; None for n = 1) over seeds."""
+
+    mean: float
+    std: float | None
+    n: int
+
+    def __str__(self) -> str:
+        std = "—" if self.std is None else f"{self.std:.4f}"
+        return f"{self.mean:.4f} ± {std} (n={self.n})"
+
+
+@dataclass
+class Group:
+    """A grid point: the runs whose params differ only in the seed (and names, paths)."""
+
+    key: tuple[tuple[str, str], ...]
+    runs: list[RunRecord] = field(default_factory=list)
+
+    @property
+    def params(self) -> dict[str, str]:
+        return dict(self.key)
+
+    @property
+    def loss(self) -> str:
+        return self.params.get(LOSS, "?")
+
+    @property
+    def tau(self) -> float | None:
+        return _float(self.params.get(TAU))
+
+    def stat(self, metric: str) -> Stat | None:
+        """The metric's final values over this group's runs (runs without it left out)."""
+        values = [r.metrics.get(metric) for r in self.runs]
+        return summarise([v for v in values if v is not None and math.isfinite(v)])
+
+    @property
+    def collapsed(self) -> bool:
+        """Whether any seed raised the collapse alarm at its last eval."""
+        return any(r.metrics.get(COLLAPSED, 0.0) >= 1.0 for r in self.runs)
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def summarise(values: Sequence[float]) -> Stat | None:
+    """Mean ± sample std with n; None when there is no value."""
+    if not values:
+        return None
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return Stat(statistics.fmean(values), std, len(values))
+
+
+def _counts(key: str) -> bool:
+    return key not in IGNORED and not key.startswith(IGNORED_PREFIXES)
+
+
+def group_runs(runs: Sequence[RunRecord]) -> list[Group]:
+    """Runs grouped by every param but the ignored ones; sorted by loss, then τ."""
+    groups: dict[tuple[tuple[str, str], ...], Group] = {}
+    for run in runs:
+        key = tuple(sorted((k, v) for k, v in run.params.items() if _counts(k)))
+        groups.setdefault(key, Group(key)).runs.append(run)
+    # A missing τ sorts last within its loss; other params break ties for a stable order.
+    return sorted(groups.values(), key=lambda g: (g.loss, g.tau is None, g.tau or 0.0, g.key))
+
+
+def varying_params(groups: Sequence[Group]) -> list[str]:
+    """Params besides loss and τ whose values differ between groups: the table's extra columns."""
+    keys = sorted({k for g in groups for k, _ in g.key} - {LOSS, TAU})
+    return [k for k in keys if len({g.params.get(k) for g in groups}) > 1]
+
+
+# ----------------------------------------------------------------------------- MLflow
+
+
+@contextmanager
+def _store(tracking_uri: str) -> Iterator[Any]:
+    """A client whose failures (unreachable server, broken store) become one UserError line."""
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[10:]).is_file():
+        # MLflow would create an empty store there: say that there is nothing to read instead.
+        raise UserError(f"no MLflow store at '{tracking_uri}'; pass --tracking-uri with the "
+                        "store the runs were logged to")
+    import logging
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines would bury ours
+    # Fail fast on an unreachable server instead of MLflow's minutes of retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    try:
+        yield mlflow.MlflowClient(tracking_uri=tracking_uri)
+    except (MlflowException, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(
+            f"cannot read the MLflow tracking store '{tracking_uri}' ({first[:200]}); "
+            "start the server or pass --tracking-uri with a reachable store"
+        ) from None
+
+
+def _search(client: Any, experiment_id: str, filter_string: str) -> list[Any]:
+    """Every run matching the filter, page by page."""
+    found: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string,
+                                  max_results=1000, page_token=token)
+        found.extend(page)
+        token = page.token
+        if not token:
+            return found
+
+
+def _record(run: Any) -> RunRecord:
+    return RunRecord(run.info.run_id, run.info.run_name or run.info.run_id,
+                     dict(run.data.params), dict(run.data.metrics))
+
+
+def load_runs(target: str, tracking_uri: str) -> tuple[list[RunRecord], str | None]:
+    """The FINISHED runs ``target`` names: an experiment's runs (sweep parents left out), or a
+    parent run's children. Returns them with the parent's id (None for an experiment)."""
+    finished = "attributes.status = 'FINISHED'"
+    with _store(tracking_uri) as client:
+        experiment = client.get_experiment_by_name(target)
+        parent = None
+        if experiment is not None:
+            runs = [r for r in _search(client, experiment.experiment_id, finished)
+                    if r.data.tags.get(SWEEP_TAG, "").lower() != "true"]
+        else:
+            parent = _parent(client, target, tracking_uri)
+            runs = _search(client, parent.info.experiment_id,
+                           f"{finished} and tags.`{PARENT_TAG}` = '{target}'")
+    if not runs:
+        where = f"experiment '{target}'" if parent is None else f"parent run {target}"
+        raise UserError(f"no FINISHED runs in {where} of '{tracking_uri}'; nothing to compare")
+    return [_record(r) for r in runs], None if parent is None else target
+
+
+def _parent(client: Any, target: str, tracking_uri: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(target)
+    except MlflowException as exc:
+        if "RESOURCE_DOES_NOT_EXIST" not in str(getattr(exc, "error_code", "")):
+            raise
+        raise UserError(
+            f"'{target}' is neither an experiment name nor a run id in '{tracking_uri}'"
+        ) from None
+
+
+def metric_histories(
+    run_ids: Sequence[str], key: str, tracking_uri: str
+) -> dict[str, list[tuple[int, float]]]:
+    """Each run's (step, value) history of ``key``, in step order."""
+    with _store(tracking_uri) as client:
+        return {
+            run_id: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+            for run_id in run_ids
+        }
+
+
+def log_to_parent(parent_id: str, files: Sequence[Path], tracking_uri: str) -> None:
+    """The comparison's files (only they: ``--out`` may hold others) as the parent run's
+    artifacts, under ``compare/``."""
+    with _store(tracking_uri) as client:
+        for path in files:
+            client.log_artifact(parent_id, str(path), "compare")

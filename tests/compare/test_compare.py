@@ -1,0 +1,126 @@
+"""``dist-contrast compare`` on a synthetic sqlite store: grouping, statistics, files,
+artifacts on the parent, and one-line errors from the real CLI."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dist_contrast.compare import compare
+from dist_contrast.compare.runs import RunRecord, Stat, group_runs, summarise, varying_params
+from tests.compare.conftest import KNN, Store
+
+FIGURES = ("accuracy_vs_tau", "uniformity_tolerance", "penalty_entropy_vs_tau", "train_loss")
+
+
+def test_summarise_is_mean_and_sample_std() -> None:
+    stat = summarise([1.0, 2.0, 4.0])
+    assert stat is not None and stat.n == 3
+    assert stat.mean == pytest.approx(7 / 3)
+    by_hand = ((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2  # n − 1
+    assert stat.std == pytest.approx(by_hand ** 0.5)
+    assert str(Stat(0.5, None, 1)) == "0.5000 ± — (n=1)"
+    assert summarise([]) is None
+
+
+def test_grouping_ignores_seed_names_and_paths_only() -> None:
+    def run(i: int, seed: str, **extra: str) -> RunRecord:
+        params = {"loss.name": "infonce", "loss.temperature": "0.1", "experiment.seed": seed,
+                  "experiment.run_name": f"r{i}", "tracking.uri": f"u{i}", **extra}
+        return RunRecord(f"id{i}", f"r{i}", params, {})
+
+    groups = group_runs([run(0, "0"), run(1, "1"), run(2, "0", **{"optimizer.lr": "0.1"}),
+                         run(3, "1", **{"optimizer.lr": "0.1"})])
+    assert [len(g.runs) for g in groups] == [2, 2]
+    assert varying_params(groups) == ["optimizer.lr"]
+
+
+def test_compare_by_parent_run(store: Store, tmp_path: Path) -> None:
+    import mlflow
+
+    out = tmp_path / "out"
+    done = compare(store.parent_id, store.uri, out=out)
+    # Children only: the stand-alone `simple` runs and the FAILED child are left out.
+    assert [(g.loss, g.tau, len(g.runs)) for g in done.groups] == [
+        ("hcl", 0.1, 3), ("hcl", 0.5, 3), ("infonce", 0.1, 3), ("infonce", 0.5, 3)]
+    for group in done.groups:
+        values = KNN[(group.loss, group.params["loss.temperature"])]
+        stat = group.stat("eval/knn_acc")
+        assert stat is not None and stat.n == 3
+        assert stat.mean == pytest.approx(sum(values) / 3)
+        assert stat.std == pytest.approx(statistics.stdev(values))
+    assert [g.collapsed for g in done.groups] == [False, True, False, False]
+    table = (out / "comparison.md").read_text()
+    # hcl, τ 0.1: mean 0.87, sample std sqrt(((−.02)²+(−.01)²+.03²)/2) = sqrt(0.0007) = 0.0265
+    assert "| 0.1 | hcl | 3 | 0.8700 ± 0.0265 (n=3) |" in table
+    assert table.count("\n| ") == 1 + 4  # header + 4 grid points (the separator starts "|-")
+    assert "| yes |" in table
+    _check_files(out)
+    logged = {a.path for a in mlflow.MlflowClient(store.uri).list_artifacts(store.parent_id,
+                                                                             "compare")}
+    assert logged == {f"compare/{p.name}" for p in done.files}
+
+
+def test_compare_by_experiment_pools_seeds(store: Store, tmp_path: Path) -> None:
+    done = compare(store.experiment, store.uri, out=tmp_path / "exp",
+                   metric="eval/linear_probe_acc")
+    # Children and stand-alone runs; the sweep parent and the FAILED run are left out.
+    assert [(g.loss, len(g.runs)) for g in done.groups] == [
+        ("hcl", 3), ("hcl", 3), ("infonce", 3), ("infonce", 3), ("simple", 2)]
+    simple = done.groups[-1].stat("eval/knn_acc")
+    assert simple is not None and simple.mean == pytest.approx(0.525)
+    assert simple.std == pytest.approx(statistics.stdev([0.50, 0.55]))
+    assert done.parent_id is None
+    _check_files(tmp_path / "exp")
+
+
+def _check_files(out: Path) -> None:
+    for name in FIGURES:
+        path = out / f"{name}.png"
+        assert path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG"
+    report = (out / "report.html").read_text()
+    assert report.count('<img alt="') == len(FIGURES)
+    assert report.count('src="data:image/png;base64,') == len(FIGURES)
+    assert "<table>" in report and "eval/knn_acc" in report
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+    return subprocess.run([sys.executable, "-m", "dist_contrast.cli", "compare", *args],
+                          capture_output=True, text=True, env=env, timeout=300, check=False)
+
+
+def test_cli_prints_the_table(store: Store, tmp_path: Path) -> None:
+    done = _cli(store.experiment, "--tracking-uri", store.uri, "--out", str(tmp_path / "c"))
+    assert done.returncode == 0, done.stderr
+    assert "| τ | loss |" in done.stdout and "5 grid points" in done.stdout
+
+
+@pytest.mark.parametrize("case", ["unknown", "unknown_run", "no_store", "no_finished",
+                                  "unreachable"])
+def test_cli_errors_are_one_line(store: Store, tmp_path: Path, case: str) -> None:
+    import mlflow
+
+    uri = store.uri
+    target = "no-such-experiment"
+    if case == "no_finished":
+        uri = f"sqlite:///{tmp_path / 'empty.db'}"
+        mlflow.MlflowClient(uri).create_experiment("empty")
+        target = "empty"
+    elif case == "unknown_run":
+        target = "0123456789abcdef0123456789abcdef"
+    elif case == "no_store":
+        uri = f"sqlite:///{tmp_path / 'missing.db'}"
+    elif case == "unreachable":
+        uri = "http://127.0.0.1:9"  # discard port: nothing listens
+    done = _cli(target, "--tracking-uri", uri, "--out", str(tmp_path / "c"))
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dist-contrast: error: "), done.stderr
+    assert not (tmp_path / "c").exists()
+    assert not (tmp_path / "missing.db").exists()
