@@ -29,7 +29,9 @@ def plot_against_tau(groups: Sequence[Group], metric: str) -> Any:
     vary is a flat dashed line at its mean: it is no τ curve."""
     figure, axis = plt.subplots(figsize=(6.4, 4.4))
     taus = [g.tau for g in groups if g.tau is not None]
-    for label, members in _series(groups).items():
+    colours = plt.get_cmap("tab10")  # explicit: axhline and errorbar share no colour cycle
+    for index, (label, members) in enumerate(_series(groups).items()):
+        colour = colours(index % 10)
         points = [(g.tau, s) for g in members if (s := g.stat(metric)) is not None]
         if not points:
             continue
@@ -37,14 +39,14 @@ def plot_against_tau(groups: Sequence[Group], metric: str) -> Any:
         if len({t for t, _ in curve}) > 1:
             axis.errorbar([t for t, _ in curve], [s.mean for _, s in curve],
                           yerr=[s.std or 0.0 for _, s in curve], marker="o", capsize=3,
-                          label=label)
+                          label=label, color=colour)
             continue
         tau, stat = points[0]
-        line = axis.axhline(stat.mean, linestyle="--", linewidth=1.2,
-                            label=f"{label} (τ = {tau if tau is not None else 'n/a'}, fixed)")
+        axis.axhline(stat.mean, linestyle="--", linewidth=1.2, color=colour,
+                     label=f"{label} (τ = {tau if tau is not None else 'n/a'}, fixed)")
         if tau is not None:
             axis.errorbar([tau], [stat.mean], yerr=[stat.std or 0.0], marker="s", capsize=3,
-                          color=line.get_color())
+                          color=colour)
     if len(set(taus)) > 1 and min(taus) > 0:
         axis.set_xscale("log")  # τ grids are usually geometric
     axis.set_xlabel("τ (loss.temperature)")
