@@ -86,7 +86,7 @@ def preflight(cfg: Config) -> Checked:
         cpus, gpus, memory = checks.local_resources()
         notes += checks.check_resources(cfg, cpus=cpus, gpus=gpus, memory_bytes=memory,
                                         local=True, train_size=size, input_shape=shape)
-    run_dir = storage.run_directory(cfg.experiment.output_dir, str(cfg.experiment.run_name))
+    run_dir = storage.run_directory(cfg)
     newest = storage.newest_complete(run_dir)
     source = newest.path if newest is not None else cfg.trainer.resume_from
     if source is not None:
@@ -231,7 +231,7 @@ def run_training(
     ensure_experiment(
         uri, cfg.tracking.experiment, Path.cwd() / "mlartifacts" if local_store else None
     )
-    run_dir = storage.run_directory(cfg.experiment.output_dir, str(cfg.experiment.run_name))
+    run_dir = storage.run_directory(cfg)
     run_id = None
     with _Signals() as signals:
         try:
@@ -292,7 +292,7 @@ def _resume_notes(cfg: Config, run_dir: str) -> list[str]:
 
 
 def _newest_checkpoint(cfg: Config) -> str | None:
-    run_dir = storage.run_directory(cfg.experiment.output_dir, str(cfg.experiment.run_name))
+    run_dir = storage.run_directory(cfg)
     newest = storage.newest_complete(run_dir)
     return newest.path if newest is not None else None
 
@@ -433,7 +433,7 @@ class _Signals:
 
 
 def _interrupted(cfg: Config, signum: int, step: float | None) -> Interrupted:
-    run_dir = storage.run_directory(cfg.experiment.output_dir, str(cfg.experiment.run_name))
+    run_dir = storage.run_directory(cfg)
     kept = storage.newest_complete(run_dir)
     saved = f"checkpoint at step {kept.step} kept" if kept else "no checkpoint saved"
     at = f" at step {int(step)}" if step is not None else ""
@@ -566,7 +566,7 @@ def _save_report(cfg: Config, exc: BaseException) -> str:
     import traceback
 
     text = "".join(traceback.format_exception(exc))
-    run_dir = storage.run_directory(cfg.experiment.output_dir, str(cfg.experiment.run_name))
+    run_dir = storage.run_directory(cfg)
     if "://" in run_dir:
         path = Path(tempfile.gettempdir()) / f"dist-contrast-{cfg.experiment.run_name}-error.txt"
     else:

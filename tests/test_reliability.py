@@ -92,6 +92,13 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
+def _kill_a_worker(driver: subprocess.Popen[str]) -> None:
+    """SIGKILL one of the driver's Ray Train worker processes."""
+    workers = [p for p in _descendants(driver.pid) if "RayTrainWorker" in " ".join(p.cmdline())]
+    assert workers, "no Ray Train worker found"
+    workers[-1].send_signal(signal.SIGKILL)
+
+
 def _ray_processes_of(pid: int) -> list[int]:
     """Ray processes started by the driver ``pid`` that are still alive (the session's name
     ends with the driver's pid; workers are the raylet's children)."""
@@ -122,9 +129,7 @@ def test_a_sigkilled_worker_restarts_from_the_newest_checkpoint_in_the_same_run(
     store = tmp_path / "mlflow.db"
     driver = _start(tmp_path, store, "killed", "trainer.max_failures=1")
     _wait_for(_complete(tmp_path, "killed", 10), driver)
-    workers = [p for p in _descendants(driver.pid) if "RayTrainWorker" in " ".join(p.cmdline())]
-    assert workers, "no Ray Train worker found"
-    workers[-1].send_signal(signal.SIGKILL)
+    _kill_a_worker(driver)
     out, err = driver.communicate(timeout=900)
     assert driver.returncode == 0, out[-3000:] + err[-3000:]
 
@@ -141,8 +146,7 @@ def test_without_max_failures_a_killed_worker_is_one_line(tmp_path: Path) -> Non
     store = tmp_path / "mlflow.db"
     driver = _start(tmp_path, store, "fails")
     _wait_for(_complete(tmp_path, "fails", 10), driver)
-    workers = [p for p in _descendants(driver.pid) if "RayTrainWorker" in " ".join(p.cmdline())]
-    workers[-1].send_signal(signal.SIGKILL)
+    _kill_a_worker(driver)
     _, err = driver.communicate(timeout=600)
     assert driver.returncode == 1
     last = err.strip().splitlines()[-1]

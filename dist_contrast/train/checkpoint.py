@@ -63,7 +63,7 @@ def save_and_report(
 
     ``meta.json`` also holds the resolved config and the data's ``preprocessing``, so that the
     folder alone rebuilds the encoder (``dist_contrast.serving.load_encoder``)."""
-    run_dir = storage.run_directory(cfg.experiment.output_dir, str(cfg.experiment.run_name))
+    run_dir = storage.run_directory(cfg)
     target = storage.join(run_dir, storage.checkpoint_name(progress.step))
     with tempfile.TemporaryDirectory() as directory:
         step.engine.save_checkpoint(directory, tag=DEEPSPEED_TAG)

@@ -78,7 +78,7 @@ def _resume_or_build(cfg: Config, loop_config: dict[str, Any], train: Any) -> Wo
     before a restart or a re-run), else from ``resume_from``, else new."""
     run_id = loop_config["run_id"]
     queue = loop_config.get("progress_queue")
-    run_dir = storage.run_directory(cfg.experiment.output_dir, str(cfg.experiment.run_name))
+    run_dir = storage.run_directory(cfg)
     newest = storage.newest_complete(run_dir)
     source = newest.path if newest is not None else loop_config.get("resume_from")
     if source is None:

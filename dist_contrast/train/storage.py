@@ -17,7 +17,10 @@ import os
 import re
 import shutil
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dist_contrast.config import Config
 
 MARKER = "meta.json"
 _NAME = re.compile(r"^checkpoint_(\d{8})$")
@@ -40,8 +43,9 @@ def join(base: str, *parts: str) -> str:
     return os.path.join(base, *parts)
 
 
-def run_directory(output_dir: str, run_name: str) -> str:
-    return join(output_dir, run_name)
+def run_directory(cfg: Config) -> str:
+    """``<experiment.output_dir>/<run_name>`` of a resolved config."""
+    return join(cfg.experiment.output_dir, str(cfg.experiment.run_name))
 
 
 def _filesystem(path: str) -> tuple[Any, str]:

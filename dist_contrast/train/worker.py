@@ -128,7 +128,7 @@ class Worker:
         cfg, step = self.cfg, self.progress.step
         first = step - self.step.bad_in_a_row + 1
         kept = storage.newest_complete(
-            storage.run_directory(cfg.experiment.output_dir, str(cfg.experiment.run_name))
+            storage.run_directory(cfg)
         )
         where = f"the last good checkpoint is {kept.path}" if kept else "no checkpoint was saved"
         return RunFailed(

@@ -109,7 +109,7 @@ def _run(root: str, name: str) -> dict[str, Any]:
     engine.module.eval()
     with torch.no_grad():
         out = engine.module.encoder(data.eval_test[0])
-    run_dir = storage.run_directory(cfg.experiment.output_dir, name)
+    run_dir = storage.run_directory(cfg)
     return {
         "checkpoint": storage.join(run_dir, storage.checkpoint_name(STEPS)),
         "masters": masters,
