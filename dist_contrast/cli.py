@@ -20,6 +20,7 @@ Examples:
   dist-contrast train configs/synthetic.yaml loss.temperature=0.2 trainer.num_workers=4
   dist-contrast config configs/moco.yaml negatives.queue.size=131072
   dist-contrast embed results/RUN/checkpoint_00002000 rows.parquet -o embeddings.parquet
+  dist-contrast sweep configs/synthetic.yaml --grid loss.temperature=0.1,0.2,0.5 --seeds 3
   dist-contrast compare my-sweep --out comparison/
   dist-contrast evaluate RUN_ID data.name=file data.path=new.parquet data.label_column=label
   RAY_ADDRESS=http://head:8265 ray job submit -- dist-contrast train configs/moco.yaml
@@ -70,8 +71,66 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_embed(commands)
     _add_evaluate(commands)
+    _add_sweep(commands)
     _add_compare(commands)
     return parser
+
+
+def _add_sweep(commands: argparse._SubParsersAction) -> None:
+    sweep = commands.add_parser(
+        "sweep",
+        help="train a grid of configs × seeds as MLflow child runs of one parent run",
+        description=(
+            "Train every point of the grid (the product of the --grid values, and of the "
+            "'sweep: {grid: ...}' block of each CONFIG) for each of --seeds seeds, as child "
+            "runs of one MLflow parent run. Every point is validated before anything starts. "
+            "Trials run as Ray tasks, as many at a time as the cluster has CPUs for "
+            "(trainer.num_workers × trainer.cpus_per_worker each), capped by --max-concurrent. "
+            "A failed child does not stop the others. Ctrl-C stops every running child "
+            "(KILLED). Running the same command again resumes: FINISHED children are kept."
+        ),
+    )
+    sweep.add_argument("items", nargs="+", metavar="CONFIG|KEY=VALUE",
+                       help="one or more experiment YAML files, then key=value overrides that "
+                            "apply to every trial")
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                       help="a config key and its values (read as YAML, like overrides); "
+                            "repeat for more keys. τ is dropped for losses without one")
+    sweep.add_argument("--seeds", type=int, default=1, metavar="N",
+                       help="seeds per grid point: experiment.seed, +1, ... (default 1)")
+    sweep.add_argument("--max-concurrent", type=int, metavar="K",
+                       help="at most K trials at once (default: as many as fit)")
+    sweep.add_argument("--name", metavar="NAME",
+                       help="the sweep's name, also the parent run's (default EXPERIMENT-sweep); "
+                            "the same name resumes it")
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    import logging
+
+    from dist_contrast.sweep import expand, parse_grid, run_sweep, summary_lines, sweep_failed
+    from dist_contrast.sweep.grid import describe_grid
+
+    if args.seeds < 1 or (args.max_concurrent is not None and args.max_concurrent < 1):
+        raise UserError("--seeds and --max-concurrent must be at least 1")
+    sources = [item for item in args.items if "=" not in item]
+    overrides = [item for item in args.items if "=" in item]
+    if not sources:
+        raise UserError("sweep needs at least one CONFIG file before the key=value overrides")
+    grid = parse_grid(args.grid)
+    from dist_contrast.config import load_config
+
+    # Default: one sweep per experiment (the same command finds it again to resume).
+    name = args.name or f"{load_config(sources[0], overrides).tracking.experiment}-sweep"
+    trials = expand(sources, grid, seeds=args.seeds, overrides=overrides, name=name)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    summary = run_sweep(trials, name=name, grid_text=describe_grid(sources, grid),
+                        seeds=args.seeds, max_concurrent=args.max_concurrent)
+    print()
+    print("\n".join(summary_lines(summary)))
+    if summary.failed:
+        raise sweep_failed(summary)
+    return 0
 
 
 def _add_compare(commands: argparse._SubParsersAction) -> None:
@@ -270,6 +329,8 @@ def _run(args: argparse.Namespace) -> int:
         return _evaluate(args)
     if args.command == "compare":
         return _compare(args)
+    if args.command == "sweep":
+        return _sweep(args)
     if args.command == "losses":
         from dist_contrast.objectives import loss_names
 
@@ -287,7 +348,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "sweep" and not any(e.startswith("-") for e in extra):
+        args.items += extra  # key=value overrides after the options
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return 2

@@ -266,9 +266,15 @@ def validate(raw: dict[str, Any], source: str = "config") -> Config:
         raise UserError(f"{source}: {describe_validation_error(exc)}") from None
 
 
+def strip_sweep_block(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` without its top-level ``sweep:`` block: a file's grid, read only by
+    ``dist-contrast sweep`` (so a study's config trains as it is)."""
+    return {k: v for k, v in raw.items() if k != "sweep"}
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read, override and validate one experiment's YAML file."""
-    raw = apply_overrides(read_yaml(path), overrides or [])
+    """Read, override and validate one experiment's YAML file (its ``sweep:`` block aside)."""
+    raw = apply_overrides(strip_sweep_block(read_yaml(path)), overrides or [])
     return validate(raw, source=str(path))
 
 

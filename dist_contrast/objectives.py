@@ -61,6 +61,8 @@ class Objective:
     - ``in_batch``: the other keys of the global batch can be negatives (``batch`` source).
     - ``sharded_pool``: accepts a sharded pool's log-sum-exp instead of the pool itself.
     - ``tiled``: takes ``loss.tile_size``.
+    - ``uses_temperature``: ``loss.temperature`` enters the loss (the simple losses, the margin
+      losses and N-pair have none, so a sweep over τ runs them once).
     """
 
     compute: ObjectiveFunction
@@ -71,6 +73,7 @@ class Objective:
     in_batch: bool = False
     sharded_pool: bool = False
     tiled: bool = False
+    uses_temperature: bool = True
 
 
 _REGISTRY: dict[str, Objective] = {}
@@ -233,9 +236,12 @@ def _supcon(inputs: ObjectiveInputs, tau: Tensor | float, **p: Any) -> Tensor:
     return losses.supcon_loss(inputs.query, inputs.key, query_ids, key_ids, temperature=tau, **p)
 
 
-def _pool_objective(compute: ObjectiveFunction, *options: str, sharded: bool = False) -> Objective:
+def _pool_objective(
+    compute: ObjectiveFunction, *options: str, sharded: bool = False, tau: bool = True
+) -> Objective:
     """A loss over the pools: in-batch keys, shared pool, mined negatives; tiled."""
-    return Objective(compute, frozenset(options), in_batch=True, tiled=True, sharded_pool=sharded)
+    return Objective(compute, frozenset(options), in_batch=True, tiled=True, sharded_pool=sharded,
+                     uses_temperature=tau)
 
 
 def _nce_objective(weighting: str, *options: str) -> Objective:
@@ -246,16 +252,16 @@ def _nce_objective(weighting: str, *options: str) -> Objective:
 
 for _name, _objective in {
     "info_nce": _pool_objective(_info_nce, sharded=True),
-    "simple": _pool_objective(_simple, "lam"),
+    "simple": _pool_objective(_simple, "lam", tau=False),
     "hard_info_nce": _pool_objective(_hard_info_nce, "top_k", "quantile"),
-    "hard_simple": _pool_objective(_hard_simple, "lam", "top_k", "quantile"),
+    "hard_simple": _pool_objective(_hard_simple, "lam", "top_k", "quantile", tau=False),
     "nce": _nce_objective("none"),
     "nce_focal": _nce_objective("focal", "focal_gamma", "focal_alpha"),
     "nce_ghm": _nce_objective("ghm", "ghm_bins"),
-    "margin": Objective(_margin, frozenset({"margin"})),
-    "triplet": Objective(_triplet, frozenset({"margin", "squared"})),
-    "n_pair": Objective(_n_pair),
-    "circle": Objective(_circle, frozenset({"gamma", "margin"})),
+    "margin": Objective(_margin, frozenset({"margin"}), uses_temperature=False),
+    "triplet": Objective(_triplet, frozenset({"margin", "squared"}), uses_temperature=False),
+    "n_pair": Objective(_n_pair, uses_temperature=False),
+    "circle": Objective(_circle, frozenset({"gamma", "margin"}), uses_temperature=False),
     "supcon": Objective(_supcon, needs_labels=True),
 }.items():
     register_objective(_name, _objective)

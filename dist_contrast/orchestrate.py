@@ -574,3 +574,51 @@ def _save_report(cfg: Config, exc: BaseException) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return str(path)
+
+
+# ----------------------------------------------------------------------------- sweeps
+# ``dist-contrast sweep`` (dist_contrast/sweep) runs many trainings on one Ray runtime: each
+# trial is a Ray task that runs one TorchTrainer, so trials share the cluster like any jobs.
+
+Signals = _Signals
+shutdown_ray = _shutdown_ray
+
+
+def connect(cfg: Config, checked: Checked) -> Any:
+    """Join ``RAY_ADDRESS`` (checked reachable first) or start a local runtime; the ``ray``
+    module, connected."""
+    address = _cluster_address()
+    if address is not None:
+        _check_reachable(address)
+    return _start_ray(cfg, checked)
+
+
+def trial_slots(ray: Any, cfg: Config) -> int:
+    """How many trainings of ``cfg``'s size the connected cluster runs at once (at least 1)."""
+    needed = cfg.trainer.num_workers * cfg.trainer.cpus_per_worker
+    return max(1, int(float(ray.cluster_resources().get("CPU", 0)) // needed))
+
+
+def start_trial(ray: Any, cfg: Config, run_id: str) -> tuple[Any, Any]:
+    """Start one training of ``cfg`` logging to ``run_id`` as a Ray task; returns the task's
+    result reference and its stop signal (an actor: ``stop.request.remote()`` asks its
+    workers to checkpoint and stop after the current step)."""
+    stop = ray.remote(num_cpus=0)(StopSignal).remote()
+    task = ray.remote(num_cpus=0, max_retries=0)(_run_trial).options(
+        runtime_env={"env_vars": {"RAY_TRAIN_V2_ENABLED": "1"}},
+        name=f"trial:{cfg.experiment.run_name}",
+    )
+    return task.remote(cfg.model_dump(mode="json"), run_id, stop), stop
+
+
+def _run_trial(config: dict[str, Any], run_id: str, stop: Any) -> tuple[str, str | None]:
+    """In a Ray task: one TorchTrainer run; ``("FINISHED", None)`` or ``("FAILED", line)``."""
+    import ray
+
+    cfg = Config.model_validate(config)
+    try:
+        _trainer(cfg, _use_gpu(cfg, ray), None,
+                 extra={"run_id": run_id, "stop_signal": stop}).fit()
+    except Exception as exc:
+        return "FAILED", str(_explain_failure(exc, cfg))
+    return "FINISHED", None

@@ -37,7 +37,10 @@ ALLOWED: dict[str, set[str]] = {
     "orchestrate": {"config", "data", "errors", "preflight", "progress", "tracking", "train"},
     # Reading finished runs back from MLflow: the comparison of a sweep's grid points.
     "compare": {"errors"},
-    "cli": {"config", "errors", "orchestrate", "objectives", "serving", "compare", "tracking"},
+    # A grid of trainings: the trials (pure), then each one run through orchestrate on Ray.
+    "sweep": {"config", "errors", "objectives", "orchestrate", "progress", "tracking", "train"},
+    "cli": {"config", "errors", "orchestrate", "objectives", "serving", "compare", "sweep",
+            "tracking"},
 }
 
 # Modules that are a part of their own, below the rest of their package.

@@ -1,0 +1,189 @@
+"""Real sweeps through the CLI: Ray tasks each running a TorchTrainer with DeepSpeed workers,
+MLflow parent and child runs in a temporary sqlite store, then ``compare`` on the result."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+STEPS = 6
+# Tiny children: 1 worker, 64 rows a step, one eval and one checkpoint at the end.
+TINY = [
+    f"trainer.max_steps={STEPS}", "trainer.num_workers=1", "trainer.batch_size=64",
+    "data.num_samples=600", "trainer.log_every=1", f"eval.every_steps={STEPS}",
+    "eval.max_samples=300", f"checkpoint.every_steps={STEPS}", "optimizer.warmup_steps=1",
+    "tracking.log_model=false", "tracking.experiment=sweeps",
+]
+
+pytestmark = pytest.mark.slow
+
+
+def _env(tmp: Path, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db",
+           "DS_ACCELERATOR": "cpu", **extra}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _command(tmp: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "dist_contrast.cli", "sweep",
+            str(ROOT / "configs" / "synthetic.yaml"), *TINY,
+            f"experiment.output_dir={tmp / 'results'}", *args]
+
+
+def _sweep(tmp: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(_command(tmp, *args), cwd=tmp, env=_env(tmp, **env),
+                          capture_output=True, text=True, timeout=900)
+
+
+def _client(tmp: Path) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlflow.db")
+
+
+def _runs(tmp: Path) -> list[mlflow.entities.Run]:
+    client = _client(tmp)
+    experiment = client.get_experiment_by_name("sweeps")
+    assert experiment is not None
+    return list(client.search_runs([experiment.experiment_id]))
+
+
+def _family(tmp: Path, name: str) -> tuple[mlflow.entities.Run, list[mlflow.entities.Run]]:
+    runs = _runs(tmp)
+    (parent,) = [r for r in runs if r.data.tags.get("dist_contrast.sweep.name") == name]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return parent, children
+
+
+def test_a_sweep_runs_its_grid_resumes_and_compares(tmp_path: Path) -> None:
+    grid = ["--grid", "loss.temperature=0.1,0.5", "--seeds", "2", "--name", "tau"]
+    done = _sweep(tmp_path, *grid)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "4 of 4 trials to run" in done.stdout and "best eval/knn_acc" in done.stdout
+    parent, children = _family(tmp_path, "tau")
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["dist_contrast.sweep"] == "true"
+    assert parent.data.params["sweep.seeds"] == "2"
+    assert "loss.temperature: [0.1, 0.5]" in parent.data.params["sweep.grid"]
+    assert parent.data.params["trainer.max_steps"] == str(STEPS)  # the base config as params
+    assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
+    points = {(c.data.params["loss.temperature"], c.data.params["experiment.seed"])
+              for c in children}
+    assert points == {(tau, seed) for tau in ("0.1", "0.5") for seed in ("0", "1")}
+    client = _client(tmp_path)
+    for child in children:
+        assert child.data.tags["dist_contrast.grid.loss.temperature"] == child.data.params[
+            "loss.temperature"]
+        assert child.data.tags["dist_contrast.grid.seed"] == child.data.params["experiment.seed"]
+        assert {"eval/knn_acc", "eval/local_separation", "eval/collapsed", "train/loss",
+                "diag/penalty_entropy"} <= set(child.data.metrics)
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "train/loss")]
+        assert steps == list(range(1, STEPS + 1))
+    plots = {a.path for a in client.list_artifacts(children[0].info.run_id, "plots")}
+    assert {"plots/relative_penalty.png", "plots/similarities.png"} <= plots
+
+    # The same command again: every child finished before, nothing runs (no Ray start).
+    again = _sweep(tmp_path, *grid)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "nothing to run" in again.stdout
+    parent_again, children_again = _family(tmp_path, "tau")
+    assert parent_again.info.run_id == parent.info.run_id
+    assert sorted(c.info.run_id for c in children_again) == sorted(
+        c.info.run_id for c in children)
+
+    # compare on the parent: table, figures, one HTML file with the images inside.
+    out = tmp_path / "report"
+    compared = subprocess.run(
+        [sys.executable, "-m", "dist_contrast.cli", "compare", parent.info.run_id,
+         "--out", str(out)], cwd=tmp_path, env=_env(tmp_path), capture_output=True,
+        text=True, timeout=300)
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    table = (out / "comparison.md").read_text()
+    for tau in ("0.1", "0.5"):
+        knn = [c.data.metrics["eval/knn_acc"] for c in children
+               if c.data.params["loss.temperature"] == tau]
+        mean = sum(knn) / 2
+        std = (sum((v - mean) ** 2 for v in knn) / 1) ** 0.5
+        assert f"{mean:.4f} ± {std:.4f} (n=2)" in table
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) == 4 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    html = (out / "report.html").read_text()
+    images = re.findall(r'<img[^>]+src="data:image/png;base64,([^"]+)"', html)
+    assert len(images) == 4 and all(base64.b64decode(i)[:4] == b"\x89PNG" for i in images)
+    # By experiment name: the parent is left out, the seeds are grouped the same way.
+    by_name = subprocess.run(
+        [sys.executable, "-m", "dist_contrast.cli", "compare", "sweeps", "--out",
+         str(tmp_path / "by-name")], cwd=tmp_path, env=_env(tmp_path), capture_output=True,
+        text=True, timeout=300)
+    assert by_name.returncode == 0, by_name.stderr[-3000:]
+    assert "2 grid points" in by_name.stdout
+
+
+def test_a_failed_child_does_not_stop_the_others(tmp_path: Path) -> None:
+    # Steps 2 and 3 give a NaN loss in every child: the child allowed one bad step in a row
+    # fails at run time, the one allowed three skips them and finishes.
+    done = _sweep(tmp_path, "--grid", "trainer.max_bad_steps=1,3", "--name", "faulty",
+                  DIST_CONTRAST_FAULT_NONFINITE_STEPS="2,3")
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert "1 of 2 children failed" in last and "max_bad_steps=1" in last, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    parent, children = _family(tmp_path, "faulty")
+    assert parent.info.status == "FAILED"
+    assert "max_bad_steps=1" in parent.data.tags["dist_contrast.error"]
+    status = {c.data.params["trainer.max_bad_steps"]: c for c in children}
+    assert status["1"].info.status == "FAILED" and status["3"].info.status == "FINISHED"
+    assert "non-finite" in status["1"].data.tags["dist_contrast.error"]
+
+
+def test_an_invalid_grid_value_starts_nothing(tmp_path: Path) -> None:
+    done = _sweep(tmp_path, "--grid", "loss.temperature=0.2,-1", "--name", "bad")
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert "grid point loss.temperature=-1" in line and "nothing was started" in line
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "results").exists()
+
+
+def test_ctrl_c_stops_every_running_child_and_leaves_nothing_running(tmp_path: Path) -> None:
+    args = ["--grid", "loss.temperature=0.1,0.5", "--name", "stopped", "trainer.max_steps=4000"]
+    driver = subprocess.Popen(_command(tmp_path, *args), cwd=tmp_path, env=_env(tmp_path),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    assert driver.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(iter(driver.stdout.readline, "")),
+                              daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 300
+    # Both children started and logging steps: they are training.
+    while time.monotonic() < deadline:
+        if driver.poll() is not None:
+            pytest.fail(f"the sweep ended early: {''.join(lines)}{driver.communicate()[1]}")
+        if sum("start " in line for line in lines) == 2:
+            _, children = _family(tmp_path, "stopped")
+            if len(children) == 2 and all(_steps(tmp_path, c) >= 3 for c in children):
+                break
+        time.sleep(1)
+    driver.send_signal(signal.SIGINT)
+    driver.wait(timeout=300)
+    assert driver.stderr is not None
+    err = driver.stderr.read()
+    assert driver.returncode == 130, err[-3000:]
+    assert "stopped by SIGINT" in err.strip().splitlines()[-1] and "Traceback" not in err
+    parent, children = _family(tmp_path, "stopped")
+    assert parent.info.status == "KILLED"
+    assert [c.info.status for c in children] == ["KILLED", "KILLED"]
+
+
+def _steps(tmp: Path, run: mlflow.entities.Run) -> int:
+    history = _client(tmp).get_metric_history(run.info.run_id, "train/loss")
+    return max((m.step for m in history), default=0)
