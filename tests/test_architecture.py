@@ -36,7 +36,7 @@ ALLOWED: dict[str, set[str]] = {
     "serving": {"serving.model", "config", "data", "models", "errors", "tracking", "train"},
     "orchestrate": {"config", "data", "errors", "preflight", "progress", "tracking", "train"},
     # Reading finished runs back from MLflow: the comparison of a sweep's grid points.
-    "compare": {"errors"},
+    "compare": {"errors", "objectives"},
     # A grid of trainings: the trials (pure), then each one run through orchestrate on Ray.
     "sweep": {"config", "errors", "objectives", "orchestrate", "progress", "tracking", "train"},
     "cli": {"config", "errors", "orchestrate", "objectives", "serving", "compare", "sweep",

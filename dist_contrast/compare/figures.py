@@ -11,16 +11,16 @@ import matplotlib
 matplotlib.use("Agg")  # no display on clusters or CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from dist_contrast.compare.runs import Group, varying_params  # noqa: E402
+from dist_contrast.compare.runs import Group, labels  # noqa: E402
 
 
 def _series(groups: Sequence[Group]) -> dict[str, list[Group]]:
-    """Groups by loss plus the other varying params: the lines of a "against τ" figure."""
-    extra = varying_params(groups)
+    """Groups by arm (sweep config or loss) plus what else varies within it: the lines of an
+    "against τ" figure."""
+    named = labels(groups)
     series: dict[str, list[Group]] = {}
     for group in groups:
-        label = " ".join([group.loss, *(f"{k}={group.params.get(k)}" for k in extra)])
-        series.setdefault(label, []).append(group)
+        series.setdefault(named[id(group)], []).append(group)
     return series
 
 
@@ -43,7 +43,7 @@ def plot_against_tau(groups: Sequence[Group], metric: str) -> Any:
             continue
         tau, stat = points[0]
         axis.axhline(stat.mean, linestyle="--", linewidth=1.2, color=colour,
-                     label=f"{label} (τ = {tau if tau is not None else 'n/a'}, fixed)")
+                     label=f"{label} ({f'τ = {tau:g}' if tau is not None else 'no τ'})")
         if tau is not None:
             axis.errorbar([tau], [stat.mean], yerr=[stat.std or 0.0], marker="s", capsize=3,
                           color=colour)

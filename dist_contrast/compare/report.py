@@ -7,20 +7,24 @@ import html
 from collections.abc import Sequence
 from pathlib import Path
 
-from dist_contrast.compare.runs import LOSS, TABLE_METRICS, TAU, Group, varying_params
+from dist_contrast.compare.runs import LOSS, TABLE_METRICS, TAU, Group, labels
 
 
 def table_rows(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
-    """The header and one row per grid point: τ, loss, the other varying params, each metric's
-    mean ± std (n), and whether any seed collapsed."""
-    extra = varying_params(groups)
-    header = ["τ", "loss", *extra, "runs", *TABLE_METRICS, "eval/collapsed"]
+    """The header and one row per grid point: τ ("—" for a loss without one), loss, the
+    setting (the sweep config and what varies within it) when that says more than the loss,
+    each metric's mean ± std (n), and whether any seed collapsed."""
+    named = labels(groups)
+    setting = any(named[id(g)] != g.loss for g in groups)
+    header = ["τ", "loss", *(["setting"] if setting else []), "runs", *TABLE_METRICS,
+              "eval/collapsed"]
     rows = []
     for group in groups:
         stats = [group.stat(m) for m in TABLE_METRICS]
         rows.append([
-            group.params.get(TAU, "—"), group.params.get(LOSS, "—"),
-            *(group.params.get(k, "—") for k in extra), str(len(group.runs)),
+            group.params.get(TAU, "—") if group.tau is not None else "—",
+            group.params.get(LOSS, "—"), *([named[id(group)]] if setting else []),
+            str(len(group.runs)),
             *(str(s) if s is not None else "—" for s in stats),
             "yes" if group.collapsed else "no",
         ])

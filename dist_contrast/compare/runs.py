@@ -22,6 +22,7 @@ TAU = "loss.temperature"
 LOSS = "loss.name"
 PARENT_TAG = "mlflow.parentRunId"
 SWEEP_TAG = "dist_contrast.sweep"
+CONFIG_TAG = "dist_contrast.sweep.config"
 #: Params that name or place a run rather than choose its science: never part of a grid point.
 IGNORED = {SEED, "experiment.run_name", "experiment.output_dir", "trainer.resume_from"}
 IGNORED_PREFIXES = ("tracking.",)
@@ -41,6 +42,7 @@ class RunRecord:
     name: str
     params: Mapping[str, str]
     metrics: Mapping[str, float]
+    tags: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,14 @@ class Group:
 
     @property
     def tau(self) -> float | None:
-        return _float(self.params.get(TAU))
+        """τ, or None for a loss that has none (its runs still record the config's value)."""
+        return _float(self.params.get(TAU)) if _uses_temperature(self.loss) else None
+
+    @property
+    def arm(self) -> str:
+        """The sweep config file the runs came from (its stem), else the loss name."""
+        sources = {Path(r.tags[CONFIG_TAG]).stem for r in self.runs if CONFIG_TAG in r.tags}
+        return sources.pop() if len(sources) == 1 else self.loss
 
     def stat(self, metric: str) -> Stat | None:
         """The metric's final values over this group's runs (runs without it left out)."""
@@ -84,6 +93,31 @@ class Group:
     def collapsed(self) -> bool:
         """Whether any seed raised the collapse alarm at its last eval."""
         return any(r.metrics.get(COLLAPSED, 0.0) >= 1.0 for r in self.runs)
+
+
+def _uses_temperature(loss: str) -> bool:
+    """Whether ``loss`` has a temperature (a loss this process does not know: assumed so)."""
+    from dist_contrast.objectives import get_objective
+
+    try:
+        return get_objective(loss).uses_temperature
+    except (KeyError, ValueError):
+        return True
+
+
+def labels(groups: Sequence[Group]) -> dict[int, str]:
+    """A short name per group (by ``id``): its arm, plus the params besides τ that vary among
+    the groups of that arm (``momentum=0.9``). The lines of the figures, a column of the table."""
+    arms: dict[str, list[Group]] = {}
+    for group in groups:
+        arms.setdefault(group.arm, []).append(group)
+    named = {}
+    for arm, members in arms.items():
+        extra = varying_params(members)
+        for group in members:
+            values = " ".join(f"{k.rsplit('.', 1)[-1]}={group.params.get(k)}" for k in extra)
+            named[id(group)] = f"{arm} {values}".strip()
+    return named
 
 
 def _float(text: str | None) -> float | None:
@@ -165,7 +199,7 @@ def _search(client: Any, experiment_id: str, filter_string: str) -> list[Any]:
 
 def _record(run: Any) -> RunRecord:
     return RunRecord(run.info.run_id, run.info.run_name or run.info.run_id,
-                     dict(run.data.params), dict(run.data.metrics))
+                     dict(run.data.params), dict(run.data.metrics), dict(run.data.tags))
 
 
 def load_runs(target: str, tracking_uri: str) -> tuple[list[RunRecord], str | None]:
