@@ -310,10 +310,10 @@ def _warnings(m: dict[str, float]) -> list[str]:
     if m.get("eval/collapsed", 0.0) >= 1.0:
         mean, positive = (m.get(f"eval/{k}_similarity", float("nan")) for k in ("mean", "positive"))
         found.append(f"collapse alarm at the last eval (eval/mean_similarity {mean:.3f}, "
-                     f"eval/positive_similarity {positive:.4f}); what usually fixes it: with a "
-                     "memory bank as the pool, model.batch_norm=true and a larger "
-                     "negatives.bank.momentum (fewer stale entries); a lower optimizer.lr; a "
-                     "larger loss.temperature")
+                     f"eval/positive_similarity {positive:.4f}); what usually fixes it: "
+                     "model.batch_norm=true when the negatives are a memory bank or a queue "
+                     "(an encoder without it can start collapsed and never leave); a lower "
+                     "optimizer.lr; a larger loss.temperature")
     if m.get("train/skipped_steps", 0.0) > 0:
         found.append(f"{int(m['train/skipped_steps'])} step(s) had a non-finite loss or "
                      "gradient and were skipped (train/skipped_steps)")
