@@ -76,6 +76,18 @@ def test_train_runs_on_an_existing_cluster(tmp_path: Path) -> None:
             text=True,
             timeout=600,
         )
+        # A sweep joins the same cluster: two 1-worker trials at once on its 2 CPUs.
+        sweep = subprocess.run(
+            [sys.executable, "-m", "dist_contrast.cli", "sweep",
+             str(ROOT / "configs/synthetic.yaml"), "--grid", "loss.temperature=0.1,0.5",
+             "--name", "on-cluster-sweep", "trainer.num_workers=1", "trainer.max_steps=4",
+             "trainer.batch_size=32", "eval.every_steps=4", "checkpoint.every_steps=4",
+             "optimizer.warmup_steps=1", "data.num_samples=1000", "tracking.log_model=false",
+             f"experiment.output_dir={tmp_path / 'results'}",
+             f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db"],
+            env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}, cwd=tmp_path, capture_output=True,
+            text=True, timeout=600,
+        )
     finally:
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -83,8 +95,13 @@ def test_train_runs_on_an_existing_cluster(tmp_path: Path) -> None:
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name("dist-contrast")
     assert experiment is not None
-    (run,) = client.search_runs([experiment.experiment_id])
+    runs = client.search_runs([experiment.experiment_id])
+    (run,) = [r for r in runs if r.info.run_name == "on-cluster"]
     assert run.info.status == "FINISHED"
+    assert sweep.returncode == 0, sweep.stdout[-2000:] + sweep.stderr[-3000:]
+    assert "2 of 2 trials to run" in sweep.stdout and "2 at a time" in sweep.stdout
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
 
 
 def test_unreachable_cluster_is_one_line(tmp_path: Path) -> None:
