@@ -30,8 +30,9 @@ def plot_against_tau(groups: Sequence[Group], metric: str) -> Any:
     figure, axis = plt.subplots(figsize=(6.4, 4.4))
     taus = [g.tau for g in groups if g.tau is not None]
     colours = plt.get_cmap("tab10")  # explicit: axhline and errorbar share no colour cycle
-    for index, (label, members) in enumerate(_series(groups).items()):
+    for index, (name, members) in enumerate(_series(groups).items()):
         colour = colours(index % 10)
+        label = f"{name} (collapsed)" if any(g.collapsed for g in members) else name
         points = [(g.tau, s) for g in members if (s := g.stat(metric)) is not None]
         if not points:
             continue

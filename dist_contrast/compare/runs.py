@@ -140,13 +140,15 @@ def _counts(key: str) -> bool:
 
 
 def group_runs(runs: Sequence[RunRecord]) -> list[Group]:
-    """Runs grouped by every param but the ignored ones; sorted by loss, then τ."""
+    """Runs grouped by every param but the ignored ones; sorted by arm, then τ."""
     groups: dict[tuple[tuple[str, str], ...], Group] = {}
     for run in runs:
         key = tuple(sorted((k, v) for k, v in run.params.items() if _counts(k)))
         groups.setdefault(key, Group(key)).runs.append(run)
-    # A missing τ sorts last within its loss; other params break ties for a stable order.
-    return sorted(groups.values(), key=lambda g: (g.loss, g.tau is None, g.tau or 0.0, g.key))
+    # By arm (sweep config, else loss), then τ; a missing τ sorts last within its arm; other
+    # params break ties for a stable order.
+    return sorted(groups.values(),
+                  key=lambda g: (g.arm, g.loss, g.tau is None, g.tau or 0.0, g.key))
 
 
 def varying_params(groups: Sequence[Group]) -> list[str]:
