@@ -37,7 +37,10 @@ ALLOWED: dict[str, set[str]] = {
     "orchestrate": {"config", "data", "errors", "preflight", "progress", "tracking", "train"},
     # Reading finished runs back from MLflow: the comparison of a sweep's grid points.
     "compare": {"errors"},
-    "cli": {"config", "errors", "orchestrate", "objectives", "serving", "compare", "tracking"},
+    # Ray jobs from outside the cluster: `dist-contrast submit` and `dist-contrast jobs`.
+    "jobs": {"config", "errors"},
+    "cli": {"config", "errors", "orchestrate", "objectives", "serving", "compare", "tracking",
+            "jobs"},
 }
 
 # Modules that are a part of their own, below the rest of their package.
@@ -46,7 +49,7 @@ SUBPARTS: dict[str, str] = {"serving/model.py": "serving.model"}
 # Outside dependencies and the parts allowed to import them.
 LANES: dict[str, set[str]] = {
     "torch.distributed": {"dist"},
-    "ray": {"orchestrate", "train"},
+    "ray": {"orchestrate", "train", "jobs"},
     "deepspeed": {"train"},
     "mlflow": {"tracking", "serving", "serving.model", "compare"},
     "faiss": {"negatives", "analysis"},
