@@ -8,6 +8,7 @@ inherit it), and :meth:`Service.stop` ends exactly the processes that carry it: 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -48,23 +49,17 @@ class Service:
 
     def stop(self) -> None:
         """End the service and every process that carries its marker; remove its folder."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            pass
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
         for _ in range(3):
             found = marked(self.marker)
             if not found:
                 break
             for proc in found:
-                try:
+                with contextlib.suppress(psutil.Error):
                     proc.kill()
-                except psutil.Error:
-                    pass
             psutil.wait_procs(found, timeout=10)
         shutil.rmtree(self.folder, ignore_errors=True)
 
