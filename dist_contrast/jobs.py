@@ -268,7 +268,7 @@ def load_runtime_env(path: str | Path | None) -> tuple[dict[str, Any], str]:
 
 
 def _local_module(env_file: Path, module: str) -> str:
-    if "://" in module or module.endswith(".whl") and not (env_file.parent / module).exists():
+    if "://" in module:  # a remote package (s3://, gs://, https://): Ray fetches it
         return module
     resolved = (env_file.parent / module).resolve()
     if not resolved.exists():
@@ -303,11 +303,13 @@ def prepare(
     })
     runtime = {**runtime_env, "env_vars": dict(runtime_env.get("env_vars") or {})}
     env_vars = runtime["env_vars"]
-    for name in FORWARDED_ENV:
-        if name not in env_vars and env.get(name):
-            env_vars[name] = env[name]
+    passed = [name for name in FORWARDED_ENV if name not in env_vars and env.get(name)]
+    env_vars.update({name: env[name] for name in passed})
     env_vars.setdefault("RAY_JOB_STOP_WAIT_TIME_S", STOP_WAIT_S)
     notes = []
+    if passed:  # values stay unprinted, but for the server's address
+        shown = [f"{n}={env[n]}" if n == "MLFLOW_TRACKING_URI" else n for n in passed]
+        notes.append(f"passing {', '.join(shown)} from this shell to the job")
     uri = cfg.tracking.tracking_uri or env_vars.get("MLFLOW_TRACKING_URI")
     if not uri or uri.startswith(("sqlite:", "file:")) or "://" not in uri:
         notes.append(

@@ -5,6 +5,8 @@ cluster is in test_submit.py."""
 
 from __future__ import annotations
 
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -111,7 +113,8 @@ def test_a_submission_carries_the_resolved_config_and_the_tracking_settings() ->
     }
     assert made.runtime_env["pip"] == ["x"] and runtime["env_vars"] == {
         "MLFLOW_TRACKING_URI": "http://in-cluster:5000"}  # the caller's dict is left alone
-    assert made.notes == []
+    assert made.notes == ["passing MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD from this "
+                          "shell to the job"]
     # The config sent is the one validated here, and it loads again on the cluster.
     assert yaml.safe_load(jobs.to_yaml(made.cfg))["trainer"]["num_workers"] == 3
 
@@ -172,3 +175,45 @@ def test_an_mlflow_server_that_refuses_us_is_one_line_naming_the_fix() -> None:
                      {"MLFLOW_TRACKING_USERNAME": "ana"})
     assert denied is not None and "denied ana access (403)" in str(denied)
     assert refusal(uri, ConnectionError("connection refused"), {}) is None
+
+
+def _readme_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("## From laptop to cluster")
+    return text[start:text.index("\n## ", start + 1)]
+
+
+def _commands(section: str) -> list[str]:
+    """The shell lines of the section's code blocks, continuation lines joined."""
+    blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
+    joined = "\n".join(blocks).replace("\\\n", " ")
+    return [line.split("#")[0].strip() for line in joined.splitlines() if line.strip()]
+
+
+def test_the_readme_commands_are_the_ones_the_tests_and_manifests_run() -> None:
+    from dist_contrast.cli import _parser
+
+    commands = _commands(_readme_section())
+    services = (ROOT / "tests" / "services.py").read_text()
+    seen = set()
+    for command in commands:
+        words = shlex.split(command)
+        program = next((w for w in words if w in ("dist-contrast", "mlflow", "ray", "kubectl")),
+                       None)
+        if program is None:
+            continue
+        seen.add(program)
+        args = words[words.index(program) + 1:]
+        if program == "dist-contrast":  # parses with the real command line
+            _parser().parse_args(args)
+            assert args[0] in {"train", "submit", "jobs", "compare"}
+        elif program in ("mlflow", "ray"):  # the flags the cluster tests start them with
+            for flag in (a.split("=")[0] for a in args if a.startswith("--")):
+                assert f'"{flag}' in services, f"{program} {flag} is not what the tests run"
+        else:  # kubectl: the kustomization and the Service it port-forwards exist
+            if "-k" in args:
+                assert (ROOT / args[args.index("-k") + 1] / "kustomization.yaml").is_file()
+            if "port-forward" in args:
+                service = args[args.index("port-forward") + 1].removeprefix("svc/")
+                assert f"name: {service}\n" in (ROOT / "k8s" / "mlflow.yaml").read_text()
+    assert seen == {"dist-contrast", "mlflow", "ray", "kubectl"}
