@@ -206,11 +206,11 @@ class JobServer:
             except RuntimeError as exc:  # the log stream closed early: poll instead
                 if "does not exist" in str(exc) or "404" in str(exc):
                     raise
-        return self.wait(job_id, timeout=STOP_TIMEOUT_S)
+        return self.wait(job_id, timeout=None)
 
-    def wait(self, job_id: str, timeout: float) -> str:
+    def wait(self, job_id: str, timeout: float | None) -> str:
         """Poll until the job is in a terminal state (or ``timeout`` seconds pass)."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + (timeout if timeout is not None else float("inf"))
         status = self.status(job_id)
         while status not in TERMINAL and time.monotonic() < deadline:
             time.sleep(1.0)
