@@ -311,11 +311,17 @@ def prepare(
         shown = [f"{n}={env[n]}" if n == "MLFLOW_TRACKING_URI" else n for n in passed]
         notes.append(f"passing {', '.join(shown)} from this shell to the job")
     uri = cfg.tracking.tracking_uri or env_vars.get("MLFLOW_TRACKING_URI")
-    if not uri or uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+    if not uri:
         notes.append(
-            f"the job logs to {uri or 'sqlite:///mlflow.db in its working directory'} on the "
-            "head node, which other nodes and you may not reach; set MLFLOW_TRACKING_URI to an "
-            "MLflow server (see the README, From laptop to cluster)"
+            "no MLFLOW_TRACKING_URI goes with the job: it logs where the cluster's nodes say "
+            "(the RayCluster of k8s/ sets the MLflow server), else to sqlite:///mlflow.db in "
+            "its working directory on the head node; set MLFLOW_TRACKING_URI to an MLflow "
+            "server to be sure"
+        )
+    elif uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+        notes.append(
+            f"the job logs to {uri} on the head node, which other nodes and you may not reach; "
+            "set MLFLOW_TRACKING_URI to an MLflow server (see the README, From laptop to cluster)"
         )
     return Submission(
         cfg=cfg,

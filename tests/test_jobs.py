@@ -123,7 +123,9 @@ def test_a_submission_without_a_tracking_server_says_where_runs_go() -> None:
     made = jobs.prepare(SYNTHETIC, ["experiment.run_name=r1"], {}, environ={})
     assert made.cfg.experiment.run_name == "r1"
     (note,) = made.notes
-    assert note.startswith("the job logs to sqlite:///mlflow.db in its working directory")
+    assert note.startswith("no MLFLOW_TRACKING_URI goes with the job")
+    local = jobs.prepare(SYNTHETIC, ["tracking.tracking_uri=sqlite:///x.db"], {}, environ={})
+    assert local.notes[0].startswith("the job logs to sqlite:///x.db on the head node")
     with pytest.raises(UserError, match="loss.temperature"):
         jobs.prepare(SYNTHETIC, ["loss.temperature=0"], {}, environ={})
 
