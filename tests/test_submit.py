@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_ENV = str(ROOT / "launch" / "runtime_env.yaml")
 TINY = [
     "trainer.num_workers=1", "trainer.batch_size=32", "data.num_samples=600",
-    "optimizer.warmup_steps=1", "tracking.log_model=false",
+    "optimizer.warmup_steps=1", "tracking.log_model=false", "eval.linear_probe=false",
+    "eval.max_samples=300",
 ]
 EXPERIMENT = "dist-contrast"
 
