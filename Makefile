@@ -6,8 +6,11 @@ BIN    := $(VENV)/bin
 # The CPU build of torch, pinned here: an unpinned torch pulls several GB of CUDA packages.
 TORCH  := torch==2.13.0
 export DS_ACCELERATOR ?= cpu
+# Tools with pins of their own (checkov pins old packaging, networkx, ...): a venv apart.
+TOOLS  := .venv-tools
+CHECKOV := checkov==3.3.30
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test lint typecheck pytest bench clean tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +25,17 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
+$(TOOLS)/bin/checkov:
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --upgrade pip
+	$(TOOLS)/bin/python -m pip install --quiet $(CHECKOV)
+
+tools: $(TOOLS)/bin/checkov
+
 demo: $(VENV)/.installed
 	$(BIN)/dist-contrast train configs/synthetic.yaml
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test $(TOOLS)/bin/checkov
 	$(BIN)/ruff check dist_contrast tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -ra --durations=15
@@ -37,4 +47,4 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/determinism.py
 
 clean:
-	rm -rf $(VENV) results mlruns mlartifacts mlflow.db .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) results mlruns mlartifacts mlflow.db .pytest_cache .mypy_cache .ruff_cache

@@ -73,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_evaluate(commands)
     _add_sweep(commands)
     _add_compare(commands)
+    _add_submit(commands)
+    _add_jobs(commands)
     return parser
 
 
@@ -131,6 +133,65 @@ def _sweep(args: argparse.Namespace) -> int:
     if summary.failed:
         raise sweep_failed(summary)
     return 0
+
+
+def _add_submit(commands: argparse._SubParsersAction) -> None:
+    submit = commands.add_parser(
+        "submit",
+        help="submit a training run to a Ray cluster as a Ray job and follow it",
+        description=(
+            "Validate CONFIG with its overrides here, then submit `dist-contrast train` with the "
+            "resolved config as a Ray job (Ray's job API, like `ray job submit`). Prints the job "
+            "id and the dashboard, follows the logs and exits with the job's outcome: 0 "
+            "SUCCEEDED, 1 FAILED, 130 stopped (Ctrl-C also stops the job). The job server is "
+            "--address, else RAY_ADDRESS (http://<head>:8265), else http://127.0.0.1:8265; the "
+            "cluster's token comes from RAY_AUTH_TOKEN or ~/.ray/auth_token. MLFLOW_TRACKING_URI, "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD are passed on to the job "
+            "unless the runtime environment sets them."
+        ),
+    )
+    submit.add_argument("config", metavar="CONFIG", help="experiment YAML file (see configs/)")
+    submit.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+    submit.add_argument("--address", metavar="URL", help="the Ray job server, http://<head>:8265")
+    submit.add_argument("--runtime-env", metavar="FILE",
+                        help="Ray runtime environment YAML (default launch/runtime_env.yaml when "
+                             "it exists here, else the package installed on the cluster)")
+    submit.add_argument("--no-wait", action="store_true",
+                        help="return once the job is submitted")
+
+
+def _add_jobs(commands: argparse._SubParsersAction) -> None:
+    jobs = commands.add_parser(
+        "jobs",
+        help="list, inspect, follow or stop the Ray jobs of a cluster",
+        description="The submitted jobs of the Ray cluster at --address (see submit).",
+    )
+    actions = jobs.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
+    for name, text in (("list", "every submitted job"), ("status", "one job's status"),
+                       ("logs", "one job's logs"), ("stop", "stop a job (SIGTERM: the run stops "
+                                                            "after its step, MLflow run KILLED)")):
+        action = actions.add_parser(name, help=text, description=text)
+        if name != "list":
+            action.add_argument("job_id", metavar="ID", help="the job's submission id")
+        if name == "logs":
+            action.add_argument("--follow", action="store_true", help="until the job ends")
+        action.add_argument("--address", metavar="URL",
+                            help="the Ray job server, http://<head>:8265")
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from dist_contrast import jobs
+
+    if args.command == "submit":
+        return jobs.submit(args.config, list(args.overrides), address=args.address,
+                           runtime_env_path=args.runtime_env, wait=not args.no_wait)
+    if args.jobs_command == "list":
+        return jobs.list_jobs(args.address)
+    if args.jobs_command == "status":
+        return jobs.show_status(args.job_id, args.address)
+    if args.jobs_command == "logs":
+        return jobs.show_logs(args.job_id, follow=args.follow, address=args.address)
+    return jobs.stop_job(args.job_id, args.address)
 
 
 def _add_compare(commands: argparse._SubParsersAction) -> None:
@@ -331,6 +392,8 @@ def _run(args: argparse.Namespace) -> int:
         return _compare(args)
     if args.command == "sweep":
         return _sweep(args)
+    if args.command in ("submit", "jobs"):
+        return _jobs(args)
     if args.command == "losses":
         from dist_contrast.objectives import loss_names
 

@@ -169,6 +169,7 @@ def _start_ray(cfg: Config, checked: Checked) -> Any:
             train_size=checked.train_size, input_shape=checked.input_shape,
         ):
             print(f"dist-contrast: note: {note}", flush=True)
+        _warn_about_storage(cfg, ray)
     else:
         # Local: make room for every worker even on a 2-core laptop (they time-share).
         num_cpus = max(os.cpu_count() or 1, int(needed + 0.999))
@@ -183,6 +184,15 @@ def _start_ray(cfg: Config, checked: Checked) -> Any:
             configure_logging=True,
         )
     return ray
+
+
+def _warn_about_storage(cfg: Config, ray: Any) -> None:
+    """On a cluster of several nodes, an output_dir on this node's own disk: one line."""
+    from dist_contrast.preflight import check_storage
+
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    for warning in check_storage(cfg.experiment.output_dir, nodes):
+        print(f"dist-contrast: warning: {warning}", flush=True)
 
 
 def _worker_env(use_gpu: bool, cfg: Config) -> dict[str, str]:

@@ -129,11 +129,51 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_root: str | Path | 
         _mark_model_training(client, experiment)
         return str(experiment.experiment_id)
     except (MlflowException, OSError) as exc:
+        refused = refusal(tracking_uri, exc)
+        if refused is not None:
+            raise refused from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
             f"cannot reach the MLflow tracking store '{tracking_uri}' ({first[:200]}); "
             "start the server or set MLFLOW_TRACKING_URI to a reachable store"
         ) from None
+
+
+def refusal(
+    tracking_uri: str, exc: BaseException, environ: Mapping[str, str] | None = None
+) -> UserError | None:
+    """One line for an MLflow server that answered but refused us: no or wrong credentials
+    (401), a user without permission or a Host header outside its ``--allowed-hosts`` (403).
+    None for any other failure."""
+    env = os.environ if environ is None else environ
+    text = str(exc)
+    user = env.get("MLFLOW_TRACKING_USERNAME")
+    if "401" in text or "UNAUTHENTICATED" in text:
+        if user:
+            return UserError(
+                f"the MLflow server '{tracking_uri}' rejected the credentials of "
+                f"MLFLOW_TRACKING_USERNAME={user} (401); set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD to an account of that server"
+            )
+        return UserError(
+            f"the MLflow server '{tracking_uri}' requires a login (401); set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        )
+    if "Invalid Host header" in text:
+        from urllib.parse import urlsplit
+
+        host = urlsplit(tracking_uri).netloc
+        return UserError(
+            f"the MLflow server '{tracking_uri}' refused the Host header {host} (403): add it "
+            "to the server's --allowed-hosts or use a host name the server allows"
+        )
+    if "403" in text or "PERMISSION_DENIED" in text:
+        return UserError(
+            f"the MLflow server '{tracking_uri}' denied {user or 'this user'} access (403); "
+            "ask its admin for EDIT permission on the experiment, or use tracking.experiment "
+            "to log to another one"
+        )
+    return None
 
 
 def _mark_model_training(client: Any, experiment: Any) -> None:

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Submit a training run to a running Ray cluster as a Ray job.
+# Submit a training run to a running Ray cluster as a Ray job, with Ray's own CLI.
+# `dist-contrast submit` does the same through Ray's job API, with the config validated
+# first and the job's outcome as its exit status (README, From laptop to cluster).
 #   RAY_ADDRESS=http://<head>:8265 launch/submit.sh configs/synthetic.yaml trainer.num_workers=8
 # Ray 2.5x+ clusters use token authentication: set RAY_AUTH_TOKEN or keep ~/.ray/auth_token.
 # MLFLOW_TRACKING_URI should name a store that every node reaches (an MLflow server).

@@ -39,8 +39,10 @@ ALLOWED: dict[str, set[str]] = {
     "compare": {"errors", "objectives"},
     # A grid of trainings: the trials (pure), then each one run through orchestrate on Ray.
     "sweep": {"config", "errors", "objectives", "orchestrate", "progress", "tracking", "train"},
+    # Ray jobs from outside the cluster: `dist-contrast submit` and `dist-contrast jobs`.
+    "jobs": {"config", "errors"},
     "cli": {"config", "errors", "orchestrate", "objectives", "serving", "compare", "sweep",
-            "tracking"},
+            "tracking", "jobs"},
 }
 
 # Modules that are a part of their own, below the rest of their package.
@@ -49,7 +51,7 @@ SUBPARTS: dict[str, str] = {"serving/model.py": "serving.model"}
 # Outside dependencies and the parts allowed to import them.
 LANES: dict[str, set[str]] = {
     "torch.distributed": {"dist"},
-    "ray": {"orchestrate", "train"},
+    "ray": {"orchestrate", "train", "jobs"},
     "deepspeed": {"train"},
     "mlflow": {"tracking", "serving", "serving.model", "compare"},
     "faiss": {"negatives", "analysis"},
