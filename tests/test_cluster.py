@@ -6,6 +6,7 @@ Runs with a fresh HOME, as on a new machine: `ray start` writes the cluster's au
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -13,7 +14,10 @@ import sys
 from pathlib import Path
 
 import mlflow
+import psutil
 import pytest
+
+from tests.services import MARKER, marked
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -29,7 +33,10 @@ def _free_port() -> int:
 def test_train_runs_on_an_existing_cluster(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
-    env = {**os.environ, "HOME": str(home), "DS_ACCELERATOR": "cpu"}
+    # Every process of this cluster inherits the marker: teardown ends exactly those (never
+    # `ray stop`, which would end every Ray process on the machine).
+    marker = f"test-cluster-{os.getpid()}-{tmp_path.name}"
+    env = {**os.environ, "HOME": str(home), "DS_ACCELERATOR": "cpu", MARKER: marker}
     for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "MLFLOW_TRACKING_URI"):
         env.pop(key, None)
     # Share the compiled DeepSpeed op with the real HOME so it is not rebuilt for this test.
@@ -89,7 +96,12 @@ def test_train_runs_on_an_existing_cluster(tmp_path: Path) -> None:
             text=True, timeout=600,
         )
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        for _ in range(3):
+            found = marked(marker)
+            for process in found:
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
+            psutil.wait_procs(found, timeout=10)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "finished at step 6" in proc.stdout
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
