@@ -15,6 +15,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 6
@@ -65,52 +66,76 @@ def _family(tmp: Path, name: str) -> tuple[mlflow.entities.Run, list[mlflow.enti
     return parent, children
 
 
-def test_a_sweep_runs_its_grid_resumes_and_compares(tmp_path: Path) -> None:
-    grid = ["--grid", "loss.temperature=0.1,0.5", "--seeds", "2", "--name", "tau"]
-    done = _sweep(tmp_path, *grid)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "4 of 4 trials to run" in done.stdout and "best eval/knn_acc" in done.stdout
+def test_a_sweep_runs_its_grid_goes_on_past_a_failure_resumes_and_compares(
+    tmp_path: Path,
+) -> None:
+    # Two configs: the τ grid × 2 seeds of the synthetic config, and a τ-free loss that fails at
+    # run time. Steps 2 and 3 give a NaN loss in every child; the synthetic children allow 3
+    # bad steps in a row and skip them, the other config's grid allows 1, so its children fail.
+    raw = yaml.safe_load((ROOT / "configs" / "synthetic.yaml").read_text())
+    raw["loss"] = {"name": "simple"}
+    raw["sweep"] = {"grid": {"trainer.max_bad_steps": [1]}}
+    faulty = tmp_path / "faulty.yaml"
+    faulty.write_text(yaml.safe_dump(raw))
+    args = [str(faulty), "--grid", "loss.temperature=0.1,0.5"]
+    grid = ["--seeds", "2", "--name", "tau", "trainer.max_bad_steps=3"]
+    fault = {"DIST_CONTRAST_FAULT_NONFINITE_STEPS": "2,3"}
+    done = _sweep(tmp_path, *args, *grid, **fault)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "6 of 6 trials to run" in done.stdout and "best eval/knn_acc" in done.stdout
+    last = done.stderr.strip().splitlines()[-1]
+    assert "2 of 6 children failed" in last and "tau_faulty_" in last, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
     parent, children = _family(tmp_path, "tau")
-    assert parent.info.status == "FINISHED"
+    assert parent.info.status == "FAILED"
+    assert "tau_faulty_" in parent.data.tags["dist_contrast.error"]
     assert parent.data.tags["dist_contrast.sweep"] == "true"
     assert parent.data.params["sweep.seeds"] == "2"
     assert "loss.temperature: [0.1, 0.5]" in parent.data.params["sweep.grid"]
     assert parent.data.params["trainer.max_steps"] == str(STEPS)  # the base config as params
-    assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
+    failed = [c for c in children if c.info.status == "FAILED"]
+    good = [c for c in children if c.info.status == "FINISHED"]
+    assert len(failed) == 2 and len(good) == 4
+    for child in failed:
+        assert child.data.params["trainer.max_bad_steps"] == "1"
+        assert "non-finite" in child.data.tags["dist_contrast.error"]
     points = {(c.data.params["loss.temperature"], c.data.params["experiment.seed"])
-              for c in children}
+              for c in good}
     assert points == {(tau, seed) for tau in ("0.1", "0.5") for seed in ("0", "1")}
     client = _client(tmp_path)
-    for child in children:
+    for child in good:
         assert child.data.tags["dist_contrast.grid.loss.temperature"] == child.data.params[
             "loss.temperature"]
         assert child.data.tags["dist_contrast.grid.seed"] == child.data.params["experiment.seed"]
         assert {"eval/knn_acc", "eval/local_separation", "eval/collapsed", "train/loss",
-                "diag/penalty_entropy"} <= set(child.data.metrics)
+                "train/skipped_steps", "diag/penalty_entropy"} <= set(child.data.metrics)
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "train/loss")]
         assert steps == list(range(1, STEPS + 1))
-    plots = {a.path for a in client.list_artifacts(children[0].info.run_id, "plots")}
+    plots = {a.path for a in client.list_artifacts(good[0].info.run_id, "plots")}
     assert {"plots/relative_penalty.png", "plots/similarities.png"} <= plots
 
-    # The same command again: every child finished before, nothing runs (no Ray start).
-    again = _sweep(tmp_path, *grid)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "nothing to run" in again.stdout
+    # The same command again: the finished children are kept, the failed ones run again.
+    again = _sweep(tmp_path, *args, *grid, **fault)
+    assert again.returncode == 1, again.stderr[-3000:]
+    assert "2 of 6 trials to run" in again.stdout
+    started = [line for line in again.stdout.splitlines() if line.strip().startswith("start")]
+    assert len(started) == 2 and all("faulty" in line for line in started)
     parent_again, children_again = _family(tmp_path, "tau")
     assert parent_again.info.run_id == parent.info.run_id
-    assert sorted(c.info.run_id for c in children_again) == sorted(
-        c.info.run_id for c in children)
+    assert {c.info.run_id for c in good} <= {c.info.run_id for c in children_again}
 
-    # compare on the parent: table, figures, one HTML file with the images inside.
+    # compare on the parent: the FINISHED children only; table, figures, one HTML file with
+    # the images inside.
     out = tmp_path / "report"
     compared = subprocess.run(
         [sys.executable, "-m", "dist_contrast.cli", "compare", parent.info.run_id,
          "--out", str(out)], cwd=tmp_path, env=_env(tmp_path), capture_output=True,
         text=True, timeout=300)
     assert compared.returncode == 0, compared.stderr[-3000:]
+    assert "2 grid points" in compared.stdout
     table = (out / "comparison.md").read_text()
     for tau in ("0.1", "0.5"):
-        knn = [c.data.metrics["eval/knn_acc"] for c in children
+        knn = [c.data.metrics["eval/knn_acc"] for c in good
                if c.data.params["loss.temperature"] == tau]
         mean = sum(knn) / 2
         std = (sum((v - mean) ** 2 for v in knn) / 1) ** 0.5
@@ -127,23 +152,6 @@ def test_a_sweep_runs_its_grid_resumes_and_compares(tmp_path: Path) -> None:
         text=True, timeout=300)
     assert by_name.returncode == 0, by_name.stderr[-3000:]
     assert "2 grid points" in by_name.stdout
-
-
-def test_a_failed_child_does_not_stop_the_others(tmp_path: Path) -> None:
-    # Steps 2 and 3 give a NaN loss in every child: the child allowed one bad step in a row
-    # fails at run time, the one allowed three skips them and finishes.
-    done = _sweep(tmp_path, "--grid", "trainer.max_bad_steps=1,3", "--name", "faulty",
-                  DIST_CONTRAST_FAULT_NONFINITE_STEPS="2,3")
-    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
-    last = done.stderr.strip().splitlines()[-1]
-    assert "1 of 2 children failed" in last and "max_bad_steps=1" in last, done.stderr[-2000:]
-    assert "Traceback" not in done.stderr
-    parent, children = _family(tmp_path, "faulty")
-    assert parent.info.status == "FAILED"
-    assert "max_bad_steps=1" in parent.data.tags["dist_contrast.error"]
-    status = {c.data.params["trainer.max_bad_steps"]: c for c in children}
-    assert status["1"].info.status == "FAILED" and status["3"].info.status == "FINISHED"
-    assert "non-finite" in status["1"].data.tags["dist_contrast.error"]
 
 
 def test_an_invalid_grid_value_starts_nothing(tmp_path: Path) -> None:
