@@ -240,8 +240,12 @@ def _our_loop(cfg: Config, phases: Phases) -> None:
     step._loss = phases.timed("loss", step._loss)  # type: ignore[method-assign]
     step._update_pools = phases.timed(  # type: ignore[method-assign]
         "pool update", step._update_pools)
-    # The keys' gather (the forward before it is timed apart, inside _global_keys).
+    # The keys' gather (the forward before it is timed apart, inside _global_keys); the
+    # labels' and ids' gathers; the all-reduces by which the ranks agree that a step is
+    # finite and whether to stop. (The ids' gather is inside the pool update.)
     dist.all_gather_with_grad = phases.timed("gather", dist.all_gather_with_grad)
+    dist.all_gather_no_grad = phases.timed("gather without grad", dist.all_gather_no_grad)
+    dist.any_rank = phases.timed("agreement (finite?, stop?)", dist.any_rank)
     reporter._send_progress = phases.timed(  # type: ignore[method-assign]
         "progress queue", reporter._send_progress)
     step_done = reporter.step_done
