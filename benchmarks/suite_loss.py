@@ -43,8 +43,8 @@ class Plan:
     memory_limit: int  # cases estimated to need more are skipped
 
 
-FULL = Plan(batch=2048, pools=(16_384, 65_536, 262_144, 1_048_576), tile=1024, rounds=3,
-            repeats=2, gemm=2048, memory_limit=loss_script.MEMORY_LIMIT)
+FULL = Plan(batch=2048, pools=(16_384, 65_536, 262_144, 1_048_576), tile=1024, rounds=2,
+            repeats=1, gemm=2048, memory_limit=loss_script.MEMORY_LIMIT)
 QUICK = Plan(batch=128, pools=(1_024, 4_096), tile=512, rounds=1, repeats=1, gemm=512,
              memory_limit=2**30)
 

@@ -37,7 +37,7 @@ class Plan:
     queues: tuple[int, ...]
 
 
-FULL = Plan(sizes=(10_000, 100_000, 1_000_000), setup=mining.FULL, rounds=3,
+FULL = Plan(sizes=(10_000, 100_000, 1_000_000), setup=mining.FULL, rounds=2,
             queues=(16_384, 65_536, 262_144))
 QUICK = Plan(sizes=(2_000, 8_000), setup=mining.QUICK, rounds=1, queues=(4_096, 16_384))
 
