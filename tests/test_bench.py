@@ -18,7 +18,6 @@ from dist_contrast.cli import main
 from tests.benchmark_scripts import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))  # the report imports its sibling modules
 
 
 def test_readme_matches_the_committed_results() -> None:
