@@ -5,6 +5,7 @@ workers with the ideal line; the start-up phases."""
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -106,11 +107,11 @@ def _scaling(data: dict[str, Any]) -> Figure:
     for workers, values in points:
         if values:
             ax.plot([workers] * len(values), values, "o", color="C0", markersize=3)
-    medians = [(w, sorted(v)[len(v) // 2]) for w, v in points if v]
+    medians = [(w, statistics.median(v)) for w, v in points if v]
     ax.plot([w for w, _ in medians], [m for _, m in medians], "-", color="C0",
             label="measured (median)")
     if scaling["one"]:
-        one = sorted(scaling["one"])[len(scaling["one"]) // 2]
+        one = statistics.median(scaling["one"])
         ax.plot([1, 2], [one, 2 * one], "--", color="black", label="ideal")
     ax.set(xlabel="workers", ylabel="samples/s", xticks=[1, 2], ylim=(0, None))
     ax.legend(fontsize=7)
@@ -121,12 +122,14 @@ def _startup(data: dict[str, Any]) -> Figure:
     startup = data["series"]["startup"]
     kept = [(label, [v for v in values if v is not None]) for label, values in startup.items()
             if not label.startswith(("total", "after"))]
-    phases = [(label, float(sorted(v)[len(v) // 2])) for label, v in kept if v]
+    phases = [(label, float(statistics.median(v))) for label, v in kept if v]
     figure, ax = _axes("From dist-contrast train to the first step (median seconds)", panels=1)
+    figure.set_size_inches(SIZE[0], 3.6)
     left = 0.0
     for i, (label, seconds) in enumerate(phases):
-        ax.barh([0], [seconds], left=left, color=f"C{i % 10}", label=f"{label} {seconds:.1f} s")
+        ax.barh([0], [seconds], left=left, color=f"C{i % 10}", label=f"{label} {seconds:.1f} s",
+                hatch="//" if i >= 10 else None)
         left += seconds
     ax.set(yticks=[], xlabel="seconds")
-    ax.legend(fontsize=6, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.35))
+    figure.legend(fontsize=6, ncol=3, loc="outside lower center")
     return figure

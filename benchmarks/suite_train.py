@@ -295,7 +295,6 @@ def _run(result: SuiteResult, plan: Plan, scratch: Path, lightly_python: str | N
                           f"ray1-{index}")
             seconds["ray_1"].append(_median(window_seconds(
                 one, batch_cfg.trainer.batch_size, plan.warmup)))
-            startups.append(startup_phases(one["marks"]))
     print("  negative sources (one process, real TrainStep)", flush=True)
     sources = source_costs(plan)
     _tables(result, plan, seconds, phases, startups, sources, global_batch, lightly_reason)
@@ -388,7 +387,7 @@ def _tables(result: SuiteResult, plan: Plan, seconds: dict[str, list[float]],
 
     rows = result.table(
         "startup", "From `dist-contrast train` to the first training step (synthetic.yaml, "
-        "warm caches and MLflow store; each Ray run of the rounds is a repeat)",
+        "2 workers, warm caches and MLflow store; the 2-worker Ray run of each round is a repeat)",
         ["phase", "seconds"])
     labels = [label for label, _, _ in STARTUP] + [
         "total to first step", "after the last step (eval, plots, shutdown)"]
