@@ -40,11 +40,22 @@ test: $(VENV)/.installed-test $(TOOLS)/bin/checkov
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -ra --durations=15
 
-bench: $(VENV)/.installed-test
-	$(BIN)/python benchmarks/loss.py
-	$(BIN)/python benchmarks/mining.py
+# lightly (the benchmarks' comparison) imports torchvision, which has no CPU build for this torch:
+# it gets a tool venv with PyPI's torch and torchvision (several GB) that reads the rest from .venv.
+LIGHTLY := .venv-lightly
+$(LIGHTLY)/.installed: | $(BIN)/python
+	$(PYTHON) -m venv $(LIGHTLY)
+	$(LIGHTLY)/bin/python -m pip install --quiet --isolated torch==2.13.0 torchvision==0.28.0
+	$(LIGHTLY)/bin/python -m pip install --quiet --isolated --no-deps lightly==1.6.0
+	$(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" \
+	  > "$$($(LIGHTLY)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/project-venv.pth"
+	touch $@
+
+bench: $(VENV)/.installed-test $(LIGHTLY)/.installed
+	$(BIN)/dist-contrast bench
+	$(BIN)/python benchmarks/report.py --write
 	$(BIN)/python benchmarks/miner_share.py
 	$(BIN)/python benchmarks/determinism.py
 
 clean:
-	rm -rf $(VENV) $(TOOLS) results mlruns mlartifacts mlflow.db .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) $(LIGHTLY) results mlruns mlartifacts mlflow.db .pytest_cache .mypy_cache .ruff_cache

@@ -7,6 +7,9 @@ Compares, in one run and on one machine:
 - ``untiled``: ``info_nce`` holding all B × N logits;
 - ``pml``: pytorch-metric-learning's ``NTXentLoss`` with the pool as reference embeddings (only
   where its pair lists fit);
+- ``lightly``: lightly's ``NTXentLoss`` with a memory bank holding the pool (MoCo as lightly
+  users write it; only where its B × N logits fit, and only with an interpreter that has
+  lightly: ``--lightly-python``);
 - ``bare``: the two matrix products no exact loss over a pool without gradient can avoid,
   ``q @ poolᵀ`` and ``P @ pool``, tile by tile with the same tiles: the machine's limit.
 
@@ -74,6 +77,11 @@ def _run_case(case: str, batch: int, pool_size: int, tile: int, repeats: int) ->
     warm_q, warm_k, warm_pool = _inputs(8, 64, device, dtype)
     info_nce(warm_q, warm_k, warm_pool, temperature=0.07, in_batch=False, tile_size=16).backward()
     query, key, pool = _inputs(batch, pool_size, device, dtype)
+    if case == "lightly":
+        from lightly.loss import NTXentLoss
+
+        criterion = NTXentLoss(temperature=0.07, memory_bank_size=(pool_size, DIM)).to(device)
+        criterion.memory_bank.bank = pool.float().clone()  # [N, D]: the same pool as ours
 
     def step() -> None:
         query.grad = None
@@ -81,6 +89,8 @@ def _run_case(case: str, batch: int, pool_size: int, tile: int, repeats: int) ->
             info_nce(query, key, pool, temperature=0.07, in_batch=False, tile_size=tile).backward()
         elif case == "untiled":
             info_nce(query, key, pool, temperature=0.07, in_batch=False).backward()
+        elif case == "lightly":
+            criterion(query, key).backward()
         elif case == "pml":
             from pytorch_metric_learning.losses import NTXentLoss
 
@@ -106,7 +116,7 @@ def _run_case(case: str, batch: int, pool_size: int, tile: int, repeats: int) ->
         step()
         times.append(time.perf_counter() - start)
     peak = (torch.cuda.max_memory_allocated() if cuda else _peak_rss()) - base
-    return {"case": case, "seconds": min(times), "peak_bytes": max(peak, 0)}
+    return {"case": case, "seconds": min(times), "times": times, "peak_bytes": max(peak, 0)}
 
 
 def _status_bytes(field: str) -> int:
@@ -138,18 +148,18 @@ def _peak_rss() -> int:
 
 def _estimated_bytes(case: str, batch: int, pool: int) -> int:
     """Rough peak of the cases that hold B × N things: ~5 float32 copies of the logits for the
-    untiled loss; PML's NT-Xent builds a [positive pairs × negative pairs] float matrix,
-    ~4·B·B·(N + B) bytes."""
-    if case == "untiled":
+    untiled loss (and lightly's); PML's NT-Xent builds [positive pairs × negative pairs]
+    float matrices, ~16·B·B·(N + B) bytes (9.1 GiB measured at B = 256, N = 8,192)."""
+    if case in ("untiled", "lightly"):
         return 5 * 4 * batch * (pool + 1)
     if case == "pml":
-        return 4 * batch * batch * (pool + batch)
+        return 16 * batch * batch * (pool + batch)
     return 0
 
 
 def _in_subprocess(case: str, batch: int, pool: int, tile: int, repeats: int,
-                   threads: int) -> dict:
-    command = [sys.executable, __file__, "--worker", case, "--batch", str(batch),
+                   threads: int, python: str | None = None) -> dict:
+    command = [python or sys.executable, __file__, "--worker", case, "--batch", str(batch),
                "--pool", str(pool), "--tile-size", str(tile), "--repeats", str(repeats),
                "--threads", str(threads)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -189,6 +199,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed runs; the minimum is kept")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--quick", action="store_true", help="a small smoke run")
+    parser.add_argument("--lightly-python", metavar="PYTHON",
+                        help="an interpreter with lightly: adds lightly's NTXentLoss")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -211,15 +223,20 @@ def main(argv: list[str] | None = None) -> None:
     for batch in args.batch:
         for pool in args.pool:
             results = {}
-            for case in ("bare", "tiled", "untiled", "pml"):
+            cases = ["bare", "tiled", "untiled", "pml"]
+            if args.lightly_python:
+                cases.append("lightly")
+            for case in cases:
                 if _estimated_bytes(case, batch, pool) > MEMORY_LIMIT:
                     results[case] = {"case": case, "skipped": True}
                     continue
-                if args.quick:  # a smoke run: one process, the peaks are only indicative
+                python = args.lightly_python if case == "lightly" else None
+                if args.quick and python is None:  # a smoke run: one process, the peaks
+                    # are only indicative
                     results[case] = _run_case(case, batch, pool, args.tile_size, args.repeats)
                 else:
                     results[case] = _in_subprocess(case, batch, pool, args.tile_size,
-                                                   args.repeats, args.threads)
+                                                   args.repeats, args.threads, python)
             _print_rows(batch, pool, results)
 
 

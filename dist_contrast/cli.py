@@ -22,6 +22,7 @@ Examples:
   dist-contrast embed results/RUN/checkpoint_00002000 rows.parquet -o embeddings.parquet
   dist-contrast sweep configs/synthetic.yaml --grid loss.temperature=0.1,0.2,0.5 --seeds 3
   dist-contrast compare my-sweep --out comparison/
+  dist-contrast bench --suite train --quick
   dist-contrast evaluate RUN_ID data.name=file data.path=new.parquet data.label_column=label
   RAY_ADDRESS=http://head:8265 ray job submit -- dist-contrast train configs/moco.yaml
 """
@@ -75,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_compare(commands)
     _add_submit(commands)
     _add_jobs(commands)
+    _add_bench(commands)
     return parser
 
 
@@ -192,6 +194,49 @@ def _jobs(args: argparse.Namespace) -> int:
     if args.jobs_command == "logs":
         return jobs.show_logs(args.job_id, follow=args.follow, address=args.address)
     return jobs.stop_job(args.job_id, args.address)
+
+
+def _bench_script() -> str:
+    """``benchmarks/bench.py`` of the checkout this package runs from."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+    if not script.is_file():
+        raise UserError(f"dist-contrast bench runs the suites in benchmarks/ of a source "
+                        f"checkout, and there is none at {script.parent}; install the package "
+                        "from a clone (pip install -e .) and run it there")
+    return str(script)
+
+
+def _add_bench(commands: argparse._SubParsersAction) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="run the benchmark suites (loss, mining, train) and write their results",
+        description=(
+            "Run the benchmark suites side by side on this machine and write, per suite, "
+            "<out>/<suite>-<machine>.json (every figure with its repeats and the machine), a "
+            "markdown table and figures. benchmarks/report.py puts full runs into the README."
+        ),
+    )
+    bench.add_argument("--suite", choices=("loss", "mining", "train", "all"), default="all",
+                       help="which suite to run (default all)")
+    bench.add_argument("--quick", action="store_true",
+                       help="a small smoke run of each suite (numbers only indicative)")
+    bench.add_argument("--out", metavar="DIR", help="where to write (default benchmarks/results, "
+                       "or benchmarks/results/quick with --quick)")
+    bench.add_argument("--lightly-python", metavar="PYTHON",
+                       help="an interpreter that has lightly (default: .venv-lightly if present)")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dist_contrast_bench", _bench_script())
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return int(module.run(args.suite, args.quick, args.out, args.lightly_python))
 
 
 def _add_compare(commands: argparse._SubParsersAction) -> None:
@@ -394,6 +439,8 @@ def _run(args: argparse.Namespace) -> int:
         return _sweep(args)
     if args.command in ("submit", "jobs"):
         return _jobs(args)
+    if args.command == "bench":
+        return _bench(args)
     if args.command == "losses":
         from dist_contrast.objectives import loss_names
 

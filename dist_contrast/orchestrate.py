@@ -21,6 +21,7 @@ from typing import Any
 from dist_contrast.config import Config, flatten, to_yaml
 from dist_contrast.errors import RunFailed, UserError
 from dist_contrast.progress import ProgressDisplay
+from dist_contrast.timing import mark
 from dist_contrast.tracking import (
     TrainingData,
     default_tracking_uri,
@@ -229,11 +230,13 @@ def run_training(
     objective or negative source on the worker and then calls the default is how code outside
     the package plugs in.
     """
+    mark("driver_start")
     cfg = resolve(cfg)
     address = _cluster_address()
     if address is not None:  # before anything is written
         _check_reachable(address)
     checked = preflight(cfg)
+    mark("preflight")
     for note in checked.notes:
         print(f"dist-contrast: note: {note}", flush=True)
     uri = str(cfg.tracking.tracking_uri)
@@ -243,9 +246,11 @@ def run_training(
     )
     run_dir = storage.run_directory(cfg)
     run_id = None
+    mark("mlflow_experiment")
     with _Signals() as signals:
         try:
             ray = _start_ray(cfg, checked)
+            mark("ray_init")
             signals.claim()
             run_id, _ = open_run(
                 uri, cfg.tracking.experiment, str(cfg.experiment.run_name),
@@ -253,7 +258,9 @@ def run_training(
                 config_yaml=to_yaml(cfg), tags=_run_tags(cfg),
                 data=_training_data(cfg, checked),
             )
+            mark("mlflow_run")
             _run_workers(ray, cfg, run_id, signals, train_loop)
+            mark("workers_done")
         except BaseException as exc:
             interrupted = signals.received is not None or isinstance(exc, KeyboardInterrupt)
             failure: BaseException | None = None
@@ -268,6 +275,7 @@ def run_training(
                 raise _interrupted(cfg, signals.received or signal.SIGINT, None) from None
             raise failure from None
     _shutdown_ray()
+    mark("ray_shutdown")
     # From the MLflow run: Ray keeps the metrics of registered checkpoints only, and the
     # checkpoints are ours.
     metrics = final_metrics(uri, run_id)

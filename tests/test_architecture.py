@@ -27,14 +27,18 @@ ALLOWED: dict[str, set[str]] = {
     "tracking": {"errors"},
     "plots": set(),
     "progress": set(),
+    # Wall-clock marks of a run's phases for dist-contrast bench (off unless asked).
+    "timing": set(),
     # The trained encoder as an MLflow model (the trainer logs it): below train.
     "serving.model": {"config", "data", "models", "errors"},
     "train": {"dist", "config", "data", "models", "losses", "negatives", "objectives",
-              "analysis", "temperature", "tracking", "errors", "plots", "serving.model"},
+              "analysis", "temperature", "tracking", "errors", "plots", "serving.model",
+              "timing"},
     "preflight": {"config", "errors", "models", "negatives", "objectives", "train"},
     # The rest of serving: loading an encoder from a checkpoint or MLflow, embedding files.
     "serving": {"serving.model", "config", "data", "models", "errors", "tracking", "train"},
-    "orchestrate": {"config", "data", "errors", "preflight", "progress", "tracking", "train"},
+    "orchestrate": {"config", "data", "errors", "preflight", "progress", "tracking", "train",
+                    "timing"},
     # Reading finished runs back from MLflow: the comparison of a sweep's grid points.
     "compare": {"errors", "objectives"},
     # A grid of trainings: the trials (pure), then each one run through orchestrate on Ray.

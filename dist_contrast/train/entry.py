@@ -20,6 +20,7 @@ import torch
 
 from dist_contrast import dist
 from dist_contrast.config import Config
+from dist_contrast.timing import mark
 from dist_contrast.train import checkpoint, storage
 from dist_contrast.train.state import check_safe_to_load, load_trainer_state
 from dist_contrast.train.worker import Worker, build_worker
@@ -29,6 +30,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Build this rank's worker (restoring the newest checkpoint when there is one) and train."""
     import ray.train
 
+    mark("worker_start")
     cfg = Config.model_validate(loop_config["config"])
     torch.set_num_threads(cfg.trainer.threads_per_worker)
     os.environ.setdefault("OMP_NUM_THREADS", str(cfg.trainer.threads_per_worker))
@@ -39,9 +41,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     worker = _resume_or_build(cfg, loop_config, ray.train)
     worker.reporter.start()
+    mark("reporter_start")
     if worker.run(ray.train, should_stop=_stop_poller(loop_config.get("stop_signal"))):
         # Every rank: the weights are gathered.
         worker.reporter.finish(worker.trained_encoder(), worker.step.penalty_snapshots)
+    mark("worker_done")
 
 
 def make_deterministic(seed: int) -> None:

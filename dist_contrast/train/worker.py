@@ -26,6 +26,7 @@ from dist_contrast.negatives import build_momentum_encoder, build_negative_pool
 from dist_contrast.objectives import get_objective
 from dist_contrast.serving.model import TrainedEncoder
 from dist_contrast.temperature import Temperature
+from dist_contrast.timing import mark
 from dist_contrast.tracking import make_tracker
 from dist_contrast.train import checkpoint, export, storage
 from dist_contrast.train.evaluation import Evaluator
@@ -90,6 +91,8 @@ class Worker:
             metrics = self.step(batch, self.progress.step, diagnose=diagnose)
             self.progress.step += 1
             step = self.progress.step
+            if step == 1:
+                mark("first_step")
             window.samples += batch["view1"].shape[0] * dist.world_size()
             rates = window.close(self._miner_seconds()) if reporter.is_log_step(step) else None
             reporter.step_done(step, metrics, rates, self.step.engine.module)
@@ -102,6 +105,7 @@ class Worker:
                 if saved_at != step:
                     self._save(train)
                 return False
+        mark("last_step")
         return True
 
     def _save(self, train: Any) -> None:
@@ -234,9 +238,12 @@ def build_worker(cfg: Config, progress_queue: Any = None, run_id: str | None = N
     """Data, model, DeepSpeed engine, pools and the (rank-0) tracker of one rank."""
     torch.manual_seed(cfg.experiment.seed)
     data = build_data(cfg.data, seed=cfg.experiment.seed)
+    mark("data")
     encoder = build_model(cfg.model, data.input_shape)
     engine = build_engine(cfg, encoder)
+    mark("deepspeed")
     step = build_step(cfg, engine, data, encoder)
+    mark("pools")
     rank_zero = dist.is_rank_zero()
     tracker = make_tracker(
         rank_zero,
