@@ -245,7 +245,7 @@ def _our_loop(cfg: Config, phases: Phases) -> None:
     # finite and whether to stop. (The ids' gather is inside the pool update.)
     dist.all_gather_with_grad = phases.timed("gather", dist.all_gather_with_grad)
     dist.all_gather_no_grad = phases.timed("gather without grad", dist.all_gather_no_grad)
-    dist.any_rank = phases.timed("agreement (finite?, stop?)", dist.any_rank)
+    dist.any_ranks = phases.timed("agreement (finite?, stop?)", dist.any_ranks)
     reporter._send_progress = phases.timed(  # type: ignore[method-assign]
         "progress queue", reporter._send_progress)
     step_done = reporter.step_done

@@ -7,6 +7,7 @@ never import ``torch.distributed``; the trainer calls these helpers explicitly.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -117,8 +118,22 @@ def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     return tensor
 
 
+def collective_device() -> torch.device:
+    """Where a collective's tensors must live: the current GPU under NCCL, else the CPU."""
+    if is_distributed() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def any_rank(flag: bool) -> bool:
     """True on every rank if ``flag`` is True on any rank: how ranks agree to skip or stop."""
+    return any_ranks([flag])[0]
+
+
+def any_ranks(flags: Sequence[bool]) -> list[bool]:
+    """:func:`any_rank` of several flags in one all-reduce: element ``i`` is True on every
+    rank if ``flags[i]`` is True on any rank (every rank passes as many flags)."""
     if not is_distributed():
-        return flag
-    return bool(all_reduce(torch.tensor([1.0 if flag else 0.0]), op="max").item() > 0)
+        return [bool(flag) for flag in flags]
+    votes = torch.tensor([1.0 if flag else 0.0 for flag in flags], device=collective_device())
+    return [bool(v > 0) for v in all_reduce(votes, op="max").tolist()]

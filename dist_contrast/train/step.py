@@ -48,6 +48,8 @@ class TrainStep:
     # Steps skipped for a non-finite loss or gradient: in total, and in a row up to now.
     skipped_steps: int = 0
     bad_in_a_row: int = 0
+    # Whether any rank asked to stop after the last step (see ``__call__``'s ``stop``).
+    stop_agreed: bool = False
 
     def __post_init__(self) -> None:
         self.objective = get_objective(self.cfg.loss.name)
@@ -60,15 +62,21 @@ class TrainStep:
     def device(self) -> torch.device:
         return torch.device(self.engine.device)
 
-    def __call__(self, batch: Batch, step: int, diagnose: bool = False) -> dict[str, float]:
+    def __call__(
+        self, batch: Batch, step: int, diagnose: bool = False, stop: bool = False
+    ) -> dict[str, float]:
         """Take optimiser step ``step + 1`` on ``batch``; returns its metrics. ``diagnose``
-        adds the τ diagnostics of this batch (``diag/*``; rank 0 on eval steps)."""
+        adds the τ diagnostics of this batch (``diag/*``; rank 0 on eval steps). ``stop`` is
+        this rank asking the run to stop after this step: whether any rank asked is
+        :attr:`stop_agreed` afterwards, decided by the step's one agreement all-reduce."""
         ids = batch["index"].to(self.device)
         # Labels exist for evaluation; the pools see them only for their label-aware options.
         labels = batch["label"].to(self.device) if self.has_labels else None
         query = self.engine(batch["view1"].to(self.device))  # [B, D], unit norm
         keys = self._global_keys(batch["view2"].to(self.device), step)  # [W·B, D]
-        key_labels = dist.all_gather_no_grad(labels) if labels is not None else None
+        # Gathered here only when the loss needs them; the pools get theirs with the ids.
+        key_labels = (dist.all_gather_no_grad(labels)
+                      if labels is not None and self.objective.needs_labels else None)
         tau = self.engine.module.temperature(step)
         negatives = self._negatives(query, ids, labels, tau)
         inputs = self._inputs(query, keys, ids, labels, key_labels, negatives, tau, step)
@@ -77,9 +85,9 @@ class TrainStep:
             loss = loss * float("nan")
         diagnostics = self._diagnostics(inputs, keys, tau, labels, step + 1) if diagnose else {}
 
-        applied = self._backward_and_step(loss)
+        applied = self._backward_and_step(loss, stop)
         if applied:
-            self._update_pools(keys, ids, key_labels, step + 1)
+            self._update_pools(keys, ids, labels, key_labels, step + 1)
         return {
             "train/loss": float(loss.detach()),
             "train/temperature": float(tau.detach()),
@@ -90,18 +98,30 @@ class TrainStep:
             **diagnostics,
         }
 
-    def _backward_and_step(self, loss: torch.Tensor) -> bool:
+    def _backward_and_step(self, loss: torch.Tensor, stop: bool = False) -> bool:
         """Backward and optimiser step, unless the loss or a gradient is non-finite on any
         rank: then nothing is applied (no update, no pool or momentum update) and the step is
-        counted as skipped. Returns whether the step was applied."""
-        finite = not dist.any_rank(not bool(torch.isfinite(loss.detach())))
-        if finite:
+        counted as skipped. Returns whether the step was applied.
+
+        The ranks agree on that, and on ``stop``, in one all-reduce. Without ZeRO it follows
+        backward (whose collectives every rank runs anyway), so it sees the gradients too;
+        ZeRO keeps them inside its optimiser, so there it precedes backward and the loss has
+        to do."""
+        loss_bad = not bool(torch.isfinite(loss.detach()))
+        backward_done = not self.engine.zero_optimization()
+        if backward_done:
             self.engine.backward(loss)
-            finite = not dist.any_rank(not self._gradients_finite())
-            if finite:
-                self.engine.step()
-                self.bad_in_a_row = 0
-                return True
+            bad, self.stop_agreed = dist.any_ranks([loss_bad or not self._gradients_finite(),
+                                                    stop])
+        else:
+            bad, self.stop_agreed = dist.any_ranks([loss_bad, stop])
+            if not bad:
+                self.engine.backward(loss)
+        if not bad:
+            self.engine.step()
+            self.bad_in_a_row = 0
+            return True
+        if backward_done:
             self._discard_gradients()
         # The LR schedule still advances, so the LR stays a function of the step.
         if self.engine.lr_scheduler is not None:
@@ -111,10 +131,7 @@ class TrainStep:
         return False
 
     def _gradients_finite(self) -> bool:
-        """Whether this rank's gradients are finite. Without ZeRO they sit in ``.grad``; ZeRO
-        partitions them inside its optimiser, where the loss check above has to do."""
-        if self.engine.zero_optimization():
-            return True
+        """Whether this rank's gradients (in ``.grad``, without ZeRO) are finite."""
         grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
         return all(bool(torch.isfinite(g).all()) for g in grads)
 
@@ -225,14 +242,22 @@ class TrainStep:
 
     @torch.no_grad()
     def _update_pools(
-        self, keys: torch.Tensor, ids: torch.Tensor, key_labels: torch.Tensor | None, step: int
+        self, keys: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor | None,
+        key_labels: torch.Tensor | None, step: int,
     ) -> None:
-        """After the optimiser step: momentum encoder first, then the pools take the keys."""
+        """After the optimiser step: momentum encoder first, then the pools take the keys
+        with the global batch's ids and labels (one gather for both when the labels are not
+        gathered yet)."""
         if self.momentum_encoder is not None:
             self.momentum_encoder.update(self.engine.module.encoder)
-        if self.pool is not None:
+        if self.pool is None:
+            return
+        if labels is None or key_labels is not None:
             gathered_ids = dist.all_gather_no_grad(ids)
-            self.pool.update(keys.detach(), gathered_ids, key_labels, step)
+        else:
+            both = dist.all_gather_no_grad(torch.stack([ids, labels.to(ids.dtype)], dim=1))
+            gathered_ids, key_labels = both[:, 0], both[:, 1]
+        self.pool.update(keys.detach(), gathered_ids, key_labels, step)
 
     # ------------------------------------------------------------------ metrics
 
@@ -271,4 +296,5 @@ def _fault_steps() -> frozenset[int]:
 
 
 def _mean_over_ranks(value: float) -> float:
-    return float(dist.all_reduce(torch.tensor([value], dtype=torch.float64), "mean"))
+    value_tensor = torch.tensor([value], dtype=torch.float64, device=dist.collective_device())
+    return float(dist.all_reduce(value_tensor, "mean"))

@@ -72,8 +72,9 @@ class Worker:
     def run(self, train: Any, should_stop: Callable[[], bool] = lambda: False) -> bool:
         """Train until ``trainer.max_steps``; ``train`` is ``ray.train`` (report, checkpoints).
 
-        ``should_stop`` is asked after every step (on rank 0; the ranks agree): when it says so,
-        the run saves a checkpoint and returns False. Returns True when every step is done.
+        ``should_stop`` is asked before every step (on rank 0; the ranks agree in the step's
+        own all-reduce): when it says so, the run saves a checkpoint after that step and
+        returns False. Returns True when every step is done.
         Raises ``UserError`` after ``trainer.max_bad_steps`` non-finite steps in a row."""
         cfg, reporter = self.cfg, self.reporter
         total = cfg.trainer.max_steps
@@ -88,7 +89,8 @@ class Worker:
                 batches, loader_epoch = iter(self._loader(epoch, offset)), epoch
             batch = next(batches)
             diagnose = reporter.active and reporter.is_eval_step(self.progress.step + 1)
-            metrics = self.step(batch, self.progress.step, diagnose=diagnose)
+            stop = dist.is_rank_zero() and should_stop()
+            metrics = self.step(batch, self.progress.step, diagnose=diagnose, stop=stop)
             self.progress.step += 1
             step = self.progress.step
             if step == 1:
@@ -101,7 +103,7 @@ class Worker:
             if step % cfg.checkpoint.every_steps == 0 or step == total:
                 self._save(train)
                 saved_at = step
-            if dist.any_rank(dist.is_rank_zero() and should_stop()):
+            if self.step.stop_agreed:
                 if saved_at != step:
                     self._save(train)
                 return False
