@@ -7,13 +7,15 @@ set it joins that cluster. Either way it runs ``ray.train.torch.TorchTrainer`` w
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,17 +176,60 @@ def _start_ray(cfg: Config, checked: Checked) -> Any:
     else:
         # Local: make room for every worker even on a 2-core laptop (they time-share).
         num_cpus = max(os.cpu_count() or 1, int(needed + 0.999))
-        ray.init(
-            # A runtime of our own, even when a `ray start` cluster runs on this machine
-            # (without it Ray joins that one, which refuses num_cpus).
-            address="local",
-            num_cpus=num_cpus,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=cfg.trainer.show_worker_logs,
-            configure_logging=True,
-        )
+        with _own_address_lookup() as sessions:
+            ray.init(
+                # A runtime of our own, even when a `ray start` cluster runs on this machine
+                # (without it Ray joins that one, which refuses num_cpus).
+                address="local",
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                log_to_driver=cfg.trainer.show_worker_logs,
+                configure_logging=True,
+                _temp_dir=sessions,
+            )
     return ray
+
+
+#: The private directory of :func:`_own_address_lookup`, removed by :func:`_shutdown_ray`.
+_LOOKUP_DIR: str | None = None
+
+
+@contextlib.contextmanager
+def _own_address_lookup() -> Iterator[str]:
+    """Make every process of the local runtime find that runtime when it looks one up.
+
+    Ray processes that look for "the" cluster (Ray Train's placement-group cleaner does, every
+    second) read ``$RAY_TMPDIR/ray/ray_current_cluster``, which a ``ray start`` on this machine
+    writes and leaves behind when it is not stopped with ``ray stop``. A stale one hangs each
+    lookup for 40 s and every run's end for 12 s; a live one points at another cluster. So the
+    local runtime starts with ``RAY_TMPDIR`` set to a private directory, which its processes
+    inherit, and the address file there names its own GCS. Its session directories and logs
+    stay where Ray puts them by default (yielded, for ``ray.init(_temp_dir=...)``).
+    """
+    global _LOOKUP_DIR
+    import ray
+
+    # Where Ray keeps its sessions by default (RAY_TMPDIR, TMPDIR on Linux, else /tmp).
+    linux_tmp = os.environ.get("TMPDIR") if sys.platform.startswith("linux") else None
+    sessions = str(Path(os.environ.get("RAY_TMPDIR") or linux_tmp or "/tmp") / "ray")
+    private = tempfile.mkdtemp(prefix="dist-contrast-ray-")
+    saved = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = private  # inherited by the processes ray.init spawns
+    try:
+        yield sessions
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = saved
+    if not ray.is_initialized():
+        shutil.rmtree(private, ignore_errors=True)
+        return
+    _LOOKUP_DIR = private
+    address_file = Path(private) / "ray" / "ray_current_cluster"
+    address_file.parent.mkdir()
+    address_file.write_text(ray.get_runtime_context().gcs_address)
 
 
 def _warn_about_storage(cfg: Config, ray: Any) -> None:
@@ -464,10 +509,14 @@ def _interrupted(cfg: Config, signum: int, step: float | None) -> Interrupted:
 
 def _shutdown_ray() -> None:
     """Stop the local Ray runtime (or leave the cluster): no Ray process outlives the run."""
+    global _LOOKUP_DIR
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
+    if _LOOKUP_DIR is not None:
+        shutil.rmtree(_LOOKUP_DIR, ignore_errors=True)
+        _LOOKUP_DIR = None
 
 
 def _local_or_uri(path: str) -> str:
