@@ -92,9 +92,9 @@ def queue_overrides(plan: Plan) -> list[str]:
 STARTUP = (
     ("python, imports, config", "spawn", "driver_start"),
     ("preflight (data, resources)", "driver_start", "preflight"),
-    ("MLflow experiment", "preflight", "mlflow_experiment"),
-    ("Ray start", "mlflow_experiment", "ray_init"),
-    ("MLflow run", "ray_init", "mlflow_run"),
+    ("Ray start (the MLflow experiment checked meanwhile)", "preflight", "ray_init"),
+    ("MLflow experiment (what is left of it)", "ray_init", "mlflow_experiment"),
+    ("MLflow run", "mlflow_experiment", "mlflow_run"),
     ("worker start (Ray Train)", "mlflow_run", "worker_start"),
     ("data", "worker_start", "data"),
     ("model + DeepSpeed initialize", "data", "deepspeed"),

@@ -16,13 +16,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dist_contrast.config import Config, flatten, to_yaml
 from dist_contrast.errors import RunFailed, UserError
-from dist_contrast.progress import ProgressDisplay
+from dist_contrast.progress import ChannelReader, ProgressDisplay, RunChannel
 from dist_contrast.timing import mark
 from dist_contrast.tracking import (
     TrainingData,
@@ -286,16 +287,20 @@ def run_training(
         print(f"dist-contrast: note: {note}", flush=True)
     uri = str(cfg.tracking.tracking_uri)
     local_store = uri.startswith(("sqlite:", "file:")) or "://" not in uri
-    ensure_experiment(
-        uri, cfg.tracking.experiment, Path.cwd() / "mlartifacts" if local_store else None
-    )
+    artifacts = Path.cwd() / "mlartifacts" if local_store else None
     run_dir = storage.run_directory(cfg)
     run_id = None
-    mark("mlflow_experiment")
     with _Signals() as signals:
         try:
-            ray = _start_ray(cfg, checked)
-            mark("ray_init")
+            # The MLflow experiment is checked (or created) while Ray starts: its failure is
+            # raised once Ray is up, and the except below shuts Ray down again.
+            with ThreadPoolExecutor(1, thread_name_prefix="mlflow-check") as background:
+                experiment = background.submit(ensure_experiment, uri, cfg.tracking.experiment,
+                                               artifacts)
+                ray = _start_ray(cfg, checked)
+                mark("ray_init")
+                experiment.result()
+            mark("mlflow_experiment")
             signals.claim()
             run_id, _ = open_run(
                 uri, cfg.tracking.experiment, str(cfg.experiment.run_name),
@@ -405,32 +410,16 @@ def _run_workers(
     train_loop: Callable[[dict[str, Any]], None] | None,
 ) -> None:
     """Run the TorchTrainer on the Ray runtime ``ray`` is connected to."""
-    from ray.util.queue import Queue
-
-    queue = Queue()
-    stop = ray.remote(num_cpus=0)(StopSignal).remote()
-    trainer = _trainer(cfg, _use_gpu(cfg, ray), queue, train_loop,
-                       extra={"run_id": run_id, "stop_signal": stop})
-    display = ProgressDisplay(queue, total=cfg.trainer.max_steps)
+    channel = ray.remote(num_cpus=0)(RunChannel).remote()
+    trainer = _trainer(cfg, _use_gpu(cfg, ray), channel, train_loop,
+                       extra={"run_id": run_id, "stop_signal": channel})
+    display = ProgressDisplay(ChannelReader(ray, channel), total=cfg.trainer.max_steps)
     display.start()
     try:
-        signals.run(trainer.fit, on_first=lambda: stop.request.remote())
+        signals.run(trainer.fit, on_first=lambda: channel.request.remote())
     finally:
         display.stop()
-        queue.shutdown()
-
-
-class StopSignal:
-    """A Ray actor the driver sets on SIGINT / SIGTERM; rank 0 asks it between steps."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def request(self) -> None:
-        self.requested = True
-
-    def is_set(self) -> bool:
-        return self.requested
+        ray.kill(channel)
 
 
 class _Signals:
@@ -670,7 +659,7 @@ def start_trial(ray: Any, cfg: Config, run_id: str) -> tuple[Any, Any]:
     """Start one training of ``cfg`` logging to ``run_id`` as a Ray task; returns the task's
     result reference and its stop signal (an actor: ``stop.request.remote()`` asks its
     workers to checkpoint and stop after the current step)."""
-    stop = ray.remote(num_cpus=0)(StopSignal).remote()
+    stop = ray.remote(num_cpus=0)(RunChannel).remote()
     task = ray.remote(num_cpus=0, max_retries=0)(_run_trial).options(
         runtime_env={"env_vars": {"RAY_TRAIN_V2_ENABLED": "1"}},
         name=f"trial:{cfg.experiment.run_name}",

@@ -1,12 +1,15 @@
 """The driver's live progress line: step/total, loss, τ, samples/s, ETA.
 
-Rank 0 puts a small dict on a Ray queue every ``trainer.log_every`` steps; a thread on the
-driver reads it. On a terminal the line redraws in place (rich); elsewhere (CI, ``ray job``
-logs) a plain line is printed at most every few seconds so logs stay readable.
+Rank 0 sends a small dict to the run's :class:`RunChannel` (a Ray actor, which also carries
+the stop request) every ``trainer.log_every`` steps; a thread on the driver reads it. On a
+terminal the line redraws in place (rich); elsewhere (CI, ``ray job`` logs) a plain line is
+printed at most every few seconds so logs stay readable.
 """
 
 from __future__ import annotations
 
+import collections
+import queue
 import sys
 import threading
 import time
@@ -97,3 +100,46 @@ class ProgressDisplay:
                     f"{update.get('train/samples_per_s', 0.0):,.0f} samples/s"
                 )
                 progress.update(task, completed=update["step"], info=info)
+
+
+class RunChannel:
+    """The one Ray actor a run adds to Ray Train's: rank 0 puts its progress updates here for
+    the driver's display, and the driver sets the stop request here on SIGINT / SIGTERM, which
+    rank 0 asks between steps. (A sweep's trials use only the stop request.)"""
+
+    #: Updates kept for the display at most (it drains them every half second).
+    KEEP = 1000
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.updates: list[dict[str, Any]] = []
+
+    def put(self, update: dict[str, Any]) -> None:
+        self.updates = [*self.updates[-(self.KEEP - 1):], update]
+
+    def drain(self) -> list[dict[str, Any]]:
+        updates, self.updates = self.updates, []
+        return updates
+
+    def request(self) -> None:
+        self.requested = True
+
+    def is_set(self) -> bool:
+        return self.requested
+
+
+class ChannelReader:
+    """The driver's side of a :class:`RunChannel` as the queue :class:`ProgressDisplay`
+    reads (``get`` with a timeout, ``queue.Empty`` when nothing came)."""
+
+    def __init__(self, ray: Any, channel: Any) -> None:
+        self._ray, self._channel = ray, channel
+        self._pending: collections.deque[dict[str, Any]] = collections.deque()
+
+    def get(self, timeout: float) -> dict[str, Any]:
+        if not self._pending:
+            time.sleep(timeout)
+            self._pending.extend(self._ray.get(self._channel.drain.remote(), timeout=30))
+        if not self._pending:
+            raise queue.Empty
+        return self._pending.popleft()

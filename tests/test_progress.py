@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import queue
 import time
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from dist_contrast.progress import ProgressDisplay, describe, format_eta
+from dist_contrast.progress import (
+    ChannelReader,
+    ProgressDisplay,
+    RunChannel,
+    describe,
+    format_eta,
+)
 
 
 def test_format_eta() -> None:
@@ -39,3 +47,36 @@ def test_plain_display_prints_updates(capsys: pytest.CaptureFixture[str]) -> Non
     display.stop()
     err = capsys.readouterr().err
     assert "step 5/10" in err and "step 10/10" in err
+
+
+class _Handle:
+    """A Ray actor handle's shape over a local object: ``handle.method.remote(...)``."""
+
+    def __init__(self, target: Any) -> None:
+        self._target = target
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._target, name)
+        return SimpleNamespace(remote=method)
+
+
+def test_run_channel_hands_the_display_every_update_in_order_then_empty() -> None:
+    channel = RunChannel()
+    reader = ChannelReader(SimpleNamespace(get=lambda value, timeout: value), _Handle(channel))
+    for step in (10, 20, 30):
+        channel.put({"step": step, "total": 30})
+    assert [reader.get(timeout=0.0)["step"] for _ in range(3)] == [10, 20, 30]
+    with pytest.raises(queue.Empty):
+        reader.get(timeout=0.0)
+    assert not channel.is_set()
+    channel.request()
+    assert channel.is_set()
+
+
+def test_run_channel_keeps_only_the_newest_updates_when_nobody_reads() -> None:
+    channel = RunChannel()
+    for step in range(RunChannel.KEEP + 5):
+        channel.put({"step": step})
+    kept = channel.drain()
+    assert len(kept) == RunChannel.KEEP and kept[-1]["step"] == RunChannel.KEEP + 4
+    assert channel.drain() == []

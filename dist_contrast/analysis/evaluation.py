@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import faiss
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 from torch import Tensor
 
 
@@ -90,6 +89,9 @@ def linear_probe_accuracy(
     """
     def features(x: Tensor | np.ndarray) -> np.ndarray:
         return x.detach().float().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+
+    # Imported here: scikit-learn takes a second to import, and only the probe needs it.
+    from sklearn.linear_model import LogisticRegression
 
     probe = LogisticRegression(C=regularization, max_iter=max_iter)
     probe.fit(features(train_features), _as_labels(train_labels))

@@ -77,11 +77,23 @@ def _stop_poller(stop_signal: Any, every_s: float = 1.0) -> Callable[[], bool]:
     return should_stop
 
 
+class ChannelWriter:
+    """Rank 0's side of the driver's :class:`~dist_contrast.progress.RunChannel` (a Ray actor):
+    the queue the reporter writes to, whose ``put_nowait`` sends without waiting."""
+
+    def __init__(self, channel: Any) -> None:
+        self._channel = channel
+
+    def put_nowait(self, update: dict[str, Any]) -> None:
+        self._channel.put.remote(update)
+
+
 def _resume_or_build(cfg: Config, loop_config: dict[str, Any], train: Any) -> Worker:
     """This rank's worker, restored from the newest complete checkpoint of the run (written
     before a restart or a re-run), else from ``resume_from``, else new."""
     run_id = loop_config["run_id"]
-    queue = loop_config.get("progress_queue")
+    channel = loop_config.get("progress_queue")
+    queue = ChannelWriter(channel) if channel is not None else None
     run_dir = storage.run_directory(cfg)
     newest = storage.newest_complete(run_dir)
     source = newest.path if newest is not None else loop_config.get("resume_from")
