@@ -192,7 +192,7 @@ def _start_ray(cfg: Config, checked: Checked) -> Any:
     return ray
 
 
-#: The private directory of :func:`_own_address_lookup`, removed by :func:`_shutdown_ray`.
+#: The private directory of :func:`_own_address_lookup`, removed by :func:`shutdown_ray`.
 _LOOKUP_DIR: str | None = None
 
 
@@ -290,7 +290,7 @@ def run_training(
     artifacts = Path.cwd() / "mlartifacts" if local_store else None
     run_dir = storage.run_directory(cfg)
     run_id = None
-    with _Signals() as signals:
+    with Signals() as signals:
         try:
             # The MLflow experiment is checked (or created) while Ray starts: its failure is
             # raised once Ray is up, and the except below shuts Ray down again.
@@ -320,11 +320,11 @@ def run_training(
                 if run_id is not None:
                     end_run(uri, run_id, "KILLED" if interrupted else "FAILED",
                             reason=None if failure is None else str(failure))
-                _shutdown_ray()
+                shutdown_ray()
             if failure is None:
                 raise _interrupted(cfg, signals.received or signal.SIGINT, None) from None
             raise failure from None
-    _shutdown_ray()
+    shutdown_ray()
     mark("ray_shutdown")
     # From the MLflow run: Ray keeps the metrics of registered checkpoints only, and the
     # checkpoints are ours.
@@ -406,7 +406,7 @@ def _run_tags(cfg: Config) -> dict[str, str]:
 
 
 def _run_workers(
-    ray: Any, cfg: Config, run_id: str, signals: _Signals,
+    ray: Any, cfg: Config, run_id: str, signals: Signals,
     train_loop: Callable[[dict[str, Any]], None] | None,
 ) -> None:
     """Run the TorchTrainer on the Ray runtime ``ray`` is connected to."""
@@ -422,7 +422,7 @@ def _run_workers(
         ray.kill(channel)
 
 
-class _Signals:
+class Signals:
     """SIGINT / SIGTERM during a run: the first asks the workers to stop after the current
     step (they save a checkpoint), the second stops at once. Ray Train's own SIGINT handler
     aborts the workers without a checkpoint, so ``fit`` runs in a thread, where Ray does not
@@ -433,7 +433,7 @@ class _Signals:
         self._on_first: Callable[[], Any] | None = None
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> _Signals:
+    def __enter__(self) -> Signals:
         if threading.current_thread() is not threading.main_thread():
             return self  # only the main thread may handle signals; the caller's own rules hold
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -496,7 +496,7 @@ def _interrupted(cfg: Config, signum: int, step: float | None) -> Interrupted:
     )
 
 
-def _shutdown_ray() -> None:
+def shutdown_ray() -> None:
     """Stop the local Ray runtime (or leave the cluster): no Ray process outlives the run."""
     global _LOOKUP_DIR
     import ray
@@ -635,9 +635,6 @@ def _save_report(cfg: Config, exc: BaseException) -> str:
 # ----------------------------------------------------------------------------- sweeps
 # ``dist-contrast sweep`` (dist_contrast/sweep) runs many trainings on one Ray runtime: each
 # trial is a Ray task that runs one TorchTrainer, so trials share the cluster like any jobs.
-
-Signals = _Signals
-shutdown_ray = _shutdown_ray
 
 
 def connect(cfg: Config, checked: Checked) -> Any:
