@@ -133,7 +133,10 @@ class TrainStep:
     def _gradients_finite(self) -> bool:
         """Whether this rank's gradients (in ``.grad``, without ZeRO) are finite."""
         grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
-        return all(bool(torch.isfinite(g).all()) for g in grads)
+        if not grads:
+            return True
+        # One device-to-host read for all of them, not one per parameter.
+        return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
     def _discard_gradients(self) -> None:
         # What DeepSpeed's own step does after applying them, without applying them.

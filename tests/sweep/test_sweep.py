@@ -145,13 +145,7 @@ def test_a_sweep_runs_its_grid_goes_on_past_a_failure_resumes_and_compares(
     html = (out / "report.html").read_text()
     images = re.findall(r'<img[^>]+src="data:image/png;base64,([^"]+)"', html)
     assert len(images) == 4 and all(base64.b64decode(i)[:4] == b"\x89PNG" for i in images)
-    # By experiment name: the parent is left out, the seeds are grouped the same way.
-    by_name = subprocess.run(
-        [sys.executable, "-m", "dist_contrast.cli", "compare", "sweeps", "--out",
-         str(tmp_path / "by-name")], cwd=tmp_path, env=_env(tmp_path), capture_output=True,
-        text=True, timeout=300)
-    assert by_name.returncode == 0, by_name.stderr[-3000:]
-    assert "2 grid points" in by_name.stdout
+    # (compare by experiment name, which leaves the parent out: tests/compare/test_compare.py)
 
 
 def test_an_invalid_grid_value_starts_nothing(tmp_path: Path) -> None:
