@@ -12,6 +12,7 @@ as the ``engine`` (forward, backward, step, LR).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,11 +133,7 @@ class TrainStep:
 
     def _gradients_finite(self) -> bool:
         """Whether this rank's gradients (in ``.grad``, without ZeRO) are finite."""
-        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
-        if not grads:
-            return True
-        # One device-to-host read for all of them, not one per parameter.
-        return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        return gradients_finite(self.engine.module.parameters())
 
     def _discard_gradients(self) -> None:
         # What DeepSpeed's own step does after applying them, without applying them.
@@ -289,6 +286,18 @@ class TrainStep:
         if "negatives/per_query" in negatives.metrics:
             return float(negatives.metrics["negatives/per_query"])
         return float(keys.shape[0] - 1) if "batch" in self.cfg.negatives.sources else 0.0
+
+
+def gradients_finite(parameters: Iterable[torch.Tensor]) -> bool:
+    """Whether the gradients of ``parameters`` are finite, read from their total norm: one
+    fused reduction and one read, where a check per parameter cost a millisecond a step on a
+    small model. A NaN or an inf anywhere makes the norm non-finite, and so do values within a
+    few orders of float32's largest, whose norm overflows: no optimiser step could use those
+    either."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return True
+    return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, foreach=True)))
 
 
 def _fault_steps() -> frozenset[int]:

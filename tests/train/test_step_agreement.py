@@ -85,3 +85,19 @@ def test_one_rank_non_finite_skips_everywhere_and_stop_is_agreed(zero_stage: int
     bank_labels = ranks[0]["bank_labels"]
     assert written and all(bank_labels[i] == label for i, label in written.items())
     assert sum(label >= 0 for label in bank_labels) == len(written)
+
+
+@pytest.mark.parametrize(("value", "finite"), [
+    (1.0, True), (1e19, True), (float("nan"), False), (float("inf"), False),
+    (float("-inf"), False),
+])
+def test_gradients_finite_sees_one_bad_element_in_any_parameter(value: float,
+                                                                 finite: bool) -> None:
+    from dist_contrast.train.step import gradients_finite
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    model(torch.randn(5, 4)).sum().backward()
+    assert gradients_finite(model.parameters())
+    model[1].bias.grad[1] = value
+    assert gradients_finite(model.parameters()) is finite
+    assert gradients_finite([torch.nn.Parameter(torch.ones(2))])  # no gradient yet
