@@ -1,18 +1,28 @@
-"""Turn a ``DataConfig`` into training views and evaluation splits."""
+"""Turn a ``DataConfig`` into training views and evaluation splits, through the dataset that
+``data.name`` names in the registry (:mod:`dist_contrast.data.registry`); the built-in
+datasets (synthetic, digits, file) are declared and registered at the end of this module."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from dist_contrast.data.augment import FeatureAugment, ImageAugment
 from dist_contrast.data.config import DataConfig
-from dist_contrast.data.dataset import ContrastiveDataset, TensorSource
-from dist_contrast.data.errors import DataError
-from dist_contrast.data.files import load_features
+from dist_contrast.data.dataset import Augment, ContrastiveDataset, TensorSource
+from dist_contrast.data.errors import DataError, check_suffix
+from dist_contrast.data.files import FeatureFile, describe_features, load_features
 from dist_contrast.data.preprocess import Preprocessing
+from dist_contrast.data.registry import (
+    Dataset,
+    DataShape,
+    Provenance,
+    get_dataset,
+    register_dataset,
+)
 from dist_contrast.data.seeding import mix_seed
 from dist_contrast.data.synthetic import SyntheticSource
 
@@ -51,28 +61,73 @@ def build_data(
 ) -> DataBundle:
     """Build the dataset named by ``cfg``; ``cfg.seed`` (when set) overrides ``seed``.
 
-    ``preprocessing`` (file data only) replaces the statistics of the file's own training split
-    with a trained encoder's, so that new data is evaluated the way the encoder was trained.
-    Raises ``DataError`` (one line: file, problem, fix) for unusable user data.
+    ``preprocessing`` (a trained encoder's) replaces the statistics a dataset computes from
+    its own training split, so that new data is evaluated the way the encoder was trained;
+    datasets with a fixed preprocessing ignore it. Raises ``DataError`` (one line: file,
+    problem, fix) for unusable user data.
     """
-    data_seed = cfg.seed if cfg.seed is not None else seed
-    if cfg.name == "synthetic":
-        return _build_synthetic(cfg, data_seed)
-    if cfg.name == "digits":
-        return _build_digits(cfg, data_seed)
-    return _build_file(cfg, data_seed, preprocessing)
+    return get_dataset(cfg.name).build(cfg, _data_seed(cfg, seed), preprocessing)
 
 
-def _num_test(cfg: DataConfig, num_rows: int, what: str) -> int:
+def training_shape(cfg: DataConfig) -> tuple[int, tuple[int, ...]]:
+    """The training rows and input shape ``build_data`` will give, from the config or a
+    file's header: no row is read. Raises ``DataError`` as ``build_data`` would."""
+    shape = get_dataset(cfg.name).shape(cfg)
+    return shape.rows - held_out_rows(cfg, shape.rows), tuple(shape.input_shape)
+
+
+def provenance(cfg: DataConfig, seed: int = 0) -> Provenance:
+    """Where the rows of ``cfg``'s dataset come from (the run's MLflow dataset)."""
+    return get_dataset(cfg.name).provenance(cfg, _data_seed(cfg, seed))
+
+
+def _data_seed(cfg: DataConfig, seed: int) -> int:
+    return cfg.seed if cfg.seed is not None else seed
+
+
+def held_out_rows(cfg: DataConfig, num_rows: int, path: str | None = None) -> int:
+    """Rows held out for evaluation (``data.num_test`` or ``data.test_fraction``), at least 1;
+    a ``DataError`` when fewer than 2 would be left to train on."""
     num_test = cfg.num_test if cfg.num_test is not None else round(cfg.test_fraction * num_rows)
     num_test = max(1, num_test)
     if num_rows - num_test < 2:
         raise DataError(
-            cfg.path if cfg.name == "file" else None,
-            f"{what} has {num_rows} rows, too few to hold out {num_test} for testing",
+            path,
+            f"data.name={cfg.name} has {num_rows} rows, too few to hold out {num_test} for "
+            "testing",
             "lower data.num_test / data.test_fraction or use more rows",
         )
     return num_test
+
+
+def tensor_bundle(
+    cfg: DataConfig,
+    seed: int,
+    raw: Tensor,
+    labels: Tensor | None,
+    augment: Augment,
+    preprocessing: Preprocessing | None = None,
+) -> DataBundle:
+    """A dataset held in memory as a bundle: ``raw`` rows (as a user would give them to
+    ``embed``) split into training and held-out rows, each put through ``preprocessing``
+    (default: none), views made by ``augment`` from the preprocessed training rows.
+
+    Shape: raw [N, *preprocessing.raw_shape], labels [N] int64 (classes 0..K-1) or None.
+    """
+    preprocessing = preprocessing or Preprocessing.identity(tuple(raw.shape[1:]))
+    train, test = _split_tensors(cfg, seed, raw.float(), labels)
+    train_inputs = preprocessing.apply(train[0])
+    test_inputs = preprocessing.apply(test[0])
+    num_classes = None if labels is None else int(labels.max()) + 1
+    return DataBundle(
+        train=ContrastiveDataset(TensorSource(train_inputs, train[1], augment), seed),
+        eval_train=_eval_split((train_inputs, train[1]), cfg.max_eval_train, seed, 0),
+        eval_test=_eval_split((test_inputs, test[1]), cfg.max_eval_test, seed, 1),
+        input_shape=tuple(preprocessing.input_shape),
+        num_classes=num_classes,
+        preprocessing=preprocessing,
+        raw_example=train[0][:EXAMPLE_ROWS],
+    )
 
 
 def _subset(num_rows: int, limit: int | None, seed: int, stream: int) -> Tensor:
@@ -84,7 +139,7 @@ def _subset(num_rows: int, limit: int | None, seed: int, stream: int) -> Tensor:
 
 
 def _build_synthetic(cfg: DataConfig, seed: int) -> DataBundle:
-    num_test = _num_test(cfg, cfg.num_samples, "data.num_samples")
+    num_test = held_out_rows(cfg, cfg.num_samples)
     num_train = cfg.num_samples - num_test
 
     def source(size: int, first_id: int) -> SyntheticSource:
@@ -116,10 +171,11 @@ def _build_synthetic(cfg: DataConfig, seed: int) -> DataBundle:
 
 
 def _split_tensors(
-    cfg: DataConfig, seed: int, features: Tensor, labels: Tensor | None, what: str
+    cfg: DataConfig, seed: int, features: Tensor, labels: Tensor | None,
+    path: str | None = None,
 ) -> tuple[tuple[Tensor, Tensor | None], tuple[Tensor, Tensor | None]]:
     num_rows = features.shape[0]
-    num_test = _num_test(cfg, num_rows, what)
+    num_test = held_out_rows(cfg, num_rows, path)
     rng = torch.Generator().manual_seed(mix_seed(seed, _SPLIT_STREAM))
     order = torch.randperm(num_rows, generator=rng)
     # Sorted so that dataset ids follow file order: easier to map back to the user's rows.
@@ -140,30 +196,21 @@ def _eval_split(
     return split[0][rows], None if split[1] is None else split[1][rows]
 
 
-def _build_digits(cfg: DataConfig, seed: int) -> DataBundle:
+def _build_digits(cfg: DataConfig, seed: int, _: Preprocessing | None = None) -> DataBundle:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     # 8×8 images, values 0..16, bundled with scikit-learn (no download) -> [N, 1, 8, 8] in [0, 1].
     # Raw rows are scikit-learn's flat ``digits.data`` rows [64]; the division is exact.
-    preprocessing = Preprocessing.scale(16.0, raw_shape=(64,), input_shape=(1, 8, 8))
-    images = preprocessing.apply(digits.data)
-    labels = torch.from_numpy(digits.target).long()
-    train, test = _split_tensors(cfg, seed, images, labels, "digits")
+    preprocessing = Preprocessing.scale(16.0, raw_shape=(64,), input_shape=DIGITS_SHAPE)
     aug = cfg.augment
     augment = ImageAugment(aug.max_shift, aug.max_rotation_deg, aug.noise_std, aug.erase_prob)
-    return DataBundle(
-        train=ContrastiveDataset(TensorSource(train[0], train[1], augment), seed),
-        eval_train=_eval_split(train, cfg.max_eval_train, seed, 0),
-        eval_test=_eval_split(test, cfg.max_eval_test, seed, 1),
-        input_shape=tuple(images.shape[1:]),
-        num_classes=10,
-        preprocessing=preprocessing,
-        raw_example=train[0][:EXAMPLE_ROWS].reshape(-1, 64) * 16.0,
-    )
+    return tensor_bundle(cfg, seed, torch.from_numpy(digits.data).float(),
+                         torch.from_numpy(digits.target).long(), augment, preprocessing)
 
 
 def _build_file(cfg: DataConfig, seed: int, given: Preprocessing | None = None) -> DataBundle:
+    _file_shape(cfg)  # the header's checks (rows, width) before any row is read
     assert cfg.path is not None  # the config validator guarantees it for name="file"
     array, label_array = load_features(
         cfg.path,
@@ -171,15 +218,9 @@ def _build_file(cfg: DataConfig, seed: int, given: Preprocessing | None = None) 
         label_column=cfg.label_column,
         feature_columns=cfg.feature_columns,
     )
-    if len(array) < MIN_FILE_ROWS:
-        raise DataError(
-            cfg.path,
-            f"only {len(array)} rows, need at least {MIN_FILE_ROWS}",
-            "add rows (some are held out for evaluation)",
-        )
     features = torch.from_numpy(array)
     labels = None if label_array is None else torch.from_numpy(label_array)
-    train, test = _split_tensors(cfg, seed, features, labels, "the file")
+    train, test = _split_tensors(cfg, seed, features, labels, cfg.path)
     raw_example = train[0][:EXAMPLE_ROWS]
     preprocessing = Preprocessing.identity(tuple(features.shape[1:]))
     if given is not None:
@@ -206,3 +247,96 @@ def _build_file(cfg: DataConfig, seed: int, given: Preprocessing | None = None) 
         preprocessing=preprocessing,
         raw_example=raw_example,
     )
+
+
+# ----------------------------------------------------------------------------- the built-ins
+
+DIGITS_ROWS = 1797  # scikit-learn's bundled 8×8 digits
+DIGITS_SHAPE = (1, 8, 8)
+_SPLIT_KEYS = ("num_test", "test_fraction")
+_SYNTHETIC_SETTINGS = ("num_samples", "num_classes", "dim", "signal_dim", "within_class_scale",
+                       "nuisance_scale", "noise_scale")
+_FILE_SETTINGS = ("path", "labels_path", "label_column", "feature_columns", "standardize")
+
+
+def _split(cfg: DataConfig) -> dict[str, object]:
+    """The held-out split's setting: it decides which rows are training rows."""
+    if cfg.num_test is not None:
+        return {"num_test": cfg.num_test}
+    return {"test_fraction": cfg.test_fraction}
+
+
+def _check_synthetic(cfg: DataConfig) -> None:
+    if cfg.signal_dim >= cfg.dim:
+        raise ValueError(
+            f"data.signal_dim={cfg.signal_dim} must be below data.dim={cfg.dim} "
+            "(the rest of the dimensions carry the nuisance)"
+        )
+
+
+def _synthetic_provenance(cfg: DataConfig, seed: int) -> Provenance:
+    settings = {key: getattr(cfg, key) for key in _SYNTHETIC_SETTINGS}
+    return Provenance(generator={
+        "generator": "dist_contrast.data.synthetic (latent classes + nuisance)",
+        "seed": seed, **settings, **_split(cfg)})
+
+
+def _digits_provenance(cfg: DataConfig, seed: int) -> Provenance:
+    return Provenance(generator={"generator": "sklearn.datasets.load_digits (1,797 8×8 images)",
+                                 "seed": seed, **_split(cfg)})
+
+
+def _check_file(cfg: DataConfig) -> None:
+    if cfg.path is None:
+        raise ValueError("data.name='file' needs data.path (a .npy or .parquet file)")
+    suffix = check_suffix(cfg.path)
+    if suffix == ".npy" and (cfg.label_column or cfg.feature_columns):
+        raise ValueError("data.label_column/feature_columns are for .parquet; use data.labels_path")
+    if suffix == ".parquet" and cfg.labels_path is not None:
+        raise ValueError("data.labels_path is for .npy features; use data.label_column")
+
+
+def _file_shape(cfg: DataConfig) -> DataShape:
+    """Rows and width from the file's header or metadata; too few rows refused here."""
+    assert cfg.path is not None  # the config validator guarantees it for name="file"
+    source: FeatureFile = describe_features(
+        cfg.path, labels_path=cfg.labels_path, label_column=cfg.label_column,
+        feature_columns=cfg.feature_columns,
+    )
+    if source.num_rows < MIN_FILE_ROWS:
+        raise DataError(
+            cfg.path,
+            f"only {source.num_rows} rows, need at least {MIN_FILE_ROWS}",
+            "add rows (some are held out for evaluation)",
+        )
+    return DataShape(source.num_rows, source.row_shape)
+
+
+def _file_provenance(cfg: DataConfig, seed: int) -> Provenance:
+    assert cfg.path is not None  # the config validator guarantees it for name="file"
+    files = [cfg.path, *([cfg.labels_path] if cfg.labels_path else [])]
+    return Provenance(files=tuple(str(Path(file)) for file in files),
+                      label_column=cfg.label_column)
+
+
+register_dataset("synthetic", Dataset(
+    build=lambda cfg, seed, _: _build_synthetic(cfg, seed),
+    shape=lambda cfg: DataShape(cfg.num_samples, (cfg.dim,)),
+    provenance=_synthetic_provenance,
+    fields=frozenset(_SYNTHETIC_SETTINGS),
+    check=_check_synthetic,
+    in_memory=False,
+))
+register_dataset("digits", Dataset(
+    build=_build_digits,
+    shape=lambda cfg: DataShape(DIGITS_ROWS, DIGITS_SHAPE),
+    provenance=_digits_provenance,
+    images=True,
+))
+register_dataset("file", Dataset(
+    build=_build_file,
+    shape=_file_shape,
+    provenance=_file_provenance,
+    fields=frozenset(_FILE_SETTINGS),
+    check=_check_file,
+))

@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Any, Self
 
 from pydantic import Field, model_validator
 
-from dist_contrast.data.errors import check_suffix
+from dist_contrast.data.registry import all_fields, dataset_names, get_dataset
+from dist_contrast.paths import OptionalConfigPath
 from dist_contrast.section import Section
 
-DatasetName = Literal["synthetic", "digits", "file"]
 
-# Fields that only one dataset reads. Setting one of them for another dataset is almost
-# certainly a mistake in the YAML (e.g. `dim` for digits), so it is rejected, not ignored.
-_ONLY_FOR: dict[str, DatasetName] = {
-    "path": "file",
-    "labels_path": "file",
-    "label_column": "file",
-    "feature_columns": "file",
-    "standardize": "file",
-    "num_samples": "synthetic",
-    "num_classes": "synthetic",
-    "dim": "synthetic",
-    "signal_dim": "synthetic",
-    "within_class_scale": "synthetic",
-    "nuisance_scale": "synthetic",
-    "noise_scale": "synthetic",
-}
+def dataset_keys(name: str) -> frozenset[str]:
+    """The ``data.*`` keys that only ``data.name=name`` reads (e.g. ``num_samples``), and its
+    ``params``."""
+    return get_dataset(name).fields | {"params"}
 
 
 class AugmentConfig(Section):
@@ -52,7 +40,11 @@ class AugmentConfig(Section):
 class DataConfig(Section):
     """Which dataset to train on, how to split it, and how to augment it."""
 
-    name: DatasetName = "synthetic"
+    name: str = Field(default="synthetic", description="a registered dataset: synthetic, "
+                      "digits, file, or one added with register_dataset")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="a registered dataset's own settings"
+    )
     seed: int | None = Field(
         default=None, description="fixes data generation and splits; None uses the run seed"
     )
@@ -71,8 +63,9 @@ class DataConfig(Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
     # file
-    path: str | None = Field(default=None, description="features: .npy [N, D] or .parquet")
-    labels_path: str | None = Field(
+    path: OptionalConfigPath = Field(default=None,
+                                     description="features: .npy [N, D] or .parquet")
+    labels_path: OptionalConfigPath = Field(
         default=None, description=".npy labels [N] for a .npy feature file"
     )
     label_column: str | None = Field(default=None, description="parquet column holding labels")
@@ -102,38 +95,28 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Self:
-        for field in sorted(self.model_fields_set):
-            owner = _ONLY_FOR.get(field)
+        dataset = get_dataset(self.name)  # an unknown name: one line with the choices
+        for field in sorted(self.model_fields_set & all_fields() - dataset.fields):
             # A default value is harmless: a fully resolved config (e.g. the YAML that MLflow
             # logs) spells out every field and must load again.
-            is_default = getattr(self, field) == type(self).model_fields[field].default
-            if owner is not None and owner != self.name and not is_default:
-                raise ValueError(f"data.{field} applies only to data.name={owner!r}")
-        if self.name == "file":
-            self._check_file_fields()
-        if self.name == "synthetic" and self.signal_dim >= self.dim:
-            raise ValueError(
-                f"data.signal_dim={self.signal_dim} must be below data.dim={self.dim} "
-                "(the rest of the dimensions carry the nuisance)"
-            )
+            if getattr(self, field) != type(self).model_fields[field].default:
+                owners = [name for name in dataset_names() if field in get_dataset(name).fields]
+                raise ValueError(f"data.{field} applies only to data.name="
+                                 f"{' or '.join(repr(name) for name in owners)}")
+        unknown = sorted(set(self.params) - dataset.options)
+        if unknown:
+            allowed = ", ".join(sorted(dataset.options)) or "none"
+            raise ValueError(f"data.params.{unknown[0]} is not a setting of data.name="
+                             f"{self.name} (its settings: {allowed})")
+        if dataset.check is not None:
+            dataset.check(self)
         default_fraction = type(self).model_fields["test_fraction"].default
         if self.num_test is not None and self.test_fraction != default_fraction:
             # (A resolved config spells out the default fraction beside num_test: allowed.)
             raise ValueError("set data.num_test or data.test_fraction, not both")
         return self
 
-    def _check_file_fields(self) -> None:
-        if self.path is None:
-            raise ValueError("data.name='file' needs data.path (a .npy or .parquet file)")
-        suffix = check_suffix(self.path)
-        if suffix == ".npy" and (self.label_column or self.feature_columns):
-            raise ValueError(
-                "data.label_column/feature_columns are for .parquet; use data.labels_path"
-            )
-        if suffix == ".parquet" and self.labels_path is not None:
-            raise ValueError("data.labels_path is for .npy features; use data.label_column")
-
     @property
     def yields_images(self) -> bool:
         """True when samples are images [C, H, W] (what a CNN encoder needs)."""
-        return self.name == "digits"
+        return get_dataset(self.name).images
