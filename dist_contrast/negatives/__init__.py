@@ -9,24 +9,25 @@ The trainer's step, in order (see each function's docstring):
 3. the loss reads the :class:`Negatives` record;
 4. backward and optimiser step; ``momentum_encoder.update(query_encoder)``;
 5. ``pool.update(keys, ids, labels, step)`` with the gathered global batch.
+
+The sources themselves (each with its settings section, checks and memory) register
+themselves in :mod:`dist_contrast.negatives.registry` when their module is imported: ``queue``
+(:mod:`.queue`), ``bank`` (:mod:`.bank`), ``mined`` (:mod:`.mined`, over :mod:`.miner`).
 """
 
-from dist_contrast.negatives.bank import MemoryBank
-from dist_contrast.negatives.base import Negatives, NegativeSource
-from dist_contrast.negatives.config import (
-    BankConfig,
-    MinerConfig,
-    NegativesConfig,
-    QueueConfig,
-)
+from dist_contrast.negatives.bank import BankConfig, MemoryBank
+from dist_contrast.negatives.base import InstanceMemory, Negatives, NegativeSource
+from dist_contrast.negatives.config import NegativesConfig
+from dist_contrast.negatives.mined import MinerConfig
 from dist_contrast.negatives.miner import FaissMiner
 from dist_contrast.negatives.momentum import MomentumEncoder
 from dist_contrast.negatives.pool import NegativePool, build_momentum_encoder, build_negative_pool
-from dist_contrast.negatives.queue import KeyQueue
+from dist_contrast.negatives.queue import KeyQueue, QueueConfig
 
 __all__ = [
     "BankConfig",
     "FaissMiner",
+    "InstanceMemory",
     "KeyQueue",
     "MemoryBank",
     "MinerConfig",

@@ -1,4 +1,5 @@
-"""InstDisc's memory bank: one normalised key per dataset instance, indexed by dataset id."""
+"""InstDisc's memory bank: one normalised key per dataset instance, indexed by dataset id; the
+``bank`` source, with its settings (``negatives.bank``), checks and memory."""
 
 from __future__ import annotations
 
@@ -6,10 +7,43 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
 from dist_contrast.losses.nce import proximal_regularizer
 from dist_contrast.negatives.base import Negatives
+from dist_contrast.negatives.registry import (
+    CheckContext,
+    MemoryContext,
+    MemoryTerm,
+    ResumeContext,
+    SourceContext,
+    SourceSpec,
+    register_source,
+    source_names,
+)
+from dist_contrast.section import Section
+
+NAME = "bank"
+
+
+class BankConfig(Section):
+    """InstDisc's memory bank: one normalised key per dataset instance."""
+
+    # 0 replaces an entry with the newest key; m > 0 keeps m·old + (1-m)·new, re-normalised.
+    momentum: float = Field(default=0.0, ge=0.0, lt=1.0)
+    # m noise entries drawn uniformly per datum for the NCE loss.
+    noise_samples: int = Field(default=4096, ge=1)
+    # λ of the proximal regulariser λ‖f_i − v_i‖² (0 = off); the trainer adds the term.
+    proximal: float = Field(default=0.0, ge=0.0)
+    # NCE's normaliser Z: 0 estimates it once, at the first step, and keeps it (InstDisc);
+    # k > 0 estimates it again every k steps (e.g. once an epoch), for runs where the bank's
+    # features change a lot: Z frozen against the random initial bank ends up orders of
+    # magnitude too small.
+    normalizer_every: int = Field(default=0, ge=0)
+    # Use the whole bank as the shared pool of an InfoNCE loss (non-parametric softmax with an
+    # exact denominator). Only sensible for small datasets: the pool is [n, D] per step.
+    as_pool: bool = False
 
 
 def last_occurrence(ids: Tensor) -> Tensor:
@@ -44,6 +78,8 @@ class MemoryBank:
         momentum: float = 0.0,
         noise_samples: int = 4096,
         as_pool: bool = False,
+        proximal: float = 0.0,
+        normalizer_every: int = 0,
         seed: int = 0,
         noise_seed: int | None = None,
         device: torch.device | str = "cpu",
@@ -55,6 +91,9 @@ class MemoryBank:
         self.momentum = momentum
         self.noise_samples = noise_samples
         self.as_pool = as_pool
+        # What the trainer reads of the bank beyond its negatives (see InstanceMemory).
+        self.proximal = proximal
+        self.normalizer_every = normalizer_every
         generator = torch.Generator().manual_seed(seed)
         # Generated on CPU so the values do not depend on the device's RNG.
         self.vectors = F.normalize(torch.randn(size, dim, generator=generator), dim=1).to(device)
@@ -114,6 +153,14 @@ class MemoryBank:
         """
         return proximal_regularizer(features, self.entries(ids), weight=weight)
 
+    def penalty(self, features: Tensor, ids: Tensor) -> Tensor | None:
+        """The configured proximal term (None when ``proximal`` is 0), for the trainer to add
+        to the loss before the update.
+
+        Shape: features [B, D], ids [B] -> scalar.
+        """
+        return self.proximal_penalty(features, ids, self.proximal) if self.proximal > 0 else None
+
     @torch.no_grad()
     def update(self, keys: Tensor, ids: Tensor, labels: Tensor | None, step: int) -> None:
         """Write the newest keys (momentum-mixed and re-normalised when momentum > 0).
@@ -149,3 +196,79 @@ class MemoryBank:
         self.labels.copy_(state["labels"])
         self.write_step.copy_(state["write_step"])
         self.noise_generator.set_state(state["noise_generator"])
+
+
+# ----------------------------------------------------------------------------- the source
+
+
+def _build(settings: BankConfig, context: SourceContext) -> MemoryBank:
+    return MemoryBank(
+        context.dataset_size,
+        context.dim,
+        momentum=settings.momentum,
+        noise_samples=settings.noise_samples if context.nce_noise else 0,
+        as_pool=settings.as_pool,
+        proximal=settings.proximal,
+        normalizer_every=settings.normalizer_every,
+        seed=context.seed,
+        noise_seed=context.seed + 1 + context.rank,
+        device=context.device,
+    )
+
+
+def _as_pool_needs_the_bank(settings: BankConfig, context: CheckContext) -> None:
+    if settings.as_pool and not context.configured(NAME):
+        raise ValueError("negatives.bank.as_pool=true needs 'bank' in negatives.sources")
+
+
+def _alone_feeds_only_noise(settings: BankConfig, context: CheckContext) -> None:
+    loss = context.loss
+    if loss is None or loss.needs_noise or settings.as_pool:
+        return
+    if list(context.negatives.sources) == [NAME]:
+        others = "/".join(name for name in source_names() if name != NAME)
+        raise ValueError(
+            f"negatives.sources=[bank] gives {loss.name} no negatives (the bank feeds "
+            f"NCE noise); set negatives.bank.as_pool=true or add {others}"
+        )
+
+
+def _memory(settings: BankConfig, context: MemoryContext) -> list[MemoryTerm]:
+    """The bank and the copy a checkpoint makes of it: float32 key, int64 label and step."""
+    rows, dim = context.train_size, context.dim
+    what = f"the memory bank ({rows:,} training rows × {dim} dims)"
+    fix = "use fewer training rows or a smaller model.embedding_dim"
+    return [MemoryTerm(what, rows * (4 * dim + 16), fix, on_device=True),
+            MemoryTerm(f"the checkpoint copy of {what}", rows * (4 * dim + 16), fix,
+                       on_device=True)]
+
+
+def _per_query(settings: BankConfig, context: MemoryContext) -> tuple[int, str] | None:
+    """NCE noise, drawn only when the loss reads it."""
+    if not context.loss.needs_noise:
+        return None
+    return settings.noise_samples, "negatives.bank.noise_samples"
+
+
+def _resume_check(
+    settings: BankConfig, state: dict[str, Any], context: ResumeContext
+) -> str | None:
+    rows, dim = (int(size) for size in state["vectors"].shape)
+    if dim != context.dim:
+        return (f"has a memory bank of {dim} dims, this config has "
+                f"model.embedding_dim={context.dim}; set model.embedding_dim={dim}")
+    if context.train_size is not None and rows != context.train_size:
+        return (f"has a memory bank of {rows:,} entries (one per training row), this config's "
+                f"data has {context.train_size:,} training rows; resume with the same data and "
+                "data.test_fraction / data.num_test")
+    return None
+
+
+register_source(NAME, SourceSpec(
+    key=NAME, build=_build, settings=BankConfig, title="the memory bank",
+    checks=(_as_pool_needs_the_bank, _alone_feeds_only_noise), draws_noise=True,
+    shared_pool=lambda settings: "negatives.bank.as_pool=true" if settings.as_pool else None,
+    memory=_memory, per_query=_per_query, resume_check=_resume_check,
+    describe=lambda settings, context: "memory bank ("
+    + (f"{context.rows:,} keys)" if context.rows else "one key per row)"),
+))

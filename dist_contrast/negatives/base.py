@@ -18,7 +18,8 @@ class Negatives:
             ``pool_is_sharded`` it is this rank's shard of the global pool.
         pool_mask: [B, N] bool, True = excluded (the query's own instance).
         pool_ids: [N] dataset ids of the pool's rows (-1 = unknown); the sharded LSE builds
-            its mask for the gathered queries from these.
+            its mask for the gathered queries from these (a sharded pool that masks nothing
+            leaves them None).
         pool_lse: [B] float32, ``log Σ_n exp(q·pool_n/τ)`` over the whole sharded pool, with
             gradient in the query and τ; set by the trainer from
             ``collective.sharded_pool_lse`` and read by objectives in place of ``pool``.
@@ -35,6 +36,8 @@ class Negatives:
     # True when ``pool`` is this rank's 1/W shard: no rank holds the whole pool, so the
     # denominator's pool term must come from ``pool_lse``.
     pool_is_sharded: bool = False
+    # A sharded pool's rows on all ranks together (for the per-query count metric).
+    pool_global_rows: int | None = None
     pool_lse: Tensor | None = None
     query_negatives: Tensor | None = None
     query_negative_mask: Tensor | None = None
@@ -63,3 +66,21 @@ class NegativeSource(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class InstanceMemory(Protocol):
+    """A source that keeps one entry per dataset instance (InstDisc's memory bank): what the
+    trainer reads of it beyond its negatives. An objective with ``positive_from_bank`` takes
+    ``entries(ids)`` as the positives; ``penalty`` is added to the loss (None: nothing); the
+    NCE normaliser Z is re-estimated every ``normalizer_every`` steps (0: once)."""
+
+    normalizer_every: int
+
+    def entries(self, ids: Tensor) -> Tensor:
+        """The stored entries of ``ids``, before this step's update. Shape: [B] -> [B, D]."""
+        ...
+
+    def penalty(self, features: Tensor, ids: Tensor) -> Tensor | None:
+        """An extra loss term of ``features`` [B, D] against the entries, or None."""
+        ...

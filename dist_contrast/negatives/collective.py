@@ -184,6 +184,6 @@ def collect_negatives(
     Shape: query [B, D], ids [B], labels [B] or None -> :class:`Negatives`.
     """
     negatives = pool.local_negatives(query, ids, labels)
-    if pool.miner is not None and pool.miner.sharded:
-        negatives = pool.merge(negatives, mine_sharded(pool.miner, query, ids, labels))
+    for miner in pool.collective_sources:  # a sharded miner
+        negatives = pool.merge(negatives, mine_sharded(miner, query, ids, labels))
     return negatives

@@ -1,162 +1,75 @@
 """The ``negatives:`` section of the experiment config: which pools feed the loss, and how.
 
-Nested by the top-level :class:`dist_contrast.config.Config`. Every field has a range or a
-closed set of choices; combinations that cannot work (a queue without the momentum encoder,
-mining without a bank to index) are rejected here with a message that names the key.
+Nested by the top-level :class:`dist_contrast.config.Config`. The settings shared by every
+source (the momentum encoder, shuffle-BN) are fields here; each registered source with
+settings has its own section, ``negatives.<key>``, validated by the section class its
+:class:`~dist_contrast.negatives.registry.SourceSpec` declares and checked by the source's own
+checks. Every mistake is a ValueError whose one line names the key.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
-from dist_contrast.negatives.registry import source_names, source_spec
+from dist_contrast.negatives.registry import (
+    IN_BATCH,
+    CheckContext,
+    DescribeContext,
+    LossNeeds,
+    settings_sections,
+    source_names,
+    source_spec,
+)
 from dist_contrast.section import Section
-
-Layout = Literal["replicated", "sharded"]
-
-
-class QueueConfig(Section):
-    """MoCo's FIFO of the newest ``size`` keys (any size; it need not divide the batch)."""
-
-    size: int = Field(default=65536, ge=1)
-    # replicated: every worker holds the whole queue. sharded: worker r holds the global slots
-    # s with s % W == r (~size/W rows); the loss then needs the collective sharded LSE.
-    layout: Layout = "replicated"
-    # An instance seen in an earlier epoch may still sit in the queue; its key is a positive,
-    # not a negative, so it is masked out of the query's denominator.
-    mask_same_instance: bool = True
-
-
-class BankConfig(Section):
-    """InstDisc's memory bank: one normalised key per dataset instance."""
-
-    # 0 replaces an entry with the newest key; m > 0 keeps m·old + (1-m)·new, re-normalised.
-    momentum: float = Field(default=0.0, ge=0.0, lt=1.0)
-    # m noise entries drawn uniformly per datum for the NCE loss.
-    noise_samples: int = Field(default=4096, ge=1)
-    # λ of the proximal regulariser λ‖f_i − v_i‖² (0 = off); the trainer adds the term.
-    proximal: float = Field(default=0.0, ge=0.0)
-    # NCE's normaliser Z: 0 estimates it once, at the first step, and keeps it (InstDisc);
-    # k > 0 estimates it again every k steps (e.g. once an epoch), for runs where the bank's
-    # features change a lot: Z frozen against the random initial bank ends up orders of
-    # magnitude too small.
-    normalizer_every: int = Field(default=0, ge=0)
-    # Use the whole bank as the shared pool of an InfoNCE loss (non-parametric softmax with an
-    # exact denominator). Only sensible for small datasets: the pool is [n, D] per step.
-    as_pool: bool = False
-
-
-class MinerConfig(Section):
-    """FAISS hard-negative miner over the bank's keys."""
-
-    # ivf_fp16 stores each key as float16: half the bytes of ivf_flat to scan (measured ~1.6×
-    # faster search at 1M keys), with scores accurate to ~1e-3, enough to keep the candidate
-    # set (measured: the same recall@64 as ivf_flat); rerank then orders them exactly.
-    # ivf_sq8 stores each key as 8-bit scalars (4× less memory to scan than ivf_flat); its
-    # scores are coarse, so it searches refine_factor × the candidates and re-scores them
-    # exactly, like ivf_pq.
-    index: Literal["exact", "ivf_flat", "ivf_fp16", "ivf_sq8", "hnsw", "ivf_pq"] = "ivf_flat"
-    device: Literal["auto", "cpu", "gpu"] = "auto"
-    nlist: int = Field(default=1024, ge=1)
-    nprobe: int = Field(default=32, ge=1)
-    # IVF coarse quantizer: "flat" compares a vector with every centroid; "hnsw" walks an HNSW
-    # graph over the centroids. At thousands of lists the graph assigns the 1M adds of a
-    # rebuild several times faster (measured: ~5 s vs ~25 s at nlist 4096 on 2 cores); for a
-    # large batch of queries the flat one's single matrix product can be as fast or faster.
-    quantizer: Literal["flat", "hnsw"] = "flat"
-    hnsw_m: int = Field(default=32, ge=4)
-    # Graph build effort (HNSW index and HNSW quantizer): higher is slower to build, better recall.
-    ef_construction: int = Field(default=40, ge=1)
-    ef_search: int = Field(default=128, ge=1)
-    pq_m: int = Field(default=16, ge=1)
-    # IVF-PQ / IVF-SQ8 scores are coarse: search refine_factor × as many candidates, then
-    # re-score them against the bank (needs rerank).
-    refine_factor: int = Field(default=4, ge=1)
-    # Re-score candidates against the bank's current keys (exact, cheap: B × candidates × D);
-    # this also corrects for index entries that are older than the bank.
-    rerank: bool = True
-    num_threads: int | None = Field(default=None, ge=1)
-    layout: Layout = "replicated"
-    num_negatives: int = Field(default=64, ge=1)
-    # Extra candidates searched so that dropping the anchor, its positive (and, with
-    # filter_same_label, same-label entries) still leaves num_negatives.
-    extra: int = Field(default=16, ge=0)
-    # Sample num_negatives from the filtered ranks [lo, hi) instead of taking the nearest:
-    # skipping the very nearest avoids most false negatives.
-    rank_window: tuple[int, int] | None = None
-    # Drop candidates that share the anchor's label. Off by default: training is
-    # self-supervised and labels are for evaluation only, so filtering by them would leak
-    # labels into training. Turn on only for supervised use. The metric
-    # miner/same_label_fraction (share of mined negatives with the anchor's label, i.e. likely
-    # false negatives) is reported whenever labels are known, whatever this setting.
-    filter_same_label: bool = False
-    # Incremental refresh of the entries whose keys changed, every refresh_every steps.
-    refresh_every: int = Field(default=1, ge=1)
-    # Full rebuild (IVF centroids retrained) every rebuild_every steps.
-    rebuild_every: int = Field(default=1000, ge=1)
-    # Also rebuild as soon as the searches' slowdown since the last build (the encoder's keys
-    # crowding into a few IVF lists) has cost as much time as that build: rent-or-buy, see
-    # dist_contrast/negatives/miner.py. Early in training, when the encoder moves fast, this
-    # rebuilds often; later, rarely. rebuild_every stays the longest interval.
-    adaptive_rebuild: bool = False
-    # Training sample for IVF centroids: nlist × train_per_list vectors (or the whole bank).
-    # k-means costs sample × nlist per iteration: at nlist 4096, 64 per list took 15 s per
-    # rebuild on one core, 16 per list 4.6 s (moco_mined.yaml uses 8, with 2 warm iterations).
-    train_per_list: int = Field(default=64, ge=1)
-    # k-means iterations of a rebuild after the first: the centroids start from the previous
-    # ones (the keys drift slowly between rebuilds), so a few iterations suffice. The first
-    # build runs faiss's default 10 from a random start.
-    retrain_iterations: int = Field(default=4, ge=1)
-
-    @model_validator(mode="after")
-    def _check(self) -> MinerConfig:
-        if self.index.startswith("ivf") and self.nprobe > self.nlist:
-            raise ValueError(
-                f"negatives.miner.nprobe={self.nprobe} exceeds nlist={self.nlist}; "
-                "probe at most every list"
-            )
-        if self.rank_window is not None:
-            lo, hi = self.rank_window
-            if lo < 0 or hi <= lo:
-                raise ValueError(
-                    f"negatives.miner.rank_window={list(self.rank_window)} must be [lo, hi) "
-                    "with 0 <= lo < hi"
-                )
-            if hi - lo < self.num_negatives:
-                raise ValueError(
-                    f"negatives.miner.rank_window={list(self.rank_window)} holds {hi - lo} ranks, "
-                    f"fewer than num_negatives={self.num_negatives}; widen it"
-                )
-        if self.rebuild_every < self.refresh_every:
-            raise ValueError(
-                f"negatives.miner.rebuild_every={self.rebuild_every} is below "
-                f"refresh_every={self.refresh_every}; a rebuild is also a refresh"
-            )
-        return self
-
-    @property
-    def search_k(self) -> int:
-        """Candidates kept per query before filtering."""
-        hi = self.rank_window[1] if self.rank_window is not None else self.num_negatives
-        return hi + self.extra
 
 
 class NegativesConfig(Section):
-    """Which negative pools feed the loss (any combination) and their settings."""
+    """Which negative pools feed the loss (any combination) and their settings.
+
+    The sources' sections are not fields of this class: sources register themselves, so the
+    sections are read from the registry when a config is validated, and kept (in registry
+    order, after the fields) as the model's extra values. ``cfg.negatives.<key>`` reads one.
+    """
+
+    # Unknown keys are still refused (with the allowed ones named) by _sections.
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
 
     # Any registered source (negatives/registry.py): batch, queue, bank, mined by default.
-    sources: list[str] = Field(default_factory=lambda: ["batch"])
+    sources: list[str] = Field(default_factory=lambda: [IN_BATCH])
     # MoCo key encoder θ_k ← m·θ_k + (1 − m)·θ_q; required by the queue.
     momentum_encoder: bool = False
     momentum: float = Field(default=0.999, ge=0.0, lt=1.0)
     # Shuffle the batch across workers before the key encoder so BatchNorm cannot leak the
     # positive (MoCo); needs the momentum encoder.
     shuffle_bn: bool = False
-    queue: QueueConfig = QueueConfig()
-    bank: BankConfig = BankConfig()
-    miner: MinerConfig = MinerConfig()
+
+    if TYPE_CHECKING:
+        # A registered source's settings section, ``negatives.<key>``.
+        def __getattr__(self, key: str) -> Any: ...
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections(cls, data: Any) -> Any:
+        """Every registered source's section, validated by its own class (defaults when
+        absent); any other key is refused."""
+        if not isinstance(data, dict):
+            return data
+        sections = settings_sections()
+        allowed = set(cls.model_fields) | set(sections)
+        unknown = [key for key in data if key not in allowed]
+        if unknown:
+            raise ValueError(
+                f"unknown key 'negatives.{unknown[0]}' in section 'negatives'; allowed keys: "
+                f"{', '.join(sorted(allowed))}"
+            )
+        validated = {key: value for key, value in data.items() if key in cls.model_fields}
+        for key, (_, section) in sections.items():
+            validated[key] = (
+                _validate_section(section, key, data[key]) if key in data else section()
+            )
+        return validated
 
     @model_validator(mode="after")
     def _check(self) -> NegativesConfig:
@@ -174,20 +87,95 @@ class NegativesConfig(Section):
                         f"negatives.sources has {name!r} but not {needed!r}, which it is built "
                         f"on; add '{needed}'"
                     )
-        if "queue" in sources and not self.momentum_encoder:
-            raise ValueError(
-                "negatives.sources has 'queue' but negatives.momentum_encoder is false; the queue "
-                "holds momentum-encoder keys, set negatives.momentum_encoder=true"
-            )
         if self.shuffle_bn and not self.momentum_encoder:
             raise ValueError(
                 "negatives.shuffle_bn=true shuffles the key encoder's batch; "
                 "set negatives.momentum_encoder=true"
             )
-        if self.bank.as_pool and "queue" in sources:
-            raise ValueError(
-                "negatives.bank.as_pool=true and 'queue' both give the shared pool; keep one"
-            )
-        if self.bank.as_pool and "bank" not in sources:
-            raise ValueError("negatives.bank.as_pool=true needs 'bank' in negatives.sources")
+        self._run_source_checks(CheckContext(self))
+        pools = [spec.shared_pool(self.settings_of(name)) for name in source_names()
+                 if name in sources and (spec := source_spec(name)).shared_pool is not None]
+        givers = [giver for giver in pools if giver is not None]
+        if len(givers) > 1:
+            raise ValueError(f"{' and '.join(givers)} all give the shared pool; keep one"
+                             if len(givers) > 2 else
+                             f"{givers[0]} and {givers[1]} both give the shared pool; keep one")
         return self
+
+    def check_objective(self, loss: LossNeeds) -> None:
+        """The objective's needs against the configured sources (the full config calls this:
+        the objectives sit above the negatives)."""
+        if loss.needs_noise and not any(source_spec(n).draws_noise for n in self.sources):
+            providers = [name for name in source_names() if source_spec(name).draws_noise]
+            raise ValueError(
+                f"loss.name={loss.name} draws its noise from "
+                f"{' or '.join(source_spec(name).title for name in providers)}; add "
+                f"{' or '.join(repr(name) for name in providers)} to negatives.sources"
+            )
+        self._run_source_checks(CheckContext(self, loss))
+
+    def _run_source_checks(self, context: CheckContext) -> None:
+        for name in source_names():
+            spec = source_spec(name)
+            for check in spec.checks:
+                check(self.settings_of(name), context)
+
+    def settings_of(self, name: str) -> Any:
+        """The settings section of source ``name`` (None when it has none)."""
+        spec = source_spec(name)
+        return getattr(self, spec.key) if spec.settings is not None else None
+
+    def describe(self, rows: int | None, global_batch: int) -> str:
+        """The configured sources in a run's description: "global batch (512 keys) + queue
+        (65,536 keys, replicated)"."""
+        context = DescribeContext(rows, global_batch)
+        parts = []
+        for name in self.sources:
+            spec = source_spec(name)
+            parts.append(spec.describe(self.settings_of(name), context) if spec.describe
+                         else spec.title or name)
+        return " + ".join(parts) or "none"
+
+    @property
+    def in_batch(self) -> bool:
+        """Whether the other keys of the global batch are negatives."""
+        return IN_BATCH in self.sources
+
+    @property
+    def stateful(self) -> list[str]:
+        """The configured sources that keep state (a pool to build), in build order."""
+        return [name for name in source_names()
+                if name in self.sources and source_spec(name).build is not None]
+
+
+def _validate_section(section: type[Section], key: str, value: Any) -> Section:
+    """``value`` validated as ``negatives.<key>``; a mistake is one line naming the key, worded
+    as the config's own messages are."""
+    if isinstance(value, section):
+        return value
+    try:
+        return section.model_validate(value)
+    except ValidationError as exc:
+        raise ValueError(_describe(exc, f"negatives.{key}", section)) from None
+
+
+def _describe(exc: ValidationError, prefix: str, section: type[Section]) -> str:
+    err = exc.errors()[0]
+    key = ".".join([prefix, *(str(part) for part in err["loc"])])
+    if err["type"] == "extra_forbidden":
+        allowed = ", ".join(sorted(section.model_fields))
+        return f"unknown key '{key}' in section '{prefix}'; allowed keys: {allowed}"
+    if err["type"] == "value_error":
+        return str(err["msg"]).removeprefix("Value error, ")
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{key}: {err['msg']}{shown}"
+
+
+# The built-in sources' sections, where they were defined before each source became one module
+# (``from dist_contrast.negatives.config import MinerConfig`` keeps working).
+from dist_contrast.negatives.bank import BankConfig  # noqa: E402
+from dist_contrast.negatives.mined import MinerConfig  # noqa: E402
+from dist_contrast.negatives.queue import QueueConfig  # noqa: E402
+
+__all__ = ["BankConfig", "MinerConfig", "NegativesConfig", "QueueConfig"]

@@ -8,7 +8,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from dist_contrast.negatives.config import MinerConfig
+from dist_contrast.negatives.mined import MinerConfig
 
 
 def gpu_available() -> bool:

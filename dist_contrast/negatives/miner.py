@@ -61,7 +61,6 @@ from torch import Tensor
 
 from dist_contrast.negatives.bank import MemoryBank
 from dist_contrast.negatives.base import Negatives
-from dist_contrast.negatives.config import MinerConfig
 from dist_contrast.negatives.index import (
     SearchIndex,
     as_ivf,
@@ -71,6 +70,7 @@ from dist_contrast.negatives.index import (
     remove_ids,
     resolve_device,
 )
+from dist_contrast.negatives.mined import MinerConfig
 from dist_contrast.negatives.miner_policy import Decision, MinerCounters, Scan, decide
 
 
@@ -293,6 +293,12 @@ class FaissMiner:
         self.clock = MinerClock()
         self.counters = MinerCounters()
         self.step = 0
+
+    @property
+    def needs_every_rank(self) -> bool:
+        """A sharded index searches every rank's queries: ``collective.collect_negatives``
+        gathers them (``mine_sharded``), not the pool's local pass."""
+        return self.sharded
 
     @property
     def index(self) -> SearchIndex | None:

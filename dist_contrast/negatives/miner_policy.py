@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from dist_contrast.negatives.config import MinerConfig
+from dist_contrast.negatives.mined import MinerConfig
 
 Action = Literal["none", "refresh", "rebuild"]
 Reason = Literal["empty", "first", "doubled", "rebuild_every", "drift", "refresh_every", "not_due"]

@@ -7,19 +7,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dist_contrast.negatives.bank import MemoryBank
-from dist_contrast.negatives.base import Negatives, NegativeSource
+from dist_contrast.negatives.base import InstanceMemory, Negatives, NegativeSource
 from dist_contrast.negatives.config import NegativesConfig
-from dist_contrast.negatives.miner import FaissMiner
 from dist_contrast.negatives.momentum import MomentumEncoder
-from dist_contrast.negatives.queue import KeyQueue
-from dist_contrast.negatives.registry import (
-    SourceContext,
-    SourceSpec,
-    register_source,
-    source_names,
-    source_spec,
-)
+from dist_contrast.negatives.registry import SourceContext, source_names, source_spec
 
 
 def _first(*tensors: Tensor | None) -> Tensor | None:
@@ -29,12 +20,12 @@ def _first(*tensors: Tensor | None) -> Tensor | None:
 class NegativePool:
     """Every configured source behind one ``update`` / ``state_dict``.
 
-    ``sources`` maps each stateful source's key (``queue``, ``bank``, ``miner``, or a
-    registered one) to the source, in update order. ``in_batch`` says whether the loss should
-    also use the other keys of the global batch (``sources`` has ``batch``); those come from the
-    trainer's gather, not from here. The step's negatives come from
+    ``sources`` maps each stateful source's key (``SourceSpec.key``) to the source, in update
+    order; ``pool.<key>`` reads one (None for a registered source that is not configured).
+    ``in_batch`` says whether the loss should also use the other keys of the global batch;
+    those come from the trainer's gather, not from here. The step's negatives come from
     :func:`dist_contrast.negatives.collective.collect_negatives`, which merges the local
-    sources with a sharded miner's search over every rank's queries.
+    sources with the searches that need every rank's queries (a sharded miner).
     """
 
     def __init__(
@@ -44,27 +35,55 @@ class NegativePool:
         self.sources = dict(sources)
         self.world_size = world_size
 
-    @property
-    def queue(self) -> KeyQueue | None:
-        return self.sources.get("queue")  # type: ignore[return-value]
+    def __getattr__(self, key: str) -> Any:
+        sources = self.__dict__.get("sources", {})
+        if key in sources:
+            return sources[key]
+        if not key.startswith("_") and key in {source_spec(n).key for n in source_names()}:
+            return None
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
 
     @property
-    def bank(self) -> MemoryBank | None:
-        return self.sources.get("bank")  # type: ignore[return-value]
+    def collective_sources(self) -> list[Any]:
+        """The sources whose search needs every rank's queries (``needs_every_rank``)."""
+        return [s for s in self.sources.values() if getattr(s, "needs_every_rank", False)]
 
     @property
-    def miner(self) -> FaissMiner | None:
-        return self.sources.get("miner")  # type: ignore[return-value]
+    def instance_memory(self) -> InstanceMemory | None:
+        """The source that keeps one entry per dataset instance (the bank), if any."""
+        return next((s for s in self.sources.values() if isinstance(s, InstanceMemory)), None)
+
+    @property
+    def normalizer_every(self) -> int:
+        """How often the NCE normaliser Z is re-estimated (0: once); the instance memory's."""
+        memory = self.instance_memory
+        return memory.normalizer_every if memory is not None else 0
+
+    def penalty(self, features: Tensor, ids: Tensor) -> Tensor | None:
+        """The sources' extra loss terms (the bank's proximal term) against their state before
+        this step's update; None when there are none.
+
+        Shape: features [B, D] (with grad), ids [B] -> scalar.
+        """
+        memory = self.instance_memory
+        return memory.penalty(features, ids) if memory is not None else None
+
+    def seconds(self) -> float | None:
+        """The sources' running total of seconds in their own upkeep (the miner's searches and
+        rebuilds); None when no configured source keeps time."""
+        totals = [s.total_seconds for s in self.sources.values() if hasattr(s, "total_seconds")]
+        return sum(totals) if totals else None
 
     def local_negatives(self, query: Tensor, ids: Tensor, labels: Tensor | None) -> Negatives:
-        """Merge what each source gives for the local queries, leaving out a sharded miner
-        (its search needs every rank: ``collective.collect_negatives`` adds it).
+        """Merge what each source gives for the local queries, leaving out the collective ones
+        (their search needs every rank: ``collective.collect_negatives`` adds them).
 
         Shape: query [B, D], ids [B], labels [B] or None -> :class:`Negatives`.
         """
         merged = Negatives()
-        for name, source in self.sources.items():
-            if name == "miner" and self.miner is not None and self.miner.sharded:
+        collective = self.collective_sources
+        for source in self.sources.values():
+            if any(source is other for other in collective):
                 continue
             merged = self.merge(merged, source.negatives(query, ids, labels))
         merged.metrics.update(self._count_metrics(merged, query.shape[0]))
@@ -79,6 +98,8 @@ class NegativePool:
             pool_mask=_first(a.pool_mask, b.pool_mask),
             pool_ids=_first(a.pool_ids, b.pool_ids),
             pool_is_sharded=a.pool_is_sharded or b.pool_is_sharded,
+            pool_global_rows=a.pool_global_rows if a.pool_global_rows is not None
+            else b.pool_global_rows,
             pool_lse=_first(a.pool_lse, b.pool_lse),
             query_negatives=_first(a.query_negatives, b.query_negatives),
             query_negative_mask=_first(a.query_negative_mask, b.query_negative_mask),
@@ -97,8 +118,8 @@ class NegativePool:
             counts["negatives/batch"] = float(self.world_size * batch - 1)
         if negatives.pool is not None:
             size = negatives.pool.shape[0]
-            if negatives.pool_is_sharded and self.queue is not None:
-                size = self.queue.filled
+            if negatives.pool_is_sharded and negatives.pool_global_rows is not None:
+                size = negatives.pool_global_rows
             mask = negatives.pool_mask
             masked = 0.0 if mask is None else float(mask.sum()) / batch
             counts["negatives/pool"] = size - masked
@@ -113,7 +134,8 @@ class NegativePool:
         return counts
 
     def update(self, keys: Tensor, ids: Tensor, labels: Tensor | None, step: int) -> None:
-        """Absorb the global batch's keys after the optimiser step (queue, bank, then miner).
+        """Absorb the global batch's keys after the optimiser step, in build order (a bank
+        before the miner that indexes it).
 
         Shape: keys [W·B, D] (the gathered global batch), ids [W·B], labels [W·B].
         """
@@ -130,7 +152,7 @@ class NegativePool:
                 f"checkpoint has negative sources {sorted(state)}, the config builds "
                 f"{sorted(self.sources)}; resume with the same negatives.sources"
             )
-        for name, source in self.sources.items():  # bank before miner
+        for name, source in self.sources.items():  # in build order: bank before miner
             source.load_state_dict(state[name])
 
 
@@ -145,8 +167,8 @@ def build_negative_pool(
     seed: int = 0,
     nce_noise: bool = True,
 ) -> NegativePool:
-    """The composite of ``cfg.sources``, built in registration order; rank and world size
-    come in explicitly.
+    """The composite of ``cfg.sources``, built in :func:`~.registry.source_names` order, each
+    from its own settings section; rank and world size come in explicitly.
 
     The same ``seed`` on every rank gives every rank the same bank initialisation; noise and
     rank-window sampling use per-rank streams derived from it. With ``nce_noise=False`` (the
@@ -154,48 +176,11 @@ def build_negative_pool(
     """
     context = SourceContext(dataset_size=dataset_size, dim=dim, rank=rank,
                             world_size=world_size, device=device, seed=seed, nce_noise=nce_noise)
-    for name in source_names():
+    for name in cfg.stateful:
         spec = source_spec(name)
-        if name in cfg.sources and spec.build is not None:
-            context.built[spec.key] = spec.build(cfg, context)
-    return NegativePool(in_batch="batch" in cfg.sources, sources=context.built,
-                        world_size=world_size)
-
-
-def _queue(cfg: NegativesConfig, context: SourceContext) -> KeyQueue:
-    return KeyQueue(
-        cfg.queue.size,
-        context.dim,
-        sharded=cfg.queue.layout == "sharded",
-        rank=context.rank,
-        world_size=context.world_size,
-        mask_same_instance=cfg.queue.mask_same_instance,
-        device=context.device,
-    )
-
-
-def _bank(cfg: NegativesConfig, context: SourceContext) -> MemoryBank:
-    return MemoryBank(
-        context.dataset_size,
-        context.dim,
-        momentum=cfg.bank.momentum,
-        noise_samples=cfg.bank.noise_samples if context.nce_noise else 0,
-        as_pool=cfg.bank.as_pool,
-        seed=context.seed,
-        noise_seed=context.seed + 1 + context.rank,
-        device=context.device,
-    )
-
-
-def _miner(cfg: NegativesConfig, context: SourceContext) -> FaissMiner:
-    return FaissMiner(cfg.miner, context.built["bank"], rank=context.rank,
-                      world_size=context.world_size, seed=context.seed + context.rank)
-
-
-register_source("queue", SourceSpec(key="queue", build=_queue))
-register_source("bank", SourceSpec(key="bank", build=_bank))
-# The miner's index is over the memory bank: built after it, and it absorbs keys after it.
-register_source("mined", SourceSpec(key="miner", build=_miner, requires=("bank",)))
+        assert spec.build is not None  # stateful: it has a builder
+        context.built[spec.key] = spec.build(cfg.settings_of(name), context)
+    return NegativePool(in_batch=cfg.in_batch, sources=context.built, world_size=world_size)
 
 
 def build_momentum_encoder(

@@ -21,7 +21,6 @@ def test_fifo_with_wraparound_when_size_does_not_divide_batch():
         newest = stream[-7:]
         assert sorted(pool_ids.tolist()) == sorted(newest)
         assert torch.equal(pool_keys[:, 0].long(), pool_ids)
-        assert queue.pointer == len(stream) % 7
     assert queue.filled == 7
 
 
@@ -54,6 +53,30 @@ def test_same_instance_is_masked():
     unmasked = KeyQueue(size=8, dim=3, mask_same_instance=False)
     unmasked.update(keys, ids, None, 0)
     assert unmasked.negatives(torch.randn(1, 3), torch.tensor([2]), None).pool_mask is None
+
+
+def test_a_sharded_shard_carries_its_ids_only_when_it_masks_and_its_global_size():
+    """The sharded LSE masks a query's own instance through the shard's pool_ids: a queue
+    with mask_same_instance=false gives none, so nothing is masked (the step passes nothing
+    else), and the count metric reads the whole queue's rows from pool_global_rows."""
+    from dist_contrast.negatives.collective import sharded_pool_lse
+
+    keys, ids = _keys(0, 6)
+    keys = torch.nn.functional.normalize(keys + torch.randn(6, 3), dim=1)
+    query, query_ids = torch.nn.functional.normalize(torch.randn(4, 3), dim=1), ids[:4]
+    for mask in (True, False):
+        queue = KeyQueue(size=8, dim=3, sharded=True, rank=0, world_size=2,
+                         mask_same_instance=mask)
+        queue.update(keys, ids, None, 0)
+        negatives = queue.negatives(query, query_ids, None)
+        assert negatives.pool_is_sharded and negatives.pool_global_rows == 6
+        assert (negatives.pool_ids is not None) == mask
+        shard, shard_ids = queue.pool()  # rank 0 of 2: the even slots
+        logits = query @ shard.T / 0.2
+        if mask:
+            logits = logits.masked_fill(query_ids[:, None] == shard_ids[None, :], float("-inf"))
+        lse = sharded_pool_lse(query, negatives, query_ids, temperature=0.2)
+        torch.testing.assert_close(lse, torch.logsumexp(logits, dim=1))
 
 
 def test_state_round_trip():
