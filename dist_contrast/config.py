@@ -14,25 +14,62 @@ trainer reads live here.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from dist_contrast.data.config import DataConfig
 from dist_contrast.errors import UserError
 from dist_contrast.models.config import ModelConfig
 from dist_contrast.negatives.config import NegativesConfig
+from dist_contrast.negatives.registry import LossNeeds
 from dist_contrast.objectives import get_objective, loss_names, loss_options
+from dist_contrast.paths import ConfigPath, OptionalConfigPath
 from dist_contrast.section import Section
 
 
 class ExperimentConfig(Section):
     name: str = Field(default="dist-contrast", min_length=1)
     seed: int = Field(default=0, ge=0)
-    output_dir: str = "results"
+    output_dir: ConfigPath = "results"
     run_name: str | None = None
+
+    @field_validator("name", "run_name")
+    @classmethod
+    def _one_folder(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # The run's folder is output_dir/run_name (by default output_dir/name-TIMESTAMP): a
+        # separator or '..' would put checkpoints somewhere else, outside output_dir.
+        if value is not None:
+            check_folder_name(value, f"experiment.{info.field_name}")
+        return value
+
+
+def check_folder_name(value: str, key: str) -> None:
+    """Refuse a name that is not exactly one folder name: empty, ``.``, ``..``, or holding a
+    path separator or a NUL."""
+    if value in ("", ".", "..") or any(c in value for c in "/\\\0"):
+        raise ValueError(
+            f"{key}={value!r} must be a single folder name (no '/' or '\\', not '.' or "
+            f"'..', not empty): {FOLDER_NAMES.get(key, 'it names a folder')}"
+        )
+
+
+#: What each name that :func:`check_folder_name` checks is a folder of.
+FOLDER_NAMES = {
+    "experiment.run_name": "it names the run's folder under experiment.output_dir",
+    "experiment.name": "it starts the default experiment.run_name, the run's folder under "
+                       "experiment.output_dir",
+}
 
 
 class LossConfig(Section):
@@ -109,12 +146,19 @@ class TrainerConfig(Section):
     threads_per_worker: int = Field(default=1, ge=1)
     # Restarts of the worker group after a worker dies, each from the newest complete checkpoint.
     max_failures: int = Field(default=0, ge=0)
-    resume_from: str | None = None
+    resume_from: OptionalConfigPath = None
     show_worker_logs: bool = False
     # Consecutive steps with a non-finite loss or gradient (each skipped) before the run stops.
     max_bad_steps: int = Field(default=5, ge=1)
     # Seed everything and use deterministic algorithms only (slower; see the README).
     deterministic: bool = False
+
+    def trains_on_gpu(self, gpus: float) -> bool:
+        """The GPU-use rule: ``use_gpu``, or with ``auto`` a GPU for every worker among the
+        ``gpus`` the machine or cluster has."""
+        if self.use_gpu != "auto":
+            return self.use_gpu == "true"
+        return gpus >= self.num_workers
 
     @field_validator("use_gpu", mode="before")
     @classmethod
@@ -158,7 +202,8 @@ class Config(Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
-    negatives: NegativesConfig = NegativesConfig()
+    # A factory: the sections of sources registered after this module was imported included.
+    negatives: NegativesConfig = Field(default_factory=NegativesConfig)
     optimizer: OptimizerConfig = OptimizerConfig()
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
     trainer: TrainerConfig = TrainerConfig()
@@ -166,28 +211,16 @@ class Config(Section):
     checkpoint: CheckpointConfig = CheckpointConfig()
     tracking: TrackingConfig = TrackingConfig()
 
+    def loss_needs(self) -> LossNeeds:
+        """What the objective reads from the negative sources (their checks and memory)."""
+        objective = get_objective(self.loss.name)
+        return LossNeeds(self.loss.name, needs_noise=objective.needs_noise,
+                         sharded_pool=objective.sharded_pool)
+
     def _check_loss_sources(self) -> None:
-        """The objective's declared needs against the configured negative sources."""
-        name, sources = self.loss.name, self.negatives.sources
-        objective = get_objective(name)
-        if objective.needs_noise and "bank" not in sources:
-            raise ValueError(
-                f"loss.name={name} draws its noise from the memory bank; "
-                "add 'bank' to negatives.sources"
-            )
-        if not objective.needs_noise and list(sources) == ["bank"] and not (
-            self.negatives.bank.as_pool
-        ):
-            raise ValueError(
-                f"negatives.sources=[bank] gives {name} no negatives (the bank feeds "
-                "NCE noise); set negatives.bank.as_pool=true or add batch/queue/mined"
-            )
-        sharded = "queue" in sources and self.negatives.queue.layout == "sharded"
-        if sharded and not objective.sharded_pool:
-            raise ValueError(
-                f"negatives.queue.layout=sharded needs a loss that joins a sharded pool's "
-                f"log-sum-exp, which loss.name={name} cannot; use layout=replicated or info_nce"
-            )
+        """The objective's declared needs against the configured negative sources (each
+        source's own checks: negatives/registry.py)."""
+        self.negatives.check_objective(self.loss_needs())
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Config:
@@ -241,22 +274,47 @@ def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping of sections in the YAML file ``path``: one line for a path that is missing,
+    a folder, unreadable, not YAML, empty, or not a mapping."""
     file = Path(path)
+    if file.is_dir():
+        raise UserError(f"config file '{file}' is a directory; name a YAML file"
+                        f"{_example_in(file)}")
     if not file.is_file():
         raise UserError(
             f"config file '{file}' not found; pass a YAML file such as configs/synthetic.yaml"
         )
     try:
-        raw = yaml.safe_load(file.read_text()) or {}
+        raw = yaml.safe_load(file.read_text())
+    except OSError as exc:
+        raise UserError(f"config file '{file}' cannot be read ({exc.strerror or exc}); "
+                        "check its permissions") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file '{file}' is not text; pass a YAML file such as "
+                        "configs/synthetic.yaml") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"config file '{file}' is not valid YAML{where}; fix the syntax") from None
+    if raw is None:  # empty, or comments only: not "all defaults" by accident
+        raise UserError(
+            f"config file '{file}' is empty; give it at least experiment: and trainer: "
+            "settings, or start from a copy of configs/synthetic.yaml"
+        )
     if not isinstance(raw, dict):
         raise UserError(
             f"config file '{file}' must be a mapping of sections (experiment:, data:, ...)"
         )
     return raw
+
+
+def _example_in(folder: Path) -> str:
+    """`` in it, e.g. <folder>/<first.yaml>`` when the folder holds one, else a general hint."""
+    with contextlib.suppress(OSError):
+        found = sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml"))
+        if found:
+            return f" in it, e.g. {found[0]}"
+    return ", e.g. configs/synthetic.yaml"
 
 
 def validate(raw: dict[str, Any], source: str = "config") -> Config:
@@ -278,11 +336,20 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     return validate(raw, source=str(path))
 
 
+#: The names pydantic puts in an error's location for the branch of a union it tried.
+UNION_MEMBERS = {"float", "int", "bool", "str"}
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     """The first error of a pydantic ValidationError as one line: key, problem, input."""
     err = exc.errors()[0]
-    key = ".".join(str(part) for part in err["loc"])
     kind = err["type"]
+    loc = list(err["loc"])
+    while loc and loc[-1] in UNION_MEMBERS:  # loss.params.x.float: the branch of x's union
+        loc.pop()
+    key = ".".join(str(part) for part in loc)
+    if kind == "finite_number":
+        return f"{key} must be a finite number, not {err.get('input')!r}"
     msg = err["msg"]
     if kind == "extra_forbidden":
         section = ".".join(str(p) for p in err["loc"][:-1])

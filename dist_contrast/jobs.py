@@ -7,9 +7,10 @@ working directory is a fresh folder that holds only the resolved config, so that
 entrypoint is ``dist-contrast train experiment.yaml``. The code comes from the runtime
 environment (``py_modules``: the package as it is here) or from the cluster's image.
 
-Ray's token authentication: the token comes from ``RAY_AUTH_TOKEN``, the file named by
-``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token`` (Ray's own order); it is sent only when one of
-them has it, and never printed. A cluster that wants a token and gets none, or gets the wrong
+Ray's token authentication (:mod:`dist_contrast.driver.address`, shared with ``train``): the
+token comes from ``RAY_AUTH_TOKEN``, the file named by ``RAY_AUTH_TOKEN_PATH`` or
+``~/.ray/auth_token`` (Ray's own order); it is sent only when one of them has it, and never
+printed. A cluster that wants a token and gets none, or gets the wrong
 one, is one line saying which.
 """
 
@@ -32,10 +33,14 @@ from typing import Any
 import yaml
 
 from dist_contrast.config import Config, load_config, to_yaml
+from dist_contrast.driver.address import (
+    HOW_TO_GET_TOKEN,
+    enable_token_auth_if_available,
+    job_server_address,
+)
 from dist_contrast.errors import RunFailed, UserError
+from dist_contrast.tracking import default_run_name, is_local_store
 
-#: Where a job server listens when nothing says otherwise (``ray start --head`` here).
-DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 #: The runtime environment ``submit`` uses when ``--runtime-env`` is not given and this file
 #: exists under the current directory (a checkout of the repository).
 DEFAULT_RUNTIME_ENV = Path("launch") / "runtime_env.yaml"
@@ -60,69 +65,13 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # ----------------------------------------------------------------------------- connection
 
 
-def job_server_address(address: str | None = None) -> str:
-    """The job server's URL: ``address``, else ``RAY_API_SERVER_ADDRESS`` or an http(s)
-    ``RAY_ADDRESS``, else :data:`DEFAULT_ADDRESS`. A GCS address (``host:6379``) is refused:
-    jobs go to the dashboard's port (8265)."""
-    chosen = address or os.environ.get("RAY_API_SERVER_ADDRESS")
-    if not chosen:
-        env = os.environ.get("RAY_ADDRESS", "").strip()
-        chosen = env if env.startswith(("http://", "https://")) else None
-        if env and chosen is None and env not in ("local", "auto"):
-            raise UserError(
-                f"RAY_ADDRESS={env} is a cluster (GCS) address; jobs go to the head's job "
-                "server: pass --address http://<head>:8265 or set RAY_ADDRESS to that URL"
-            )
-    chosen = (chosen or DEFAULT_ADDRESS).rstrip("/")
-    if not chosen.startswith(("http://", "https://")):
-        raise UserError(
-            f"--address {chosen} is not a job server URL; give the head's dashboard URL, "
-            "e.g. http://<head>:8265"
-        )
-    return chosen
-
-
-def token_source(environ: Mapping[str, str] | None = None) -> str | None:
-    """Where this process's Ray token comes from, in Ray's order (``RAY_AUTH_TOKEN``, then
-    ``RAY_AUTH_TOKEN_PATH``, then ``~/.ray/auth_token``), or None. Never the token itself.
-    A ``RAY_AUTH_TOKEN_PATH`` that cannot be read is one line (Ray would abort the process)."""
-    env = os.environ if environ is None else environ
-    if env.get("RAY_AUTH_TOKEN", "").strip():
-        return "RAY_AUTH_TOKEN"
-    path = env.get("RAY_AUTH_TOKEN_PATH")
-    if path:
-        try:
-            text = Path(path).expanduser().read_text().strip()
-        except OSError as exc:
-            raise UserError(
-                f"RAY_AUTH_TOKEN_PATH={path} cannot be read ({exc.strerror or exc}); point it "
-                "at the file that holds the cluster's token, or unset it"
-            ) from None
-        if not text:
-            raise UserError(f"RAY_AUTH_TOKEN_PATH={path} is empty; put the cluster's token in it")
-        return f"RAY_AUTH_TOKEN_PATH={path}"
-    default = Path(env.get("HOME", str(Path.home()))) / ".ray" / "auth_token"
-    with contextlib.suppress(OSError):
-        if default.read_text().strip():
-            return "~/.ray/auth_token"
-    return None
-
-
-HOW_TO_GET_TOKEN = (
-    "on the head node `ray get-auth-token` prints it; with KubeRay it is the auth_token of the "
-    "Secret named after the RayCluster"
-)
-
-
 class JobServer:
     """A connected ``JobSubmissionClient`` whose failures are one line each."""
 
     def __init__(self, address: str | None = None) -> None:
         self.address = job_server_address(address)
-        self.token_from = token_source()
-        if self.token_from is not None and "RAY_AUTH_MODE" not in os.environ:
-            # Ray's client sends the token only in token mode; read when Ray is imported.
-            os.environ["RAY_AUTH_MODE"] = "token"
+        # Ray's client sends the token only in token mode, read when Ray is imported.
+        self.token_from = enable_token_auth_if_available()
         from ray.job_submission import JobSubmissionClient
 
         # Ray's INFO lines ("Uploading package ...") would bury ours; its job client modules
@@ -295,9 +244,7 @@ def prepare(
     """Validate the config (one line, exit 2, on a mistake) and build the submission."""
     env = os.environ if environ is None else environ
     cfg = load_config(config, overrides)
-    run_name = cfg.experiment.run_name or (
-        f"{cfg.experiment.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
+    run_name = cfg.experiment.run_name or default_run_name(cfg.experiment.name)
     cfg = cfg.model_copy(update={
         "experiment": cfg.experiment.model_copy(update={"run_name": run_name}),
     })
@@ -318,7 +265,7 @@ def prepare(
             "its working directory on the head node; set MLFLOW_TRACKING_URI to an MLflow "
             "server to be sure"
         )
-    elif uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+    elif is_local_store(uri):
         notes.append(
             f"the job logs to {uri} on the head node, which other nodes and you may not reach; "
             "set MLFLOW_TRACKING_URI to an MLflow server (see the README, From laptop to cluster)"

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import math
+import typing
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from dist_contrast.config import Config, apply_overrides, flatten, load_config, to_yaml
+from dist_contrast.config import (
+    Config,
+    apply_overrides,
+    flatten,
+    load_config,
+    to_yaml,
+    validate,
+)
 from dist_contrast.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -72,6 +81,14 @@ def test_apply_overrides_does_not_mutate_input() -> None:
         (["trainer.use_gpu=maybe"], "trainer.use_gpu"),
         (["loss.temperature_mode=cosine"], "temperature_final"),
         (["negatives.sources=[queue]"], "momentum_encoder"),
+        # A source's own section, validated by its own class, named in full.
+        (["negatives.queue.size=0"],
+         "negatives.queue.size: Input should be greater than or equal to 1 (got 0)"),
+        (["negatives.miner.index=lsh"], "negatives.miner.index: Input should be"),
+        (["negatives.bank.sise=3"], "unknown key 'negatives.bank.sise' in section "
+         "'negatives.bank'; allowed keys: as_pool, momentum, noise_samples, normalizer_every"),
+        (["negatives.queu.size=3"], "unknown key 'negatives.queu' in section 'negatives'; "
+         "allowed keys: bank, miner, momentum, momentum_encoder, queue, shuffle_bn, sources"),
         (["noequals"], "section.key=value"),
         (["loss.temperature.x=1"], "not a section"),
         (["loss.params={top_k: 5}"], "loss.params.top_k is not an option of loss.name=info_nce"),
@@ -132,3 +149,89 @@ def test_a_warm_up_longer_than_the_run_is_accepted(tmp_path: Path) -> None:
         _write(tmp_path, "{}\n"), ["optimizer.warmup_steps=1000", "trainer.max_steps=10"]
     )
     assert cfg.optimizer.warmup_steps == 1000
+
+
+def _float_keys(section: BaseModel, prefix: str = "") -> list[str]:
+    """The dotted key of every float setting of ``section`` and its sub-sections, found by
+    type (sub-sections by their values: a section's type may be made at run time)."""
+    keys = []
+    for name, field in type(section).model_fields.items():
+        value, annotation = getattr(section, name), field.annotation
+        if isinstance(value, BaseModel):
+            keys += _float_keys(value, f"{prefix}{name}.")
+        elif annotation is float or (typing.get_origin(annotation) is not tuple
+                                     and float in typing.get_args(annotation)):
+            keys.append(f"{prefix}{name}")
+    for name, value in (section.model_extra or {}).items():  # sections kept as extra values
+        if isinstance(value, BaseModel):
+            keys += _float_keys(value, f"{prefix}{name}.")
+    return keys
+
+
+FLOAT_KEYS = _float_keys(Config())
+
+
+def test_the_float_settings_are_found() -> None:
+    assert {"optimizer.lr", "loss.temperature", "data.noise_scale", "negatives.bank.proximal",
+            "model.dropout", "trainer.cpus_per_worker"} <= set(FLOAT_KEYS)
+
+
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+def test_no_float_setting_takes_a_non_finite_number(tmp_path: Path, key: str, value: str) -> None:
+    with pytest.raises(UserError) as info:
+        load_config(_write(tmp_path, "{}\n"), [f"{key}={value}"])
+    shown = {".inf": "inf", "-.inf": "-inf", ".nan": "nan"}[value]
+    message = str(info.value)
+    assert key in message and "finite number" in message and shown in message, message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("optimizer.betas=[0.9, .inf]", "optimizer.betas.1"),
+    ("loss.params={margin: .nan}", "loss.params.margin"),
+])
+def test_non_finite_numbers_inside_lists_and_options_name_their_place(
+    tmp_path: Path, override: str, key: str
+) -> None:
+    with pytest.raises(UserError, match=f"{key} must be a finite number"):
+        load_config(_write(tmp_path, "loss:\n  name: margin\n"), [override])
+
+
+def test_large_finite_numbers_are_still_numbers(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, "{}\n"), ["loss.temperature=1.0e+300"])
+    assert math.isfinite(cfg.loss.temperature)
+
+
+@pytest.mark.parametrize("name", ["../escaped", "a/b", "a\\b", "..", ".", "", "a\0b"])
+@pytest.mark.parametrize("key", ["experiment.run_name", "experiment.name"])
+def test_a_run_folder_name_is_a_single_path_component(key: str, name: str) -> None:
+    section, field = key.split(".")
+    with pytest.raises(UserError, match=key) as info:
+        validate({section: {field: name}})
+    if name:  # an empty experiment.name is refused first by its length
+        assert "must be a single folder name" in str(info.value)
+
+
+def test_names_with_dots_and_dashes_are_fine(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, "{}\n"), ["experiment.run_name=v1.2-..-final",
+                                                 "experiment.name=my.exp"])
+    assert cfg.experiment.run_name == "v1.2-..-final"
+
+
+@pytest.mark.parametrize("text", ["", "\n", "# a comment\n", "---\n"])
+def test_an_empty_file_is_refused(tmp_path: Path, text: str) -> None:
+    with pytest.raises(UserError, match="exp.yaml' is empty; give it at least experiment: and "
+                                        "trainer: settings, or start from a copy of "
+                                        "configs/synthetic.yaml"):
+        load_config(_write(tmp_path, text))
+    assert load_config(_write(tmp_path, "{}\n")) == Config()  # an explicit empty mapping
+
+
+def test_a_folder_is_named_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="is a directory; name a YAML file, e.g. configs/"):
+        load_config(tmp_path)
+    _write(tmp_path, "{}\n")
+    with pytest.raises(UserError, match=f"is a directory; name a YAML file in it, e.g. "
+                                        f"{tmp_path / 'exp.yaml'}"):
+        load_config(tmp_path)

@@ -14,6 +14,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 
 from dist_contrast import jobs
+from dist_contrast.driver import address
 from dist_contrast.errors import UserError
 from dist_contrast.preflight import check_storage, filesystem_type
 from dist_contrast.tracking import refusal
@@ -27,37 +28,74 @@ def test_the_job_server_address_comes_from_the_flag_then_the_environment(
 ) -> None:
     for key in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
         monkeypatch.delenv(key, raising=False)
-    assert jobs.job_server_address() == jobs.DEFAULT_ADDRESS
+    assert address.job_server_address() == address.DEFAULT_ADDRESS
     monkeypatch.setenv("RAY_ADDRESS", "http://head:8265/")
-    assert jobs.job_server_address() == "http://head:8265"
-    assert jobs.job_server_address("https://other:443") == "https://other:443"
+    assert address.job_server_address() == "http://head:8265"
+    assert address.job_server_address("https://other:443") == "https://other:443"
     monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://api:8265")
-    assert jobs.job_server_address() == "http://api:8265"
+    assert address.job_server_address() == "http://api:8265"
     monkeypatch.delenv("RAY_API_SERVER_ADDRESS")
     monkeypatch.setenv("RAY_ADDRESS", "head:6379")
     with pytest.raises(UserError, match="is a cluster \\(GCS\\) address; jobs go to the head's"):
-        jobs.job_server_address()
+        address.job_server_address()
     with pytest.raises(UserError, match="is not a job server URL"):
-        jobs.job_server_address("head:8265")
+        address.job_server_address("head:8265")
 
 
 def test_the_token_source_follows_rays_order_and_never_holds_the_token(tmp_path: Path) -> None:
     home = tmp_path / "home"
     (home / ".ray").mkdir(parents=True)
-    assert jobs.token_source({"HOME": str(home)}) is None
+    assert address.token_source({"HOME": str(home)}) is None
     (home / ".ray" / "auth_token").write_text("secret-a\n")
-    assert jobs.token_source({"HOME": str(home)}) == "~/.ray/auth_token"
+    assert address.token_source({"HOME": str(home)}) == "~/.ray/auth_token"
     other = tmp_path / "token"
     other.write_text("secret-b")
-    assert jobs.token_source({"HOME": str(home), "RAY_AUTH_TOKEN_PATH": str(other)}) == (
+    assert address.token_source({"HOME": str(home), "RAY_AUTH_TOKEN_PATH": str(other)}) == (
         f"RAY_AUTH_TOKEN_PATH={other}")
-    assert jobs.token_source({"HOME": str(home), "RAY_AUTH_TOKEN": "secret-c",
-                              "RAY_AUTH_TOKEN_PATH": str(other)}) == "RAY_AUTH_TOKEN"
+    assert address.token_source({"HOME": str(home), "RAY_AUTH_TOKEN": "secret-c",
+                                 "RAY_AUTH_TOKEN_PATH": str(other)}) == "RAY_AUTH_TOKEN"
     with pytest.raises(UserError, match="RAY_AUTH_TOKEN_PATH=.*cannot be read"):
-        jobs.token_source({"HOME": str(home), "RAY_AUTH_TOKEN_PATH": str(tmp_path / "none")})
+        address.token_source({"HOME": str(home), "RAY_AUTH_TOKEN_PATH": str(tmp_path / "none")})
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(UserError, match="is empty"):
-        jobs.token_source({"HOME": str(home), "RAY_AUTH_TOKEN_PATH": str(tmp_path / "empty")})
+        address.token_source({"HOME": str(home), "RAY_AUTH_TOKEN_PATH": str(tmp_path / "empty")})
+
+
+def test_token_mode_is_turned_on_only_with_a_token_and_no_chosen_mode(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    env = {"HOME": str(home)}
+    assert address.enable_token_auth_if_available(env) is None and "RAY_AUTH_MODE" not in env
+    (home / ".ray" / "auth_token").write_text("\n")  # an empty file is no token
+    assert address.enable_token_auth_if_available(env) is None and "RAY_AUTH_MODE" not in env
+    env["RAY_AUTH_TOKEN"] = "secret"
+    assert address.enable_token_auth_if_available(env) == "RAY_AUTH_TOKEN"
+    assert env["RAY_AUTH_MODE"] == "token"
+    chosen = {"HOME": str(home), "RAY_AUTH_TOKEN": "secret", "RAY_AUTH_MODE": "disabled"}
+    address.enable_token_auth_if_available(chosen)
+    assert chosen["RAY_AUTH_MODE"] == "disabled"  # the user's choice stays
+
+
+def test_the_cluster_to_join_is_ray_address_unless_local() -> None:
+    assert address.cluster_address({}) is None
+    assert address.cluster_address({"RAY_ADDRESS": " local "}) is None
+    assert address.cluster_address({"RAY_ADDRESS": "head:6379"}) == "head:6379"
+
+
+def test_an_unreachable_or_wrong_cluster_address_is_one_line() -> None:
+    address.check_reachable("auto")  # Ray looks it up itself
+    with pytest.raises(UserError, match="is a job-server URL; send the run there with "
+                                        "`dist-contrast submit CONFIG --address URL`"):
+        address.check_reachable("http://head:8265")
+    with pytest.raises(UserError, match="cannot reach the Ray cluster at RAY_ADDRESS=127.0.0.1:9"):
+        address.check_reachable("127.0.0.1:9", timeout=2)
+    with pytest.raises(UserError, match="has no valid port"):
+        address.check_reachable("head:notaport")
+
+
+def test_the_default_run_name_of_a_submission_is_the_trainings() -> None:
+    made = jobs.prepare(SYNTHETIC, [], {}, environ={})
+    assert re.fullmatch(r"synthetic-infonce-\d{8}-\d{6}", made.cfg.experiment.run_name or "")
 
 
 def test_the_shipped_runtime_env_uploads_this_package(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -180,9 +218,8 @@ def test_an_mlflow_server_that_refuses_us_is_one_line_naming_the_fix() -> None:
 
 
 def _readme_section() -> str:
-    text = (ROOT / "README.md").read_text()
-    start = text.index("## From laptop to cluster")
-    return text[start:text.index("\n## ", start + 1)]
+    """docs/cluster.md, the page "from laptop to cluster" that the README links to."""
+    return (ROOT / "docs" / "cluster.md").read_text()
 
 
 def _commands(section: str) -> list[str]:

@@ -31,16 +31,20 @@ from dist_contrast.tracking import (
     NullTracker,
     TrainingData,
     command_line,
+    default_run_name,
     default_tracking_uri,
+    deleted_experiment,
     describe_outcome,
     describe_run,
     end_run,
     ensure_experiment,
     file_digest,
     git_tags,
+    is_local_store,
     make_tracker,
     open_run,
     source_tags,
+    sqlite_path,
 )
 
 
@@ -84,6 +88,54 @@ def test_unreachable_server_is_a_user_error() -> None:
         ensure_experiment("http://127.0.0.1:9", "exp", None)
 
 
+def test_a_deleted_experiment_is_named_deleted_with_the_ways_out(tmp_path: Path) -> None:
+    uri = _uri(tmp_path)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    gone = client.create_experiment("gone")
+    client.delete_experiment(gone)
+    with pytest.raises(UserError) as caught:
+        ensure_experiment(uri, "gone", None)
+    line = str(caught.value)
+    assert line.startswith(f"MLflow experiment 'gone' (id {gone}) in '{uri}' was deleted; ")
+    assert f"MLFLOW_TRACKING_URI={uri} mlflow experiments restore --experiment-id {gone}" in line
+    assert "choose another tracking.experiment" in line
+    assert f"mlflow gc --experiment-ids {gone} --backend-store-uri {uri}" in line
+    assert "\n" not in line and "cannot reach" not in line
+    assert client.search_runs([gone]) == []
+    # The way out it names works: restored, the experiment is found again.
+    client.restore_experiment(gone)
+    assert ensure_experiment(uri, "gone", None) == gone
+
+
+def test_a_deleted_experiment_on_a_server_is_purged_there() -> None:
+    line = str(deleted_experiment("http://mlflow:5000", "gone", "7"))
+    assert "have it deleted for good on the server (`mlflow gc --experiment-ids 7` on its " \
+           "backend store)" in line
+    assert "--backend-store-uri" not in line
+
+
+@pytest.mark.parametrize(("uri", "local"), [
+    ("sqlite:///mlflow.db", True), ("sqlite:////abs/mlflow.db", True),
+    ("file:///tmp/mlruns", True), ("mlruns", True), ("/abs/mlruns", True),
+    ("http://mlflow:5000", False), ("https://mlflow.example", False),
+    ("databricks://profile", False), ("postgresql://u@db/mlflow", False),
+])
+def test_a_store_is_local_when_it_is_a_file_here(uri: str, local: bool) -> None:
+    assert is_local_store(uri) is local
+
+
+def test_the_sqlite_file_of_a_store() -> None:
+    assert sqlite_path("sqlite:///mlflow.db") == Path("mlflow.db")
+    assert sqlite_path("sqlite:////abs/m.db?mode=ro") == Path("/abs/m.db")
+    assert sqlite_path("http://mlflow:5000") is None and sqlite_path("mlruns") is None
+
+
+def test_the_default_run_name_is_the_experiment_and_the_local_time() -> None:
+    now = time.mktime((2026, 3, 4, 5, 6, 7, 0, 0, -1))
+    assert default_run_name("tau-study", now) == "tau-study-20260304-050607"
+    assert default_run_name("x").startswith("x-20")
+
+
 # ------------------------------------------------------------------ the run's page
 
 
@@ -110,6 +162,7 @@ def _open(uri: str, data: TrainingData | None = SYNTHETIC, continue_existing: bo
         uri, "exp", "r1", continue_existing=continue_existing, params=PARAMS, config_yaml="a: 1\n",
         tags={"dist_contrast.world_size": "2"}, data=data,
         argv=argv or ["/venv/bin/dist-contrast", "train", "configs/x.yaml", "loss.temperature=0.2"],
+        negatives="global batch (512 keys) + queue (65,536 keys, sharded)",
     )
     return run_id
 
@@ -267,10 +320,25 @@ def test_describe_run_temperature_modes() -> None:
     learnable = {**PARAMS, "loss.temperature_mode": "learnable", "loss.temperature_min": "0.01",
                  "loss.temperature_max": "1.0"}
     assert "τ = 0.2 (learnable in [0.01, 1.0])" in describe_run(learnable)
-    mined = {**PARAMS, "negatives.sources": "['batch', 'bank', 'mined']",
-             "negatives.miner.num_negatives": "64", "negatives.miner.index": "hnsw"}
-    text = describe_run(mined, SYNTHETIC)
-    assert "memory bank (1,600 keys) + mined (64 hard negatives per query, hnsw)" in text
+    assert "**Negatives**: ['batch', 'queue']" in describe_run(
+        {**PARAMS, "negatives.sources": "['batch', 'queue']"})  # as configured, when not given
+    text = describe_run(PARAMS, SYNTHETIC, negatives="global batch (512 keys) + queue")
+    assert "**Negatives**: global batch (512 keys) + queue" in text
+
+
+def test_each_source_describes_itself_for_the_run_page() -> None:
+    from dist_contrast.config import validate
+
+    cfg = validate({"negatives": {"sources": ["batch", "bank", "mined"],
+                                  "miner": {"num_negatives": 64, "index": "hnsw"}}},
+                   source="test")
+    assert cfg.negatives.describe(rows=1600, global_batch=512) == (
+        "global batch (512 keys) + memory bank (1,600 keys) + mined (64 hard negatives per "
+        "query, hnsw)")
+    queue = validate({"negatives": {"sources": ["queue"], "momentum_encoder": True,
+                                    "queue": {"size": 65536}}}, source="test")
+    assert queue.negatives.describe(rows=None, global_batch=512) == (
+        "queue (65,536 keys, replicated)")
 
 
 def test_system_metrics_are_logged_while_sampling(

@@ -3,10 +3,12 @@ runs of an experiment or a sweep's parent run, grouped into grid points (seeds p
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from dist_contrast.compare.runs import Group, group_runs, load_runs
+from dist_contrast.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,23 @@ def _figures(groups: list[Group], metric: str, out: Path, tracking_uri: str) -> 
     return paths
 
 
+def check_out(folder: Path) -> None:
+    """``--out`` must be a folder, or a path where one can be made: not a file, not under a
+    file, not where this user cannot write. Nothing is created here."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--out {folder} is a file, not a folder; give a folder for the "
+                        "comparison's files (it is made if missing), or move the file away")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"--out {folder} cannot be made: {existing} is a file, not a folder; "
+                        "give a folder for the comparison's files")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {folder}: {existing} is not writable by this user; give a "
+                        "folder you can write to")
+
+
 def compare(
     target: str, tracking_uri: str, out: str | Path = "comparison",
     metric: str = "eval/knn_acc",
@@ -52,10 +71,15 @@ def compare(
     from dist_contrast.compare.report import html_report, markdown_table
     from dist_contrast.compare.runs import log_to_parent
 
+    folder = Path(out)
+    check_out(folder)  # before MLflow is read: a wrong --out is one line, in no time
     runs, parent_id = load_runs(target, tracking_uri)
     groups = group_runs(runs)
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. a folder that went away or lost its rights since the check
+        raise UserError(f"--out {out}: cannot create the folder ({exc.strerror or exc}); "
+                        "give a folder you can write to") from None
     table = markdown_table(groups)
     (folder / "comparison.md").write_text(f"# Comparison of {target}\n\n{table}")
     pngs = _figures(groups, metric, folder, tracking_uri)

@@ -7,7 +7,6 @@ same); grouping and statistics are pure functions of :class:`RunRecord` values.
 from __future__ import annotations
 
 import math
-import os
 import statistics
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -16,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from dist_contrast.errors import UserError
+from dist_contrast.tracking import PARENT_TAG, SWEEP_TAG, fail_fast, sqlite_path
 
 SEED = "experiment.seed"
 TAU = "loss.temperature"
 LOSS = "loss.name"
-PARENT_TAG = "mlflow.parentRunId"
-SWEEP_TAG = "dist_contrast.sweep"
 CONFIG_TAG = "dist_contrast.sweep.config"
 #: Params that name or place a run rather than choose its science: never part of a grid point.
 IGNORED = {SEED, "experiment.run_name", "experiment.output_dir", "trainer.resume_from"}
@@ -163,7 +161,8 @@ def varying_params(groups: Sequence[Group]) -> list[str]:
 @contextmanager
 def _store(tracking_uri: str) -> Iterator[Any]:
     """A client whose failures (unreachable server, broken store) become one UserError line."""
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[10:]).is_file():
+    database = sqlite_path(tracking_uri)
+    if database is not None and not database.is_file():
         # MLflow would create an empty store there: say that there is nothing to read instead.
         raise UserError(f"no MLflow store at '{tracking_uri}'; pass --tracking-uri with the "
                         "store the runs were logged to")
@@ -173,9 +172,7 @@ def _store(tracking_uri: str) -> Iterator[Any]:
     from mlflow.exceptions import MlflowException
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines would bury ours
-    # Fail fast on an unreachable server instead of MLflow's minutes of retries.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    fail_fast()
     try:
         yield mlflow.MlflowClient(tracking_uri=tracking_uri)
     except (MlflowException, OSError) as exc:

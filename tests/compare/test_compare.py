@@ -124,3 +124,27 @@ def test_cli_errors_are_one_line(store: Store, tmp_path: Path, case: str) -> Non
     assert len(lines) == 1 and lines[0].startswith("dist-contrast: error: "), done.stderr
     assert not (tmp_path / "c").exists()
     assert not (tmp_path / "missing.db").exists()
+
+
+@pytest.mark.parametrize("layout", ["file", "under_a_file"])
+def test_an_unusable_out_is_refused_before_mlflow_is_read(store: Store, tmp_path: Path,
+                                                          layout: str) -> None:
+    from dist_contrast.errors import UserError
+
+    taken = tmp_path / "taken"
+    taken.write_text("notes\n")
+    out = taken if layout == "file" else taken / "c"
+    # The target does not exist: the --out check comes first, before the store is read.
+    with pytest.raises(UserError, match=f"--out {out}.* is a file, not a folder"):
+        compare("no-such-experiment", store.uri, out=out)
+    assert taken.read_text() == "notes\n"
+
+
+def test_cli_out_onto_a_file_is_one_line(store: Store, tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("notes\n")
+    done = _cli(store.experiment, "--tracking-uri", store.uri, "--out", str(tmp_path / "taken"))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"dist-contrast: error: --out {tmp_path / 'taken'} is a file, not a folder; give a folder "
+        "for the comparison's files (it is made if missing), or move the file away"]
+    assert (tmp_path / "taken").read_text() == "notes\n"

@@ -17,7 +17,7 @@ import pytest
 from dist_contrast.compare import compare
 from tests.compare.conftest import Store
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.cluster  # starts a real `mlflow server`
 
 
 def _free_port() -> int:
