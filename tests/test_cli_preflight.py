@@ -3,29 +3,22 @@ and nothing written (no run folder, no MLflow store), through the real CLI."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.conftest import Cli
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cli(tmp_path: Path, *args: str, **env: str) -> tuple[subprocess.CompletedProcess[str], float]:
-    environ = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
-               "DS_ACCELERATOR": "cpu", **env}
-    if "RAY_ADDRESS" not in env:
-        environ.pop("RAY_ADDRESS", None)
     start = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "dist_contrast.cli", *args,
-         f"experiment.output_dir={tmp_path / 'results'}", "experiment.run_name=bad"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=environ,
-    )
+    proc = Cli().run(*args, f"experiment.output_dir={tmp_path / 'results'}",
+                     "experiment.run_name=bad", cwd=tmp_path, env=env, timeout=300)
     return proc, time.monotonic() - start
 
 
@@ -46,6 +39,7 @@ def _corrupt_checkpoint(folder: Path) -> Path:
     (folder / "latest").write_text("ds")
     for rank in (0, 1):
         (folder / f"trainer_state_rank{rank}.pt").write_bytes(b"PK\x03\x04 truncated")
+    (folder / "meta.json").write_text('{"world_size": 2}')  # marked complete: its files are read
     return folder
 
 

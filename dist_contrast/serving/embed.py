@@ -3,14 +3,15 @@
 Neither the input nor the output is ever held whole: a .npy input is memory-mapped and a
 parquet input read batch by batch; a .npy output is a memory map filled in place and a parquet
 output is written batch by batch. The output is written under a temporary name beside OUTPUT
-and renamed at the end, so a failure (or Ctrl-C) leaves no half-written file behind.
+and renamed at the end, so a failure (or Ctrl-C) leaves no half-written file behind; it is
+created with the mode the user's umask gives, as any file the user writes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from dist_contrast.data import DataError, FeatureFile, open_features
 from dist_contrast.errors import UserError
 from dist_contrast.serving.load import LoadedEncoder
 
@@ -71,11 +73,11 @@ def embed_file(
     check_paths(input_path, output_path, ids_column=ids_column, overwrite=overwrite)
     rows = open_rows(input_path, loaded, ids_column)
     target = Path(output_path)
-    fd, partial = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    os.close(fd)
+    partial: Path | None = None
     writer: _Writer | None = None
     try:
-        writer = _writer(partial, target.suffix.lower(), rows, loaded.output_dim)
+        partial = _create_partial(target)
+        writer = _writer(str(partial), target.suffix.lower(), rows, loaded.output_dim)
         _embed_batches(loaded, rows, writer, batch_size, progress)
         finished, writer = writer, None
         finished.close()
@@ -84,9 +86,23 @@ def embed_file(
         if writer is not None:  # failed midway: release the file before removing it
             with contextlib.suppress(Exception):
                 writer.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(partial)
+        if partial is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(partial)
     return rows.num_rows
+
+
+def _create_partial(target: Path) -> Path:
+    """A new empty file beside ``target`` under a hidden name of its own. Made with
+    ``os.open(..., 0o666)``, so the user's umask sets its mode (``tempfile.mkstemp`` makes
+    0600, which teammates who share the output folder could not read)."""
+    while True:
+        partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
+        try:
+            os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:  # another writer's name: draw again
+            continue
+        return partial
 
 
 def _embed_batches(loaded: LoadedEncoder, rows: _Rows, writer: _Writer, batch_size: int,
@@ -129,162 +145,84 @@ def _progress_bar(total: int, enabled: bool | None) -> Iterator[Any]:
 # ----------------------------------------------------------------------------- reading
 
 
-class _Rows(Protocol):
-    num_rows: int
-    ids_field: Any  # the id column's arrow field, or None
+class _Rows:
+    """INPUT's feature rows, read a batch at a time by the data package's one batched reader
+    (:class:`~dist_contrast.data.FeatureFile`), with the id column carried along."""
 
-    def batches(self, size: int) -> Iterator[Batch]: ...
+    def __init__(self, source: FeatureFile, ids_column: str | None, ids_field: Any) -> None:
+        self.source, self.ids_column, self.ids_field = source, ids_column, ids_field
+        self.num_rows = source.num_rows
+
+    def batches(self, size: int) -> Iterator[Batch]:
+        extra = [self.ids_column] if self.ids_column else []
+        try:
+            for raw, columns in self.source.batches(size, extra_columns=extra):
+                yield raw, columns.get(self.ids_column) if self.ids_column else None
+        except DataError as exc:  # nulls, a ragged list column: found as the rows are read
+            raise _input_error(exc) from None
 
 
 def open_rows(path: str | Path, loaded: LoadedEncoder, ids_column: str | None = None) -> _Rows:
-    """INPUT's rows, checked against the encoder's raw row width (one ``UserError`` line)."""
-    if Path(path).suffix.lower() == ".npy":
-        return _NpyRows(Path(path), loaded.preprocessing.raw_width, loaded.raw_shape)
-    label = feature_columns = None
-    if loaded.config is not None and loaded.config.data.name == "file":
-        label, feature_columns = loaded.config.data.label_column, loaded.config.data.feature_columns
-    return _ParquetRows(Path(path), loaded.preprocessing.raw_width, ids_column, label,
-                        feature_columns)
+    """INPUT's rows, checked against the encoder's raw row width (one ``UserError`` line),
+    from the file's header or metadata: no row is read yet.
 
-
-def _width_error(path: Path, what: str, width: int, raw_shape: tuple[int, ...]) -> UserError:
-    return UserError(f"INPUT '{path}' has {what}, the encoder takes rows of {width} values "
-                     f"{list(raw_shape)}; give rows like those it was trained on")
-
-
-class _NpyRows:
-    """A .npy array [N, ...] with ``width`` values per row, memory-mapped."""
-
+    A parquet INPUT's features are the training run's feature columns when it has them all,
+    else every column but ``ids_column`` and the training label column."""
+    width, raw_shape = loaded.preprocessing.raw_width, loaded.raw_shape
+    trained = loaded.config.data if loaded.config is not None else None
+    label = getattr(trained, "label_column", None)
+    names = _parquet_names(Path(path)) if Path(path).suffix.lower() == ".parquet" else []
+    if ids_column is not None and ids_column not in names:
+        raise UserError(f"INPUT '{path}' has no column {ids_column!r} (columns: "
+                        f"{_names(names)}); fix --ids-column")
+    columns = getattr(trained, "feature_columns", None)
+    chosen = list(columns) if columns and all(name in names for name in columns) else None
+    try:
+        source = open_features(path, feature_columns=chosen, exclude=(ids_column, label),
+                               key="INPUT")
+    except DataError as exc:
+        raise _input_error(exc) from None
+    if source.width != width:
+        raise _width_error(source, width, raw_shape)
     ids_field = None
-
-    def __init__(self, path: Path, width: int, raw_shape: tuple[int, ...]) -> None:
-        try:
-            # allow_pickle stays False: an object array would run code on load.
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            reason = str(exc).strip().splitlines()[0][:150] if str(exc).strip() else "empty"
-            raise UserError(f"INPUT '{path}' is not a readable .npy array ({reason}); write it "
-                            "with numpy.save") from None
-        if not isinstance(array, np.ndarray) or array.ndim < 2:
-            shape = getattr(array, "shape", "an archive")
-            raise UserError(f"INPUT '{path}' holds {shape}, not rows [N, features]; reshape it "
-                            "to [N, D], e.g. x.reshape(len(x), -1)")
-        if array.dtype.kind not in "biuf":
-            raise UserError(f"INPUT '{path}' has dtype {array.dtype}, not numbers; save it as "
-                            "float32")
-        if int(np.prod(array.shape[1:])) != width:
-            raise _width_error(path, f"rows of shape {list(array.shape[1:])}", width, raw_shape)
-        self.array, self.width, self.num_rows = array, width, int(array.shape[0])
-
-    def batches(self, size: int) -> Iterator[Batch]:
-        for start in range(0, self.num_rows, size):
-            chunk = np.array(self.array[start : start + size], dtype=np.float32)  # a copy
-            yield chunk.reshape(len(chunk), self.width), None
-
-
-class _ParquetRows:
-    """A parquet file's feature columns (one numeric column per value, or one list column),
-    read by batches; an optional id column is carried along."""
-
-    def __init__(self, path: Path, width: int, ids_column: str | None, label: str | None,
-                 feature_columns: tuple[str, ...] | None) -> None:
-        import pyarrow as pa
+    if ids_column is not None:
         import pyarrow.parquet as pq
 
-        try:
-            self.file = pq.ParquetFile(path)
-        except (pa.ArrowException, OSError) as exc:
-            raise UserError(f"INPUT '{path}' is not a readable parquet file "
-                            f"({type(exc).__name__}); write it with pandas.DataFrame.to_parquet "
-                            "or pyarrow") from None
-        schema = self.file.schema_arrow
-        if ids_column is not None and ids_column not in schema.names:
-            raise UserError(f"INPUT '{path}' has no column {ids_column!r} (columns: "
-                            f"{_names(schema.names)}); fix --ids-column")
-        self.path, self.width, self.ids_column = path, width, ids_column
-        self.columns = _feature_columns(schema.names, ids_column, label, feature_columns)
-        self.listed = len(self.columns) == 1 and _is_list(schema.field(self.columns[0]).type)
-        self._check_types(schema)
-        self.num_rows = int(self.file.metadata.num_rows)
-        self.ids_field = schema.field(ids_column) if ids_column is not None else None
-
-    def _check_types(self, schema: Any) -> None:
-        import pyarrow as pa
-
-        for name in self.columns:
-            kind = schema.field(name).type
-            value = kind.value_type if self.listed else kind
-            if not (pa.types.is_integer(value) or pa.types.is_floating(value)
-                    or pa.types.is_boolean(value)):
-                raise UserError(f"INPUT '{self.path}' column {name!r} has type {kind}, not "
-                                "numbers; leave it out, or name it with --ids-column if it is an "
-                                "id")
-        size = getattr(schema.field(self.columns[0]).type, "list_size", None)
-        if self.listed and size is not None and size != self.width:
-            raise UserError(f"INPUT '{self.path}' list column {self.columns[0]!r} holds "
-                            f"{size} values per row, the encoder takes {self.width}")
-        if not self.listed and len(self.columns) != self.width:
-            raise UserError(
-                f"INPUT '{self.path}' has {len(self.columns)} feature columns "
-                f"({_names(self.columns)}), the encoder takes {self.width}; give exactly its "
-                "feature columns (an id column with --ids-column)"
-            )
-
-    def batches(self, size: int) -> Iterator[Batch]:
-        wanted = [*self.columns, *([self.ids_column] if self.ids_column else [])]
-        done = 0
-        for batch in self.file.iter_batches(batch_size=size, columns=wanted):
-            raw = self._list_rows(batch, done) if self.listed else self._column_rows(batch, done)
-            ids = batch.column(self.ids_column) if self.ids_column else None
-            done += batch.num_rows
-            yield raw, ids
-
-    def _column_rows(self, batch: Any, done: int) -> np.ndarray:
-        out = np.empty((batch.num_rows, self.width), dtype=np.float32)
-        for j, name in enumerate(self.columns):
-            column = batch.column(name)
-            if column.null_count:
-                raise self._nulls(name, done)
-            out[:, j] = column.to_numpy(zero_copy_only=False)
-        return out
-
-    def _list_rows(self, batch: Any, done: int) -> np.ndarray:
-        import pyarrow.compute as pc
-
-        name = self.columns[0]
-        column = batch.column(name)
-        if column.null_count:
-            raise self._nulls(name, done)
-        lengths = np.asarray(pc.list_value_length(column).to_numpy(zero_copy_only=False))
-        if len(lengths) and (lengths != self.width).any():
-            row = done + int(np.argmax(lengths != self.width))
-            raise UserError(f"INPUT '{self.path}' row {row} of list column {name!r} holds "
-                            f"{lengths[row - done]} values, the encoder takes {self.width}")
-        values = column.flatten()
-        if values.null_count:
-            raise self._nulls(name, done)
-        flat = np.array(values.to_numpy(zero_copy_only=False), dtype=np.float32)  # writeable
-        return flat.reshape(batch.num_rows, self.width)
-
-    def _nulls(self, name: str, done: int) -> UserError:
-        return UserError(f"INPUT '{self.path}' column {name!r} has nulls (in the batch from row "
-                         f"{done}); drop or impute those rows")
+        ids_field = pq.ParquetFile(path).schema_arrow.field(ids_column)
+    return _Rows(source, ids_column, ids_field)
 
 
-def _feature_columns(names: list[str], ids_column: str | None, label: str | None,
-                     trained_on: tuple[str, ...] | None) -> list[str]:
-    """The training run's feature columns when the file has them all; else every column but
-    the id column and the training label column."""
-    if trained_on and all(name in names for name in trained_on):
-        return list(trained_on)
-    return [name for name in names if name not in {ids_column, label}]
-
-
-def _is_list(arrow_type: Any) -> bool:
+def _parquet_names(path: Path) -> list[str]:
+    """A parquet INPUT's column names (its metadata only)."""
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    return bool(pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type)
-                or pa.types.is_fixed_size_list(arrow_type))
+    try:
+        return list(pq.ParquetFile(path).schema_arrow.names)
+    except (pa.ArrowException, OSError) as exc:
+        raise UserError(f"INPUT '{path}' is not a readable parquet file "
+                        f"({type(exc).__name__}); write it with pandas.DataFrame.to_parquet "
+                        "or pyarrow") from None
+
+
+def _input_error(exc: DataError) -> UserError:
+    """The data reader's line, said of INPUT."""
+    return UserError(f"INPUT '{exc.path}': {exc.problem}; {exc.fix}" if exc.path
+                     else f"INPUT: {exc}")
+
+
+def _width_error(source: FeatureFile, width: int, raw_shape: tuple[int, ...]) -> UserError:
+    where = f"INPUT '{source.path}'"
+    if source.is_parquet and source.listed:
+        return UserError(f"{where} list column {source.columns[0]!r} holds {source.width} "
+                         f"values per row, the encoder takes {width}")
+    if source.is_parquet:
+        return UserError(f"{where} has {len(source.columns)} feature columns "
+                         f"({_names(list(source.columns))}), the encoder takes {width}; give "
+                         "exactly its feature columns (an id column with --ids-column)")
+    return UserError(f"{where} has rows of shape {list(source.row_shape)}, the encoder takes "
+                     f"rows of {width} values {list(raw_shape)}; give rows like those it was "
+                     "trained on")
 
 
 def _names(names: list[str], limit: int = 6) -> str:

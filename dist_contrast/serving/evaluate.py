@@ -11,20 +11,23 @@ evaluates.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from dist_contrast.config import Config, apply_overrides, flatten, to_yaml, validate
 from dist_contrast.data import DataError, build_data
+from dist_contrast.data.config import dataset_keys
 from dist_contrast.errors import UserError
 from dist_contrast.models import ContrastiveEncoder
 from dist_contrast.serving.load import LoadedEncoder, load_encoder
-from dist_contrast.serving.model import Output
 from dist_contrast.tracking import MlflowTracker, default_tracking_uri, ensure_experiment
 from dist_contrast.train.evaluation import Evaluator
+from dist_contrast.train.model import Output
 
 
 @dataclass(frozen=True)
@@ -48,10 +51,32 @@ class _Outputs(nn.Module):
 
 
 def evaluation_config(loaded: LoadedEncoder, overrides: list[str]) -> Config:
-    """The run's training config (defaults if the source has none) with ``overrides``."""
+    """The run's training config (defaults if the source has none) with ``overrides``.
+
+    When the overrides name another dataset (another ``data.name``, or another
+    ``data.path``), the keys only the trained dataset reads (``data.num_samples``,
+    ``data.labels_path``, ...) are dropped first: they describe the training data, not the
+    data the user names.
+    """
     base = (loaded.config or Config()).model_dump(mode="json")
     base["trainer"]["resume_from"] = None
+    trained, wanted = base["data"], apply_overrides(base, overrides)["data"]
+    if _other_dataset(trained, wanted):
+        try:
+            own = dataset_keys(trained["name"])
+        except ValueError:  # a dataset registered where it trained, not here: validate says so
+            own = frozenset()
+        base["data"] = {key: value for key, value in trained.items() if key not in own}
     return validate(apply_overrides(base, overrides), source="evaluate")
+
+
+def _other_dataset(trained: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    if wanted.get("name") != trained.get("name"):
+        return True
+    old, new = trained.get("path"), wanted.get("path")
+    if old is None or new is None or "://" in str(old) + str(new):
+        return old != new
+    return os.path.abspath(old) != os.path.abspath(new)
 
 
 def run_evaluation(
@@ -63,9 +88,8 @@ def run_evaluation(
     if output is not None:
         loaded = loaded.with_output(output)
     cfg = evaluation_config(loaded, overrides)
-    given = loaded.preprocessing if cfg.data.name == "file" else None
-    try:
-        data = build_data(cfg.data, seed=cfg.experiment.seed, preprocessing=given)
+    try:  # a dataset whose preprocessing depends on its rows takes the encoder's instead
+        data = build_data(cfg.data, seed=cfg.experiment.seed, preprocessing=loaded.preprocessing)
     except DataError as exc:
         raise UserError(str(exc)) from None
     if tuple(data.input_shape) != tuple(loaded.input_shape):
@@ -89,6 +113,17 @@ def _log(uri: str, cfg: Config, loaded: LoadedEncoder, metrics: dict[str, float]
     name = run_name or f"evaluate-{cfg.experiment.run_name or cfg.experiment.name}"
     tracker = MlflowTracker(uri, cfg.tracking.experiment, name)
     assert tracker.run_id is not None
+    try:
+        _fill(tracker, cfg, loaded, metrics)
+    except BaseException as exc:  # Ctrl-C included: the run is not left RUNNING
+        tracker.close("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    tracker.close("FINISHED")
+    return tracker.run_id
+
+
+def _fill(tracker: MlflowTracker, cfg: Config, loaded: LoadedEncoder,
+          metrics: dict[str, float]) -> None:
     tags = {
         "dist_contrast.evaluates_source": loaded.source,
         "dist_contrast.evaluation_output": loaded.output,
@@ -101,5 +136,3 @@ def _log(uri: str, cfg: Config, loaded: LoadedEncoder, metrics: dict[str, float]
                         if k.startswith(("data.", "eval.", "model."))})
     tracker.log_text(to_yaml(cfg), "config.yaml")
     tracker.log_metrics(metrics, step=0)
-    tracker.close("FINISHED")
-    return tracker.run_id

@@ -10,10 +10,13 @@ Every failure is one ``UserError`` line naming the source and the fix.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shlex
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,9 @@ from dist_contrast.config import Config
 from dist_contrast.data.preprocess import Preprocessing, float32_rows
 from dist_contrast.errors import UserError
 from dist_contrast.models import ContrastiveEncoder, build_model
-from dist_contrast.serving.model import (
+from dist_contrast.train import storage
+from dist_contrast.train.export import checkpoint_state_dict
+from dist_contrast.train.model import (
     MODEL_NAME,
     OUTPUTS,
     RECORD_FILE,
@@ -36,15 +41,15 @@ from dist_contrast.serving.model import (
     Output,
     use_tracking_uri,
 )
-from dist_contrast.train import storage
-from dist_contrast.train.export import checkpoint_state_dict
-from dist_contrast.train.state import check_safe_to_load
+from dist_contrast.train.state import check_safe_to_load, load_weights_only, state_file
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 SOURCES_HELP = (
     "a checkpoint_<step> folder (with meta.json), an MLflow run id, runs:/RUN_ID/encoder or "
     "models:/NAME/VERSION"
 )
+#: How a refusal of a checkpoint's files ends: loading an encoder, not resuming a run.
+CHECKPOINT_FIX = "give another checkpoint of the run, or its MLflow model (runs:/RUN_ID/encoder)"
 
 
 @dataclass(frozen=True)
@@ -139,7 +144,7 @@ def _from_checkpoint(source: str) -> LoadedEncoder:
     directory = Path(source)
     meta = _read_meta(source, directory)
     config, preprocessing = _parse_record(source, meta, what="meta.json")
-    check_safe_to_load(directory)  # before DeepSpeed's reader unpickles anything
+    check_safe_to_load(directory, fix=CHECKPOINT_FIX)  # before DeepSpeed's reader unpickles
     encoder = _build(source, config, preprocessing, checkpoint_state_dict(directory))
     output = config.tracking.model_output
     run_id = meta.get("mlflow_run_id")
@@ -167,14 +172,36 @@ def _read_meta(source: str, directory: Path) -> dict[str, Any]:
 
 
 def _no_meta(source: str, directory: Path) -> str:
+    """Why a folder without ``meta.json`` is refused, and what to give instead. Its save
+    writes ``meta.json`` last (the config and preprocessing the encoder is rebuilt from): a
+    folder without one may hold half a save."""
     complete = storage.newest_complete(str(directory))
     if complete is not None:
         return (f"'{source}' is a run folder, not a checkpoint; give one of its checkpoints, "
                 f"e.g. {complete.path}")
-    if storage.step_of(str(directory)) is not None:
-        return (f"checkpoint '{source}' has no {storage.MARKER}: its save was interrupted; use a "
-                "complete checkpoint of the run (one with meta.json)")
-    return f"'{source}' is not a checkpoint folder (no {storage.MARKER}); give {SOURCES_HELP}"
+    if storage.step_of(str(directory)) is None and not state_file(directory, 0).is_file():
+        return f"'{source}' is not a checkpoint folder (no {storage.MARKER}); give {SOURCES_HELP}"
+    problem = (f"checkpoint '{source}' has no {storage.MARKER}, which its save writes last: the "
+               "save was interrupted, or the folder was copied without it")
+    beside = storage.newest_complete_beside(str(directory))
+    if beside is not None:
+        marker = shlex.quote(storage.join(beside.path, storage.MARKER))
+        return (f"{problem}; give a complete checkpoint of the run, e.g. {beside.path}, or, if "
+                f"every worker's files are there, copy the run's marker into it: cp {marker} "
+                f"{shlex.quote(str(directory / storage.MARKER))}")
+    run_id = _run_id_of(directory)
+    model = f"runs:/{run_id}/{MODEL_NAME}" if run_id else "runs:/RUN_ID/encoder"
+    return f"{problem}; give a complete checkpoint of the run, or its MLflow model {model}"
+
+
+def _run_id_of(directory: Path) -> str | None:
+    """The MLflow run a checkpoint's rank-0 trainer state names (None if it cannot be read)."""
+    try:
+        state = load_weights_only(state_file(directory, 0), legacy_numpy=True, mmap=True)
+    except UserError:
+        return None
+    run_id = state.get("mlflow_run_id") if isinstance(state, dict) else None
+    return str(run_id) if run_id else None
 
 
 def _parse_record(source: str, record: dict[str, Any], what: str) -> tuple[Config, Preprocessing]:
@@ -226,39 +253,77 @@ def _model_uri(source: str) -> str:
 def _check_store(source: str, uri: str) -> None:
     """A local SQLite store must exist: MLflow would create an empty one and then say only
     that the run is not found."""
-    if uri.startswith("sqlite:///"):
-        # sqlite:///relative.db or sqlite:////absolute.db (SQLAlchemy's spelling)
-        path = Path(uri.removeprefix("sqlite:///").split("?")[0])
-        if not path.is_file():
-            raise UserError(f"cannot load '{source}': there is no MLflow store at {uri}; run from "
-                            "the folder that holds mlflow.db, or set MLFLOW_TRACKING_URI "
-                            "(--tracking-uri) to the store of the run")
+    from dist_contrast.tracking import sqlite_path
+
+    path = sqlite_path(uri)
+    if path is not None and not path.is_file():
+        raise UserError(f"cannot load '{source}': there is no MLflow store at {uri}; run from "
+                        "the folder that holds mlflow.db, or set MLFLOW_TRACKING_URI "
+                        "(--tracking-uri) to the store of the run")
 
 
 def _download(source: str, model_uri: str, uri: str, tmp: str) -> str:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    # Fail fast on an unreachable server instead of MLflow's minutes of retries.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    from dist_contrast.tracking import fail_fast
+
+    fail_fast()  # an unreachable server: an answer in seconds, not minutes of retries
     run_id = model_uri.removeprefix("runs:/").split("/")[0] if model_uri.startswith("runs:/") \
         else None
     try:
         if run_id is not None:
             mlflow.MlflowClient(uri).get_run(run_id)
     except (MlflowException, OSError) as exc:
+        _raise_if_unreachable(uri, exc)
         raise UserError(f"no MLflow run '{run_id}' in {uri} ({_first_line(exc)}); check the id, "
                         "or set MLFLOW_TRACKING_URI (--tracking-uri) to the run's store") from None
     try:
-        return str(mlflow.artifacts.download_artifacts(
-            artifact_uri=model_uri, dst_path=tmp, tracking_uri=uri))
+        with _no_progress_bars():
+            return str(mlflow.artifacts.download_artifacts(
+                artifact_uri=model_uri, dst_path=tmp, tracking_uri=uri))
     except (MlflowException, OSError) as exc:
+        _raise_if_unreachable(uri, exc)
         fix = ("was tracking.log_model false, or did the run not finish? Load one of its "
                "checkpoints instead" if run_id is not None
                else "check the name and version (or alias) in the Model Registry")
         raise UserError(f"cannot load the model '{model_uri}' from {uri} ({_first_line(exc)}); "
                         f"{fix}") from None
+
+
+def _raise_if_unreachable(uri: str, exc: BaseException) -> None:
+    """One line for a tracking server that does not answer (or refuses our credentials),
+    rather than blaming the run id or the model name."""
+    import requests
+
+    from dist_contrast.tracking import refusal
+
+    refused = refusal(uri, exc)
+    if refused is not None:
+        raise refused from None
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, requests.ConnectionError | requests.Timeout):
+            raise UserError(
+                f"cannot reach the MLflow tracking server at {uri} ({_first_line(cause)}); "
+                "start it, or set MLFLOW_TRACKING_URI (--tracking-uri) to the store of the run"
+            ) from None
+        cause = cause.__cause__ or cause.__context__
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """MLflow's artifact download bars (two per model, on stderr) off for the block, unless
+    the user set ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR``: they would bury our one line."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -38,7 +38,9 @@ def trainer_state(step: TrainStep, progress: TrainProgress, run_id: str | None) 
     }
 
 
-def load_trainer_state(step: TrainStep, progress: TrainProgress, state: dict[str, Any]) -> None:
+def apply_trainer_state(step: TrainStep, progress: TrainProgress, state: dict[str, Any]) -> None:
+    """Put a trainer state already read from a checkpoint (:func:`trainer_state`'s dict, read
+    by :func:`~dist_contrast.train.state.load_trainer_state`) into the step and the progress."""
     progress.load_state_dict(state["progress"])
     if step.momentum_encoder is not None and state.get("momentum_encoder") is not None:
         step.momentum_encoder.load_state_dict(state["momentum_encoder"])
@@ -89,4 +91,4 @@ def restore(step: TrainStep, progress: TrainProgress, directory: str,
             f"checkpoint '{directory}' has no DeepSpeed state; "
             "resume from a checkpoint this tool wrote or start a fresh run"
         )
-    load_trainer_state(step, progress, state)
+    apply_trainer_state(step, progress, state)

@@ -29,6 +29,8 @@ from dist_contrast.train.state import DEEPSPEED_TAG, MODEL_STATES, load_weights_
 
 # The engine's module is ``ContrastiveModel(encoder, temperature)``: the encoder's keys start so.
 ENCODER_PREFIX = "encoder."
+# How every refusal of a checkpoint folder here ends: its readers load an encoder, not resume.
+_FIX = "use another checkpoint of the run"
 
 
 def master_state_dict(engine: Any) -> dict[str, Tensor]:
@@ -77,12 +79,12 @@ def checkpoint_state_dict(directory: str | Path) -> dict[str, Tensor]:
     if not states.is_file():
         raise UserError(
             f"checkpoint '{directory}' has no DeepSpeed state ({DEEPSPEED_TAG}/{MODEL_STATES} is "
-            "missing): it is incomplete; use another checkpoint of the run"
+            f"missing): it is incomplete; {_FIX}"
         )
     if sorted(ds_dir.glob("*_optim_states.pt")):
         model = _zero_checkpoint(directory)
     else:
-        model = _stage0_checkpoint(directory, load_weights_only(states, deepspeed=True))
+        model = _stage0_checkpoint(directory, load_weights_only(states, deepspeed=True, fix=_FIX))
     encoder = {k.removeprefix(ENCODER_PREFIX): _float_cpu(v) for k, v in model.items()
                if k.startswith(ENCODER_PREFIX)}
     if not encoder:
@@ -105,7 +107,7 @@ def _zero_checkpoint(directory: str | Path) -> dict[str, Tensor]:
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
         raise UserError(
             f"checkpoint '{directory}' has incomplete or unreadable ZeRO state "
-            f"({type(exc).__name__}: {reason}); use another checkpoint of the run"
+            f"({type(exc).__name__}: {reason}); {_FIX}"
         ) from None
     return state
 

@@ -45,7 +45,9 @@ DEEPSPEED_GLOBALS = (
     "deepspeed.runtime.zero.config.ZeroStageEnum",
 )
 
-_RESUME_FIX = "resume from an earlier checkpoint or start a fresh run"
+#: What a checkpoint error tells the user to do instead, when the caller resumes training.
+#: ``embed`` and ``evaluate`` pass their own (another checkpoint, the run's MLflow model).
+RESUME_FIX = "resume from an earlier checkpoint or start a fresh run"
 
 
 @dataclass
@@ -126,7 +128,7 @@ def load_trainer_state(directory: str | Path, rank: int) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- safe loading
 
 
-def check_archive(path: Path) -> None:
+def check_archive(path: Path, *, fix: str = RESUME_FIX) -> None:
     """A ``.pt`` file must be a complete zip whose members all match their CRCs (one line).
 
     ``torch.save`` writes a zip; a truncated copy has no central directory at its end, and a
@@ -144,7 +146,7 @@ def check_archive(path: Path) -> None:
         except (zipfile.BadZipFile, OSError, EOFError, ValueError):
             problem = "is truncated or corrupted (not a complete zip archive)"
     if problem is not None:
-        raise UserError(f"checkpoint file '{path}' {problem}; {_RESUME_FIX}")
+        raise UserError(f"checkpoint file '{path}' {problem}; {fix}")
 
 
 class _StandIn:
@@ -178,14 +180,15 @@ def _allowed(
 
 
 def load_weights_only(
-    path: Path, *, legacy_numpy: bool = False, deepspeed: bool = False, mmap: bool = False
+    path: Path, *, legacy_numpy: bool = False, deepspeed: bool = False, mmap: bool = False,
+    fix: str = RESUME_FIX,
 ) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, every failure one ``UserError`` line.
 
     ``legacy_numpy`` also accepts a numpy array (old trainer states' RNG keys); ``deepspeed``
     accepts :data:`DEEPSPEED_GLOBALS` as stand-ins (only to check a file, the object is not
     DeepSpeed's). ``mmap`` maps tensor data instead of reading it: a large bank loads in
-    milliseconds.
+    milliseconds. ``fix`` ends the line (what to do instead).
     """
     allowed: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = []
     if legacy_numpy:
@@ -199,13 +202,12 @@ def load_weights_only(
         unsafe = _unsafe_globals(path, allowed)
         what = f"unpickling {unsafe}" if unsafe else "unpickling beyond tensors and numbers"
         raise UserError(
-            f"checkpoint file '{path}' needs {what}, which could run code; refusing to load it: "
-            "resume only from checkpoints this tool wrote (trainer.resume_from) or start a "
-            "fresh run"
+            f"checkpoint file '{path}' needs {what}, which could run code; refusing to load it "
+            f"(only checkpoints this tool wrote are loaded): {fix}"
         ) from None
     except Exception as exc:  # any other failure: the file's pickle or data are damaged
         raise UserError(
-            f"checkpoint file '{path}' is corrupted ({type(exc).__name__}); {_RESUME_FIX}"
+            f"checkpoint file '{path}' is corrupted ({type(exc).__name__}); {fix}"
         ) from None
 
 
@@ -230,13 +232,16 @@ def deepspeed_files(directory: str | Path) -> list[Path]:
     return sorted((Path(directory) / DEEPSPEED_TAG).glob("*.pt"))
 
 
-def check_safe_to_load(directory: str | Path, rank: int | None = None) -> None:
+def check_safe_to_load(
+    directory: str | Path, rank: int | None = None, *, fix: str = RESUME_FIX
+) -> None:
     """Every ``.pt`` file DeepSpeed will read from ``directory`` (all of ``ds/``: ZeRO reads
     every rank's optimiser file), and the trainer state of ``rank`` (every rank's when None),
     is a complete zip and loads with ``weights_only=True``; else one ``UserError`` line.
 
     Call it right before ``engine.load_checkpoint`` (which unpickles without restrictions).
     Tensor data is memory-mapped, not read: a checkpoint of a large bank checks in seconds.
+    ``fix`` ends a refusal's line (what to do instead).
     """
     files = deepspeed_files(directory)
     if rank is None:
@@ -244,5 +249,5 @@ def check_safe_to_load(directory: str | Path, rank: int | None = None) -> None:
     elif state_file(directory, rank).is_file():
         files.append(state_file(directory, rank))
     for path in files:
-        check_archive(path)
-        load_weights_only(path, legacy_numpy=True, deepspeed=True, mmap=True)
+        check_archive(path, fix=fix)
+        load_weights_only(path, legacy_numpy=True, deepspeed=True, mmap=True, fix=fix)

@@ -100,6 +100,20 @@ def newest_complete(run_dir: str) -> StoredCheckpoint | None:
     return complete[-1] if complete else None
 
 
+def newest_complete_beside(checkpoint_dir: str) -> StoredCheckpoint | None:
+    """The newest complete checkpoint in the run folder that holds ``checkpoint_dir``."""
+    parent = checkpoint_dir.rstrip("/").rsplit("/", 1)[0] if "://" in checkpoint_dir \
+        else os.path.dirname(os.path.abspath(checkpoint_dir))
+    return newest_complete(parent)
+
+
+def resume_source(run_dir: str, resume_from: str | None) -> str | None:
+    """The checkpoint a run starts from: the run's newest complete one (written before a
+    restart or by an earlier run of the same name), else ``trainer.resume_from``, else None."""
+    newest = newest_complete(run_dir)
+    return newest.path if newest is not None else resume_from
+
+
 def read_meta(checkpoint_dir: str) -> dict[str, Any] | None:
     """The ``meta.json`` of a checkpoint (None for one written before markers existed)."""
     fs, root = _filesystem(checkpoint_dir)
@@ -129,9 +143,17 @@ def mark_complete(checkpoint_dir: str, meta: dict[str, Any]) -> None:
 
 def upload(local_dir: str, target: str) -> None:
     """Copy a local folder's files into ``target`` (created if needed; other ranks' files
-    already there are kept)."""
+    already there are kept). A local ``target`` gets the mode the user's umask gives, not the
+    0700 of the temporary folder it is copied from, so teammates who share the results can
+    read it."""
     if "://" not in target:
-        shutil.copytree(local_dir, target, dirs_exist_ok=True)
+        os.makedirs(target, exist_ok=True)
+        for entry in os.scandir(local_dir):  # the entries, not the folder (copytree's copystat)
+            destination = os.path.join(target, entry.name)
+            if entry.is_dir():
+                shutil.copytree(entry.path, destination, dirs_exist_ok=True)
+            else:
+                shutil.copy2(entry.path, destination)
         return
     import pyarrow.fs as pafs
 

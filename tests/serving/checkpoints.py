@@ -10,6 +10,7 @@ preprocessing) and returns, from rank 0, what the tests compare a loaded encoder
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,12 @@ def write_features(root: Path) -> np.ndarray:
 
 
 def run_config(root: str | Path, name: str) -> Config:
-    return load_config(CONFIGS / "synthetic.yaml", [
+    return load_config(CONFIGS / "synthetic.yaml", run_overrides(root, name))
+
+
+def run_overrides(root: str | Path, name: str) -> list[str]:
+    """The overrides of ``configs/synthetic.yaml`` that run ``name`` trains with."""
+    return [
         "data.name=file", f"data.path={Path(root) / 'x.npy'}",
         f"data.labels_path={Path(root) / 'ids.npy'}", "data.max_eval_test=null",
         "model.hidden_dim=32", "model.embedding_dim=8", "model.batch_norm=true",
@@ -50,7 +56,7 @@ def run_config(root: str | Path, name: str) -> Config:
         "optimizer.warmup_steps=1", "optimizer.lr=0.01",
         f"experiment.output_dir={Path(root) / 'results'}", f"experiment.run_name={name}",
         *RUNS[name],
-    ])
+    ]
 
 
 class _RayTrainStub:
@@ -63,15 +69,62 @@ class _RayTrainStub:
 RESULTS = "results.pt"
 
 
-def write_checkpoints(root: str) -> None:
-    """Every rank: each run of :data:`RUNS`; rank 0 saves what the tests compare against (see
+@dataclass(frozen=True)
+class Checkpoints:
+    root: Path
+    features: np.ndarray  # the raw rows [ROWS, WIDTH] the runs trained on
+    runs: dict[str, dict[str, Any]]  # rank 0's results of each run (see checkpoints._run)
+
+    def path(self, name: str) -> str:
+        return str(self.runs[name]["checkpoint"])
+
+
+def make_checkpoints(root: Path, names: tuple[str, ...] = tuple(RUNS)) -> Checkpoints:
+    """The runs ``names`` of :data:`RUNS`, trained and saved under ``root`` (two gloo ranks)."""
+    from tests.gloo import run_distributed
+
+    features = write_features(root)
+    run_distributed(write_checkpoints, str(root), names, world_size=2)
+    return Checkpoints(root, features, torch.load(root / RESULTS, weights_only=True))
+
+
+@dataclass(frozen=True)
+class LoggedRun:
+    tracking_uri: str
+    run_id: str
+    model_uri: str
+    registered: str  # the registered model's name (version 1)
+
+
+def log_fp32_run(checkpoints: Checkpoints, store: Path) -> LoggedRun:
+    """The fp32 run's encoder, loaded from its checkpoint and logged as the trainer logs it,
+    in a SQLite store under ``store``."""
+    from dist_contrast.data import build_data
+    from dist_contrast.serving import TrainedEncoder, load_encoder, log_encoder
+    from dist_contrast.tracking import MlflowTracker, ensure_experiment
+
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    ensure_experiment(uri, "serving", store / "artifacts")
+    tracker = MlflowTracker(uri, "serving", "fp32")
+    loaded = load_encoder(checkpoints.path("fp32"))
+    assert loaded.config is not None
+    data = build_data(run_config(checkpoints.root, "fp32").data, seed=0)
+    trained = TrainedEncoder(loaded.encoder, loaded.preprocessing, data.raw_example,
+                             loaded.config)
+    model_uri = log_encoder(trained, tracking_uri=uri, run_id=str(tracker.run_id),
+                            registered_model_name="serving-encoder")
+    return LoggedRun(uri, str(tracker.run_id), model_uri, "serving-encoder")
+
+
+def write_checkpoints(root: str, names: tuple[str, ...] = tuple(RUNS)) -> None:
+    """Every rank: each run of ``names``; rank 0 saves what the tests compare against (see
     ``_run``) into ``root/results.pt``. (A file, not the return value: tensors sent through a
     multiprocessing queue are shared memory that dies with the process.)"""
     from dist_contrast import dist
 
     os.environ["DS_ACCELERATOR"] = "cpu"
     os.environ["LOCAL_RANK"] = str(dist.rank())  # what a launcher would set
-    results = {name: _run(root, name) for name in RUNS}
+    results = {name: _run(root, name) for name in names}
     if dist.is_rank_zero():
         torch.save(results, Path(root) / RESULTS)
 

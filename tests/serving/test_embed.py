@@ -3,10 +3,8 @@ does in memory; every refusal is one line, exit status 2, and leaves no output b
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +19,7 @@ from dist_contrast.serving import load_encoder
 from dist_contrast.serving.embed import embed_file, open_rows
 from dist_contrast.tracking import ensure_experiment
 from dist_contrast.train.state import DEEPSPEED_TAG, MODEL_STATES
+from tests.conftest import Cli
 from tests.serving.checkpoints import ROWS, WIDTH
 from tests.serving.conftest import Checkpoints
 
@@ -43,7 +42,7 @@ def test_npy_in_several_batches_equals_the_encoder_in_memory(
     rows = checkpoints.features
     expected = loaded(rows).numpy()
     np.save(tmp_path / "in.npy", rows.astype(np.float64).reshape(ROWS, 3, 4))  # any layout
-    assert isinstance(open_rows(tmp_path / "in.npy", loaded).array, np.memmap)  # streamed
+    assert open_rows(tmp_path / "in.npy", loaded).source.row_shape == (3, 4)  # header only
     assert embed_file(loaded, tmp_path / "in.npy", tmp_path / "out.npy", batch_size=17) == ROWS
     out = np.load(tmp_path / "out.npy")
     assert out.dtype == np.float32 and out.shape == (ROWS, 8)
@@ -128,11 +127,8 @@ def test_a_zero2_bf16_checkpoint_embeds_in_float32(
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dist_contrast.cli", "embed", *args], cwd=cwd,
-        capture_output=True, text=True, timeout=300,
-        env={**os.environ, "DS_ACCELERATOR": "cpu", "MLFLOW_TRACKING_URI": ""},
-    )
+    return Cli().run("embed", *args, cwd=cwd, store=None, env={"MLFLOW_TRACKING_URI": ""},
+                     timeout=300)
 
 
 Setup = Callable[[Path, Checkpoints], list[str]]
@@ -199,9 +195,10 @@ CASES: dict[str, tuple[Setup, str]] = {
     "output exists": (_existing_output, "exists; pass --overwrite"),
     "width": (_npy(np.zeros((5, WIDTH + 1), dtype=np.float32)),
               f"the encoder takes rows of {WIDTH} values"),
-    "dtype": (_npy(np.full((5, WIDTH), "a")), "not numbers"),
-    "not an array": (_npy(np.zeros(5, dtype=np.float32)), "not rows [N, features]"),
-    "parquet text column": (_table({**_NUMBERS, "name": ["x"] * 20}), "'name' has type string"),
+    "dtype": (_npy(np.full((5, WIDTH), "a")), "non-numeric dtype"),
+    "not an array": (_npy(np.zeros(5, dtype=np.float32)), "not 2-D [rows, features]"),
+    "parquet text column": (_table({**_NUMBERS, "name": ["x"] * 20}),
+                            "'name' has non-numeric type string"),
     "parquet width": (_table({"f0": np.zeros(20)}), f"1 feature columns (f0), the encoder takes "
                       f"{WIDTH}"),
     "unknown ids column": (_table({**_NUMBERS, "g": np.zeros(20)}, "--ids-column", "id"),

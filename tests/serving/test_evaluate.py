@@ -3,9 +3,6 @@ on new data through the encoder's own preprocessing, logged as a new tagged MLfl
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -18,6 +15,7 @@ from dist_contrast.errors import UserError
 from dist_contrast.serving import load_encoder
 from dist_contrast.serving.evaluate import evaluation_config, run_evaluation
 from dist_contrast.train.evaluation import Evaluator
+from tests.conftest import Cli
 from tests.serving.conftest import Checkpoints
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,12 +68,8 @@ def test_a_dataset_of_another_width_is_one_line(checkpoints: Checkpoints,
 
 def test_the_real_cli(checkpoints: Checkpoints, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = subprocess.run(
-        [sys.executable, "-m", "dist_contrast.cli", "evaluate", checkpoints.path("fp32"),
-         "--output", "representation", "--tracking-uri", uri],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "DS_ACCELERATOR": "cpu"},
-    )
+    proc = Cli().run("evaluate", checkpoints.path("fp32"), "--output", "representation",
+                     "--tracking-uri", uri, cwd=tmp_path, store=None, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "eval/knn_acc" in proc.stdout and "MLflow run" in proc.stdout
     (run,) = mlflow.MlflowClient(tracking_uri=uri).search_runs(

@@ -17,9 +17,9 @@ from dist_contrast.config import Config, load_config
 from dist_contrast.data import build_data
 from dist_contrast.models import build_model
 from dist_contrast.serving import EncoderModule, TrainedEncoder, load_encoder, log_encoder
-from dist_contrast.serving.model import use_tracking_uri
 from dist_contrast.tracking import MlflowTracker
 from dist_contrast.train import reporting
+from dist_contrast.train.model import use_tracking_uri
 from dist_contrast.train.reporting import Reporter
 from tests.serving.checkpoints import CONFIGS, WIDTH
 from tests.serving.conftest import Checkpoints, LoggedRun

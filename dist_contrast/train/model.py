@@ -1,8 +1,8 @@
 """The trained encoder as an MLflow model: one module from raw rows to outputs, and its logging.
 
-This module sits below ``train`` (the trainer logs the model at the end of a run) and imports
-only ``config``, ``data``, ``models`` and ``errors``; loading an encoder from a checkpoint or
-from MLflow lives in :mod:`dist_contrast.serving.load`, above ``train``.
+The trainer logs the model at the end of a run (:mod:`dist_contrast.train.reporting`); loading
+an encoder from a checkpoint or from MLflow lives in :mod:`dist_contrast.serving.load`, which
+builds on ``train``. This module imports only ``config``, ``data``, ``models`` and ``errors``.
 
 The model is logged in MLflow 3's ``pt2`` format (``torch.export``): a traced graph that
 loads with torch alone, without this package and without unpickling code. Its input is raw
