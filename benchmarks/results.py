@@ -95,13 +95,9 @@ def _cpu_model() -> str:
 
 
 def _memory_bytes() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    from dist_contrast.preflight.resources import meminfo
+
+    return meminfo("MemTotal")
 
 
 def _gpu() -> dict[str, Any] | None:

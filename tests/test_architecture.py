@@ -15,67 +15,62 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dist_contrast"
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "section": set(),
+    # Config values that name files, and their resolution against the working directory.
+    "paths": set(),
     "dist": set(),
     "losses": set(),
     "analysis": {"losses"},
-    "data": {"section"},
+    # Retrieval evaluation: ranking metrics, dense search, BM25, fusion (pure, no training).
+    "retrieval": set(),
+    "data": {"section", "paths", "errors"},
     "models": {"section"},
     "negatives": {"losses", "dist", "section"},
     "objectives": {"losses", "negatives"},
     "temperature": set(),
-    "config": {"data", "models", "negatives", "objectives", "section", "errors"},
+    "config": {"data", "models", "negatives", "objectives", "section", "errors", "paths"},
     "tracking": {"errors"},
     "plots": set(),
     "progress": set(),
     # Wall-clock marks of a run's phases for dist-contrast bench (off unless asked).
     "timing": set(),
-    # The trained encoder as an MLflow model (the trainer logs it): below train.
-    "serving.model": {"config", "data", "models", "errors"},
     "train": {"dist", "config", "data", "models", "losses", "negatives", "objectives",
-              "analysis", "temperature", "tracking", "errors", "plots", "serving.model",
-              "timing"},
-    "preflight": {"config", "errors", "models", "negatives", "objectives", "train"},
-    # The rest of serving: loading an encoder from a checkpoint or MLflow, embedding files.
-    "serving": {"serving.model", "config", "data", "models", "errors", "tracking", "train"},
-    "orchestrate": {"config", "data", "errors", "preflight", "progress", "tracking", "train",
-                    "timing"},
+              "analysis", "temperature", "tracking", "errors", "plots", "timing"},
+    "preflight": {"config", "data", "errors", "models", "negatives", "objectives", "train"},
+    # Loading an encoder from a checkpoint or MLflow, embedding files, evaluating an encoder.
+    "serving": {"config", "data", "models", "errors", "tracking", "train"},
+    # The driver: the run's plan, Ray started or joined, the MLflow run, signals, failures.
+    "driver": {"config", "data", "errors", "objectives", "paths", "preflight", "progress",
+               "tracking", "train", "timing"},
     # Reading finished runs back from MLflow: the comparison of a sweep's grid points.
-    "compare": {"errors", "objectives"},
-    # A grid of trainings: the trials (pure), then each one run through orchestrate on Ray.
-    "sweep": {"config", "errors", "objectives", "orchestrate", "progress", "tracking", "train"},
+    "compare": {"errors", "objectives", "tracking"},
+    # A grid of trainings: the trials (pure), then each one run through the driver on Ray.
+    "sweep": {"config", "driver", "errors", "objectives", "progress", "tracking", "train"},
     # Ray jobs from outside the cluster: `dist-contrast submit` and `dist-contrast jobs`.
-    "jobs": {"config", "errors"},
-    "cli": {"config", "errors", "orchestrate", "objectives", "serving", "compare", "sweep",
-            "tracking", "jobs"},
+    "jobs": {"config", "driver", "errors", "tracking"},
+    "cli": {"config", "driver", "errors", "objectives", "serving", "compare", "sweep",
+            "tracking", "jobs", "data"},
 }
-
-# Modules that are a part of their own, below the rest of their package.
-SUBPARTS: dict[str, str] = {"serving/model.py": "serving.model"}
 
 # Outside dependencies and the parts allowed to import them.
 LANES: dict[str, set[str]] = {
     "torch.distributed": {"dist"},
-    "ray": {"orchestrate", "train", "jobs"},
+    "ray": {"driver", "train", "jobs"},
     "deepspeed": {"train"},
-    "mlflow": {"tracking", "serving", "serving.model", "compare"},
-    "faiss": {"negatives", "analysis"},
+    # train: train/model.py logs the trained encoder as an MLflow model (pt2) at the end of a run.
+    "mlflow": {"tracking", "train", "serving", "compare"},
+    "faiss": {"negatives", "analysis", "retrieval"},
+    "bm25s": {"retrieval"},
 }
 
 
 def _part(path: Path) -> str:
     relative = path.relative_to(PACKAGE)
-    if relative.as_posix() in SUBPARTS:
-        return SUBPARTS[relative.as_posix()]
     return relative.parts[0].removesuffix(".py") if relative.parts[0] != "__init__.py" else ""
 
 
 def _target(name: str) -> str:
-    """The part an import of ``dist_contrast.<name>`` reaches (a sub-part when it names one)."""
-    dotted = name.split(".", 1)[1]
-    for sub in SUBPARTS.values():
-        if dotted == sub or dotted.startswith(sub + "."):
-            return sub
-    return dotted.split(".")[0]
+    """The part an import of ``dist_contrast.<name>`` reaches."""
+    return name.split(".", 2)[1]
 
 
 def _imports(path: Path) -> set[str]:

@@ -6,6 +6,7 @@ import math
 import os
 import shutil
 import struct
+import subprocess
 import time
 import zipfile
 from pathlib import Path
@@ -16,9 +17,11 @@ import torch
 
 from dist_contrast import preflight
 from dist_contrast.config import Config, load_config
+from dist_contrast.data import training_shape
 from dist_contrast.errors import UserError
 from dist_contrast.models import build_model
 from dist_contrast.negatives.config import MinerConfig
+from dist_contrast.train import storage
 from dist_contrast.train.state import DEEPSPEED_TAG, MODEL_STATES, state_file
 from tests.gloo import run_distributed
 
@@ -26,6 +29,12 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 GiB = 1 << 30
 # A 2-core, 24 GiB machine, with what the kernel reports available on it.
 LAPTOP: dict[str, Any] = {"cpus": 2.0, "gpus": 0.0, "memory_bytes": 22 * GiB, "local": True}
+
+
+def _resources(cfg: Config, **machine: Any) -> list[str]:
+    """``check_resources`` with the data's size as the plan gives it (from the config)."""
+    rows, shape = training_shape(cfg.data)
+    return preflight.check_resources(cfg, **machine, train_size=rows, input_shape=shape)
 
 
 def _config(name: str = "moco_mined.yaml", *overrides: str) -> Config:
@@ -65,7 +74,7 @@ class _Terms:
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_fits_a_two_core_laptop(path: Path) -> None:
     start = time.perf_counter()
-    assert preflight.check_resources(load_config(path), **LAPTOP) == []
+    assert _resources(load_config(path), **LAPTOP) == []
     assert time.perf_counter() - start < 30
 
 
@@ -124,26 +133,26 @@ def test_noise_and_file_data_Terms() -> None:
     assert "each step's negatives" not in _Terms(simclr, 40_000)
     file_cfg = Config.model_validate({"data": {"name": "file", "path": "x.npy"}})
     assert _Terms(file_cfg, 1000, (32,))["the data (1,000"] == 2 * 1000 * 32 * 4
-    with pytest.raises(ValueError, match="train_size"):
-        preflight.check_resources(file_cfg, **LAPTOP)
+    with pytest.raises(UserError, match="x.npy: file not found; check data.path"):
+        _resources(file_cfg, **LAPTOP)  # the header is read: no such file
 
 
 def test_too_many_workers_for_the_cores_is_refused() -> None:
     _refusal(
-        lambda: preflight.check_resources(_config("synthetic.yaml", "trainer.num_workers=64"),
+        lambda: _resources(_config("synthetic.yaml", "trainer.num_workers=64"),
                                           **LAPTOP),
         "trainer.num_workers=64", "64 CPUs", "2 cores", "lower trainer.num_workers",
     )
     cluster = {**LAPTOP, "cpus": 16.0, "local": False}
     _refusal(
-        lambda: preflight.check_resources(_config("synthetic.yaml", "trainer.num_workers=32"),
+        lambda: _resources(_config("synthetic.yaml", "trainer.num_workers=32"),
                                           **cluster),
         "the Ray cluster has 16", "add nodes",
     )
 
 
 def test_time_sharing_the_cores_is_a_note() -> None:
-    notes = preflight.check_resources(_config("synthetic.yaml", "trainer.num_workers=4"), **LAPTOP)
+    notes = _resources(_config("synthetic.yaml", "trainer.num_workers=4"), **LAPTOP)
     assert len(notes) == 1 and "time-share 2 cores" in notes[0]
 
 
@@ -151,7 +160,7 @@ def test_a_terabyte_queue_is_refused_naming_it() -> None:
     cfg = _config("moco.yaml", "negatives.queue.size=10000000000")
     start = time.perf_counter()
     message = _refusal(
-        lambda: preflight.check_resources(cfg, **LAPTOP),
+        lambda: _resources(cfg, **LAPTOP),
         "the MoCo queue", "negatives.queue.size=10,000,000,000", "TiB", "22 GiB available",
         "lower negatives.queue.size",
     )
@@ -164,7 +173,7 @@ def test_sharding_the_queue_is_suggested_when_it_would_fit() -> None:
     # 25M keys × 264 B = 6.1 GiB, twice per worker (checkpoint copy): replicated 2 workers ×
     # 12.3 GiB > 22 GiB; sharded half of that per worker fits.
     cfg = _config("moco.yaml", "negatives.queue.size=25000000")
-    _refusal(lambda: preflight.check_resources(cfg, **LAPTOP),
+    _refusal(lambda: _resources(cfg, **LAPTOP),
              "the MoCo queue", "negatives.queue.layout=sharded would fit")
 
 
@@ -172,25 +181,25 @@ def test_sharding_the_miner_is_suggested_when_it_would_fit() -> None:
     # 11M training rows: an exact index of 577 B per key beside a bank of 2 × 272 B per row
     # needs 2 × 12.3 GB replicated; sharded, 2 × 9.2 GB fits in 22 GiB.
     cfg = _config("moco_mined.yaml", "data.num_samples=13750000", "negatives.miner.index=exact")
-    _refusal(lambda: preflight.check_resources(cfg, **LAPTOP),
+    _refusal(lambda: _resources(cfg, **LAPTOP),
              "the miner's FAISS index", "negatives.miner.layout=sharded would fit")
 
 
 def test_gpus() -> None:
     cfg = _config("synthetic.yaml", "trainer.use_gpu=true")
-    _refusal(lambda: preflight.check_resources(cfg, **LAPTOP),
+    _refusal(lambda: _resources(cfg, **LAPTOP),
              "trainer.use_gpu=true", "one GPU per worker", "0 on this machine")
-    notes = preflight.check_resources(cfg, **{**LAPTOP, "gpus": 2.0})
+    notes = _resources(cfg, **{**LAPTOP, "gpus": 2.0})
     assert any("GPUs' memory is not checked" in note for note in notes)
     auto = _config("synthetic.yaml", "trainer.use_gpu=auto")
-    notes = preflight.check_resources(auto, **{**LAPTOP, "gpus": 1.0})
+    notes = _resources(auto, **{**LAPTOP, "gpus": 1.0})
     assert any("train on the CPU" in note for note in notes)
 
 
 def test_a_tight_fit_is_a_note() -> None:
     cfg = _config("synthetic.yaml")
     estimate = 2 * preflight.WORKER_BASE_BYTES + preflight.LOCAL_RAY_BYTES
-    notes = preflight.check_resources(cfg, **{**LAPTOP, "memory_bytes": int(estimate * 1.1)})
+    notes = _resources(cfg, **{**LAPTOP, "memory_bytes": int(estimate * 1.1)})
     assert len(notes) == 1 and "close to" in notes[0]
 
 
@@ -247,12 +256,14 @@ def _write_checkpoint(directory: str, overrides: tuple[str, ...]) -> None:
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("checkpoint")
     run_distributed(_write_checkpoint, str(directory), CHECKPOINT_OVERRIDES)
+    storage.mark_complete(str(directory), {"step": 2, "world_size": 2})  # as rank 0 does, last
     return directory
 
 
 def _check(directory: str | Path, *overrides: str) -> list[str]:
     cfg = _config("moco_mined.yaml", *CHECKPOINT_OVERRIDES, *overrides)
-    return preflight.check_checkpoint(directory, cfg, (64,))
+    return preflight.check_checkpoint(directory, cfg, (64,),
+                                      train_size=training_shape(cfg.data)[0])
 
 
 def _copy(checkpoint: Path, tmp_path: Path) -> Path:
@@ -276,15 +287,48 @@ def test_uris_and_missing_folders(tmp_path: Path) -> None:
     notes = _check("s3://bucket/run/checkpoint_00000010")
     assert len(notes) == 1 and "not checked on the driver" in notes[0]
     _refusal(lambda: _check(tmp_path / "nope"), "is not a checkpoint folder")
-    _refusal(lambda: _check(tmp_path), "has no DeepSpeed state")
+    _refusal(lambda: _check(tmp_path), "is not a checkpoint folder (no meta.json")
+
+
+def test_a_folder_without_its_marker_is_refused_until_marked(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    """Its save may have been interrupted; the line says how to use it anyway, and that works."""
+    copy = _copy(checkpoint, tmp_path)
+    (copy / storage.MARKER).unlink()
+    line = _refusal(lambda: _check(copy), f"checkpoint '{copy}' has no meta.json",
+                    "resume from a complete checkpoint (one with meta.json)")
+    command = line.split("mark it complete: ", 1)[1]
+    assert command == f"echo '{{\"world_size\": 2}}' > {copy / storage.MARKER}"
+    subprocess.run(command, shell=True, check=True)
+    assert _check(copy) == []
+    # A complete checkpoint beside it in the same run folder is named.
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint, run / "checkpoint_00000002")
+    shutil.copytree(copy, run / "checkpoint_00000004")
+    (run / "checkpoint_00000004" / storage.MARKER).unlink()
+    _refusal(lambda: _check(run / "checkpoint_00000004"),
+             f"e.g. {run / 'checkpoint_00000002'}")
+    _refusal(lambda: _check(run), "is a run folder, not a checkpoint",
+             f"e.g. {run / 'checkpoint_00000002'}")
+    (copy / storage.MARKER).write_text("{}")
+    _refusal(lambda: _check(copy), "without a world_size", '{"world_size": 2}')
+    (copy / storage.MARKER).write_text("{not json")
+    _refusal(lambda: _check(copy), "corrupt meta.json")
 
 
 def test_another_world_size_or_missing_rank(checkpoint: Path, tmp_path: Path) -> None:
     _refusal(lambda: _check(checkpoint, "trainer.num_workers=4"),
-             "was written by 2 workers", "trainer.num_workers=2")
+             "was written by 2 workers (meta.json)", "trainer.num_workers=2")
     copy = _copy(checkpoint, tmp_path)
     state_file(copy, 0).unlink()
-    _refusal(lambda: _check(copy), "incomplete", "trainer_state_rank0.pt is missing (1 of 2")
+    _refusal(lambda: _check(copy), "incomplete", "trainer_state_rank0.pt is missing (1 of the 2")
+    # The last rank's file missing: the world size is meta.json's, not the files' count.
+    copy = _copy(checkpoint, tmp_path / "last")
+    state_file(copy, 1).unlink()
+    for workers in ("trainer.num_workers=2", "trainer.num_workers=1"):
+        line = _refusal(lambda w=workers: _check(copy, w), "trainer_state_rank1.pt is missing")
+        assert "written by 1 worker" not in line and "num_workers=1" not in line
     copy = _copy(checkpoint, tmp_path / "b")
     (copy / DEEPSPEED_TAG / "zero_pp_rank_1_mp_rank_00_optim_states.pt").unlink()
     _refusal(lambda: _check(copy), "incomplete", "zero_pp_rank_1_mp_rank_00_optim_states.pt")

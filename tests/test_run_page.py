@@ -1,5 +1,5 @@
 """What the driver and rank 0 give the MLflow run's page: the training data's facts computed
-from the config (orchestrate), and the system-metrics monitor's start and stop (reporting)."""
+from the config (the driver's plan), and the system-metrics monitor's start and stop (reporting)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from dist_contrast.config import Config, validate
-from dist_contrast.orchestrate import _training_data, preflight, resolve
+from dist_contrast.driver.plan import resolve, summarize_data
 from dist_contrast.tracking import NullTracker
 from dist_contrast.train.reporting import Reporter
 
@@ -24,7 +24,7 @@ def _config(tmp_path: Path, **sections: Any) -> Config:
 
 def test_synthetic_data_is_its_generator(tmp_path: Path) -> None:
     cfg = _config(tmp_path, data={"name": "synthetic", "num_samples": 1000, "dim": 16, "seed": 5})
-    data = _training_data(cfg, preflight(cfg))
+    data = summarize_data(cfg).provenance
     assert (data.name, data.source_type, data.rows, data.feature_shape) == (
         "synthetic", "code", 800, (16,))
     generator = data.source["tags"]
@@ -33,13 +33,13 @@ def test_synthetic_data_is_its_generator(tmp_path: Path) -> None:
     assert data.label == "label" and data.dtype == "float32"
     other = _config(tmp_path, data={"name": "synthetic", "num_samples": 1000, "dim": 16,
                                     "seed": 6})
-    assert _training_data(other, preflight(other)).digest != data.digest
+    assert summarize_data(other).provenance.digest != data.digest
 
 
 def test_digits_use_the_run_seed(tmp_path: Path) -> None:
     cfg = _config(tmp_path, experiment={"seed": 4, "output_dir": str(tmp_path), "run_name": "r"},
                   data={"name": "digits", "num_test": 297}, model={"name": "cnn"})
-    data = _training_data(cfg, preflight(cfg))
+    data = summarize_data(cfg).provenance
     assert (data.name, data.rows, data.feature_shape) == ("digits", 1500, (1, 8, 8))
     assert data.source["tags"]["seed"] == "4" and data.source["tags"]["num_test"] == "297"
     assert json.loads(data.profile_json()) == {"num_rows": 1500, "num_features": 64}
@@ -53,7 +53,7 @@ def test_file_data_is_its_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     np.save("y.npy", np.arange(40) % 3)
     extra = {"labels_path": "y.npy"} if labelled else {}
     cfg = _config(tmp_path, data={"name": "file", "path": "x.npy", **extra})
-    data = _training_data(cfg, preflight(cfg))
+    data = summarize_data(cfg).provenance
     files = [tmp_path / "x.npy", *([tmp_path / "y.npy"] if labelled else [])]
     digest = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
     assert (data.name, data.source_type, data.digest) == ("x.npy", "local", digest)

@@ -20,18 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dist_contrast.config import flatten, to_yaml
+from dist_contrast.config import flatten
+from dist_contrast.driver.address import cluster_address
+from dist_contrast.driver.lifecycle import TrackedRun
+from dist_contrast.driver.plan import RunPlan, make_plan
+from dist_contrast.driver.runtime import connect, shutdown_ray, trial_slots
+from dist_contrast.driver.signals import Interrupted, Signals
+from dist_contrast.driver.trainer import start_trial
 from dist_contrast.errors import RunFailed, UserError
-from dist_contrast.orchestrate import (
-    Interrupted,
-    Signals,
-    connect,
-    preflight,
-    resolve,
-    shutdown_ray,
-    start_trial,
-    trial_slots,
-)
 from dist_contrast.progress import format_eta
 from dist_contrast.sweep.grid import Trial
 from dist_contrast.tracking import (
@@ -41,12 +37,11 @@ from dist_contrast.tracking import (
     end_run,
     ensure_experiment,
     final_metrics,
-    open_run,
+    is_local_store,
     open_sweep_parent,
     set_run_tags,
     sweep_children,
 )
-from dist_contrast.train import storage
 
 BEST_METRIC = "eval/knn_acc"
 
@@ -134,12 +129,11 @@ def run_sweep(
 ) -> SweepSummary:
     """Run every trial not FINISHED before; return the outcomes. Raises :class:`Interrupted`
     on Ctrl-C / SIGTERM (every running child marked KILLED, the parent too)."""
-    trials = [_resolved(t) for t in trials]
+    plans = _plan_all(trials)
+    trials = [_resolved(t, plans[t.run_name]) for t in trials]
     first = trials[0].config
-    checked = _preflight_all(trials)
     uri, experiment = str(first.tracking.tracking_uri), first.tracking.experiment
-    local_store = uri.startswith(("sqlite:", "file:")) or "://" not in uri
-    ensure_experiment(uri, experiment, Path.cwd() / "mlartifacts" if local_store else None)
+    ensure_experiment(uri, experiment, Path.cwd() / "mlartifacts" if is_local_store(uri) else None)
     from dist_contrast.sweep.grid import digest
 
     parent_id, resumed = open_sweep_parent(
@@ -151,13 +145,13 @@ def run_sweep(
     )
     children = sweep_children(uri, parent_id)
     board = Board(name, len(trials), 1, write)
-    runner = _Runner(trials, parent_id, uri, children, board)
+    runner = _Runner(trials, plans, parent_id, uri, children, board)
     to_run = runner.skip_finished()
     if not to_run:
         board.say(f"sweep {name}: all {len(trials)} trials finished before; nothing to run")
     with Signals() as signals:
         try:
-            ray = connect(first, checked) if to_run else None
+            ray = connect(plans[trials[0].run_name]) if to_run else None
             signals.claim()
             if ray is not None:
                 slots = trial_slots(ray, first)
@@ -194,12 +188,13 @@ def run_sweep(
 class _Runner:
     """The scheduling loop (in a thread; the main thread keeps the signals)."""
 
-    def __init__(self, trials: Sequence[Trial], parent_id: str, uri: str,
-                 children: dict[str, tuple[str, str]], board: Board) -> None:
-        self.trials, self.parent_id, self.uri = list(trials), parent_id, uri
+    def __init__(self, trials: Sequence[Trial], plans: dict[str, RunPlan], parent_id: str,
+                 uri: str, children: dict[str, tuple[str, str]], board: Board) -> None:
+        self.trials, self.plans, self.parent_id, self.uri = list(trials), plans, parent_id, uri
         self.children, self.board = children, board
         self.outcomes: dict[str, Outcome] = {}
-        self.running: dict[Any, tuple[Trial, str, Any]] = {}  # task ref -> trial, run id, stop
+        # task ref -> trial, its MLflow run, its run channel
+        self.running: dict[Any, tuple[Trial, TrackedRun, Any]] = {}
         self.stopping = False
         self.lock = threading.Lock()
         self.ray: Any = None
@@ -234,22 +229,19 @@ class _Runner:
                 self._collect(ref)
 
     def _start(self, trial: Trial) -> None:
-        cfg = trial.config
-        run_id, _ = open_run(
-            self.uri, cfg.tracking.experiment, trial.run_name,
-            continue_existing=storage.exists(storage.run_directory(cfg)),
-            params=flatten(cfg), config_yaml=to_yaml(cfg),
-            tags={PARENT_TAG: self.parent_id, "dist_contrast.world_size":
-                  str(cfg.trainer.num_workers), **trial.tags()},
-        )
+        # The child logs what a single run logs, plus its place in the sweep.
+        tracked = TrackedRun(self.plans[trial.run_name],
+                             tags={PARENT_TAG: self.parent_id, **trial.tags()})
+        run_id = tracked.open()
         set_run_tags(self.uri, run_id, {PARENT_TAG: self.parent_id, ERROR_TAG: ""})
-        ref, stop = start_trial(self.ray, cfg, run_id)
-        self.running[ref] = (trial, run_id, stop)
+        ref, channel = start_trial(self.ray, trial.config, run_id)
+        self.running[ref] = (trial, tracked, channel)
         self.board.start(trial)
 
     def _collect(self, ref: Any) -> None:
         with self.lock:
-            trial, run_id, _ = self.running.pop(ref)
+            trial, tracked, _ = self.running.pop(ref)
+        run_id = str(tracked.run_id)
         try:
             status, error = self.ray.get(ref)
         except Exception as exc:  # the task itself died (e.g. cancelled, node lost)
@@ -260,7 +252,7 @@ class _Runner:
             status = "KILLED"  # stopped early on request
         if status == "FAILED":
             set_run_tags(self.uri, run_id, {ERROR_TAG: str(error)[:5000]})
-        end_run(self.uri, run_id, status, reason=error)
+        tracked.end(status, reason=error)
         outcome = Outcome(trial, status, run_id, error, metrics)
         self.outcomes[trial.run_name] = outcome
         self.board.finish(outcome)
@@ -269,8 +261,8 @@ class _Runner:
         """First Ctrl-C: no new trials; the running ones checkpoint and stop."""
         self.stopping = True
         with self.lock:
-            for _, _, stop in self.running.values():
-                stop.request.remote()
+            for _, _, channel in self.running.values():
+                channel.request.remote()
 
     def kill_all(self, uri: str) -> None:
         """Second Ctrl-C (or a failure of the driver): cancel what still runs, mark it KILLED."""
@@ -278,34 +270,35 @@ class _Runner:
         with self.lock:
             running = list(self.running.items())
             self.running.clear()
-        for ref, (trial, run_id, _) in running:
+        for ref, (trial, tracked, _) in running:
             if self.ray is not None:
                 with contextlib.suppress(Exception):  # already gone
                     self.ray.cancel(ref, force=True)
-            end_run(uri, run_id, "KILLED")
-            self.outcomes[trial.run_name] = Outcome(trial, "KILLED", run_id)
+            tracked.end("KILLED")
+            self.outcomes[trial.run_name] = Outcome(trial, "KILLED", str(tracked.run_id))
 
 
-def _resolved(trial: Trial) -> Trial:
-    return Trial(trial.source, trial.point, trial.seed, trial.run_name, resolve(trial.config))
+def _resolved(trial: Trial, plan: RunPlan) -> Trial:
+    return Trial(trial.source, trial.point, trial.seed, trial.run_name, plan.config)
 
 
-def _preflight_all(trials: Sequence[Trial]) -> Any:
-    """Every trial's data, resources and checkpoint, checked before anything starts; notes
-    printed once. Returns the first trial's check (the cluster's resource check uses it)."""
+def _plan_all(trials: Sequence[Trial]) -> dict[str, RunPlan]:
+    """Every trial's plan (data, resources, checkpoint checked before anything starts), by run
+    name; notes printed once."""
+    local = cluster_address() is None
     seen: set[str] = set()
-    first = None
+    plans = {}
     for trial in trials:
         try:
-            checked = preflight(trial.config)
+            plan = make_plan(trial.config, local=local)
         except UserError as exc:
             raise UserError(f"trial {trial.label}: {exc}") from None
-        first = first or checked
-        for note in checked.notes:
+        plans[trial.run_name] = plan
+        for note in plan.notes:
             if note not in seen:
                 seen.add(note)
                 print(f"dist-contrast: note: {note}", flush=True)
-    return first
+    return plans
 
 
 def _interrupted(name: str, signum: int, board: Board) -> Interrupted:

@@ -21,7 +21,7 @@ def test_a_finished_sweep_runs_nothing_again(tmp_path: Path, monkeypatch: pytest
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.chdir(tmp_path)
     overrides = [f"tracking.tracking_uri={uri}", f"experiment.output_dir={tmp_path / 'r'}",
-                 "tracking.experiment=done", "data.num_samples=600"]
+                 "tracking.experiment=done", "data.num_samples=600", "trainer.batch_size=64"]
     trials = expand([SYNTHETIC], parse_grid(["loss.temperature=0.1,0.5"]), seeds=1,
                     overrides=overrides, name="again")
     ensure_experiment(uri, "done", tmp_path / "art")

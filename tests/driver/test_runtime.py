@@ -18,15 +18,18 @@ import pytest
 
 from tests.services import MARKER, marked
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.ray
+
+ROOT = Path(__file__).resolve().parents[2]
 
 PROBE = """
 import json, os, sys
 from dist_contrast.config import load_config
-from dist_contrast import orchestrate
+from dist_contrast.driver import runtime
+from dist_contrast.driver.plan import make_plan
 
 cfg = load_config(sys.argv[1], ["trainer.num_workers=1"])
-ray = orchestrate.connect(cfg, orchestrate.preflight(orchestrate.resolve(cfg)))
+ray = runtime.connect(make_plan(cfg, local=True))
 
 @ray.remote(num_cpus=0)
 def looked_up():
@@ -35,8 +38,8 @@ def looked_up():
 
 seen = ray.get(looked_up.remote())
 own = ray.get_runtime_context().gcs_address
-lookup_dir = orchestrate._LOOKUP_DIR
-orchestrate.shutdown_ray()
+lookup_dir = runtime.lookup_dir()
+runtime.shutdown_ray()
 print(json.dumps({"seen": seen, "own": own, "lookup_dir": lookup_dir,
                   "lookup_left": os.path.exists(lookup_dir),
                   "ray_tmpdir": os.environ.get("RAY_TMPDIR")}))
@@ -57,7 +60,7 @@ def test_the_local_runtime_looks_itself_up_not_a_stale_cluster_file(
     temp = short_temp
     (temp / "ray").mkdir(parents=True)
     (temp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9")  # nobody listens there
-    marker = f"orchestrate-lookup-{uuid.uuid4().hex}"
+    marker = f"runtime-lookup-{uuid.uuid4().hex}"
     env = dict(os.environ, RAY_TMPDIR=str(temp), DS_ACCELERATOR="cpu",
                PYTHONPATH=str(ROOT), **{MARKER: marker})
     env.pop("RAY_ADDRESS", None)
