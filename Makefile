@@ -1,5 +1,7 @@
 # Two commands do all the set-up: `make demo` (the main job) and `make test` (the whole suite).
-# Both create .venv on first use and reinstall when pyproject.toml changes.
+# Both create .venv on first use and reinstall when pyproject.toml changes. `make check` is the
+# development loop: the same lint and types, and every test that needs no Ray runtime, no
+# service and no outside tool (the markers in pyproject.toml).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -10,7 +12,7 @@ export DS_ACCELERATOR ?= cpu
 TOOLS  := .venv-tools
 CHECKOV := checkov==3.3.30
 
-.PHONY: demo test lint typecheck pytest bench clean tools
+.PHONY: demo test check bench clean tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,9 +38,14 @@ demo: $(VENV)/.installed
 	$(BIN)/dist-contrast train configs/synthetic.yaml
 
 test: $(VENV)/.installed-test $(TOOLS)/bin/checkov
-	$(BIN)/ruff check dist_contrast tests benchmarks
+	$(BIN)/ruff check --no-cache dist_contrast tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -ra --durations=15
+
+check: $(VENV)/.installed-test
+	$(BIN)/ruff check --no-cache dist_contrast tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -ra --durations=10 -m "not ray and not cluster and not tools"
 
 # lightly (the benchmarks' comparison) imports torchvision, which has no CPU build for this torch:
 # it gets a tool venv with PyPI's torch and torchvision (several GB) that reads the rest from .venv.
@@ -52,7 +59,7 @@ $(LIGHTLY)/.installed: | $(BIN)/python
 	touch $@
 
 bench: $(VENV)/.installed-test $(LIGHTLY)/.installed
-	$(BIN)/dist-contrast bench
+	$(BIN)/python benchmarks/bench.py
 	$(BIN)/python benchmarks/report.py --write
 	$(BIN)/python benchmarks/miner_share.py
 	$(BIN)/python benchmarks/determinism.py

@@ -1,14 +1,15 @@
-"""``dist-contrast bench``: run the benchmark suites and write their results.
+"""Run the benchmark suites and write their results: a script of the checkout (the suites and
+their baselines live here, not in the installed package); ``make bench`` runs it in full.
 
-    dist-contrast bench [--suite loss|mining|train|all] [--quick] [--out DIR]
-    python benchmarks/bench.py ...          # the same, from a checkout
+    python benchmarks/bench.py [--suite loss|mining|train|all] [--quick] [--out DIR]
 
 Each suite writes ``<out>/<suite>-<machine>.json`` (every figure with its repeats: min, median,
 max; the machine: CPU, cores, memory, GPU, versions; the load average before and after), the
-same as a markdown table (``.md``) and its figures (``<out>/figures/*.png``). The README's
-tables are generated from the JSON files in ``benchmarks/results`` by ``benchmarks/report.py``.
+same as a markdown table (``.md``) and its figures (``<out>/figures/*.png``). The benchmark
+tables (docs/benchmarks.md) are generated from the JSON files in ``benchmarks/results`` by
+``benchmarks/report.py``.
 Without ``--out``, a full run writes to ``benchmarks/results`` and a ``--quick`` smoke run to
-``benchmarks/results/quick`` (never into the README).
+``benchmarks/results/quick`` (never into docs/benchmarks.md).
 
 lightly (for its ``NTXentLoss`` and MoCo helpers) is looked for in ``--lightly-python``, then
 ``DIST_CONTRAST_LIGHTLY_PYTHON``, then the tool venv ``.venv-lightly`` that ``make bench``
@@ -26,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from dist_contrast.errors import RunFailed, UserError  # noqa: E402
 from results import (  # noqa: E402
     RESULTS,
     ROOT,
@@ -37,8 +39,6 @@ from results import (  # noqa: E402
     run_python,
     write_json,
 )
-
-from dist_contrast.errors import RunFailed, UserError  # noqa: E402
 
 LIGHTLY_CHECK = ("import lightly, lightly.loss, lightly.models.utils; "
                  "print(lightly.__version__)")
@@ -100,7 +100,7 @@ def run_suite(suite: str, quick: bool, out: Path, lightly: tuple[str | None, str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dist-contrast bench",
+    parser = argparse.ArgumentParser(prog="python benchmarks/bench.py",
                                      description=__doc__.split("\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
@@ -139,7 +139,7 @@ def run(suite: str, quick: bool, out: str | None, lightly_python: str | None = N
         print(f"suite {name}: {time.time() - started:.0f} s; wrote {path} (+ .md, figures/)",
               flush=True)
     if not quick and folder.resolve() == RESULTS.resolve():
-        print("update the README's tables with: python benchmarks/report.py --write")
+        print("update docs/benchmarks.md with: python benchmarks/report.py --write")
     return 0
 
 
@@ -147,9 +147,9 @@ if __name__ == "__main__":
     try:
         raise SystemExit(main())
     except UserError as exc:
-        print(f"dist-contrast bench: error: {exc}", file=sys.stderr)
+        print(f"bench.py: error: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
-        print("dist-contrast bench: interrupted; files of finished suites are kept",
+        print("bench.py: interrupted; files of finished suites are kept",
               file=sys.stderr)
         raise SystemExit(130) from None

@@ -20,12 +20,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mining import loader_batches, one_process_group  # noqa: E402
-
 from dist_contrast.config import load_config  # noqa: E402
 from dist_contrast.data import build_data  # noqa: E402
 from dist_contrast.models import build_model  # noqa: E402
 from dist_contrast.train.worker import build_engine, build_step  # noqa: E402
+from mining import loader_batches, one_process_group  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {

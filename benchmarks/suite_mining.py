@@ -24,9 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mining  # noqa: E402
-from results import Stat, SuiteResult  # noqa: E402
-
 from dist_contrast.negatives import FaissMiner, MemoryBank, MinerConfig  # noqa: E402
+from results import Stat, SuiteResult  # noqa: E402
 
 
 @dataclass(frozen=True)

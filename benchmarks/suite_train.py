@@ -189,12 +189,11 @@ SOURCES: tuple[tuple[str, str, list[str]], ...] = (
 
 def source_costs(plan: Plan) -> dict[str, list[float]]:
     """Median step seconds of each negative source, block by block (blocks interleaved)."""
-    from mining import loader_batches, one_process_group
-
     from dist_contrast.config import load_config
     from dist_contrast.data import build_data
     from dist_contrast.models import build_model
     from dist_contrast.train.worker import build_engine, build_step
+    from mining import loader_batches, one_process_group
 
     common = [f"data.num_samples={plan.source_samples}", f"trainer.batch_size={plan.source_batch}",
               f"negatives.queue.size={plan.source_queue}", "negatives.miner.nlist=128",

@@ -18,13 +18,12 @@ Distributed large-negative-pool contrastive training (Ray + DeepSpeed + FAISS + 
 Examples:
   dist-contrast train configs/synthetic.yaml
   dist-contrast train configs/synthetic.yaml loss.temperature=0.2 trainer.num_workers=4
-  dist-contrast config configs/moco.yaml negatives.queue.size=131072
+  dist-contrast config configs/moco.yaml optimizer.lr=3e-4   # validate + print the resolved config
   dist-contrast embed results/RUN/checkpoint_00002000 rows.parquet -o embeddings.parquet
   dist-contrast sweep configs/synthetic.yaml --grid loss.temperature=0.1,0.2,0.5 --seeds 3
   dist-contrast compare my-sweep --out comparison/
-  dist-contrast bench --suite train --quick
   dist-contrast evaluate RUN_ID data.name=file data.path=new.parquet data.label_column=label
-  RAY_ADDRESS=http://head:8265 ray job submit -- dist-contrast train configs/moco.yaml
+  dist-contrast submit configs/moco.yaml --address http://head:8265
 """
 
 OVERRIDES_HELP = (
@@ -56,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("config", metavar="CONFIG", help="experiment YAML file (see configs/)")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+    train.set_defaults(handler=_train)
 
     show = commands.add_parser(
         "config",
@@ -64,19 +64,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     show.add_argument("config", metavar="CONFIG", help="experiment YAML file (see configs/)")
     show.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+    show.set_defaults(handler=_show_config)
 
-    commands.add_parser(
+    losses = commands.add_parser(
         "losses",
         help="list the loss names that loss.name accepts",
         description="List every selectable loss.",
     )
+    losses.set_defaults(handler=_losses)
     _add_embed(commands)
     _add_evaluate(commands)
     _add_sweep(commands)
     _add_compare(commands)
     _add_submit(commands)
     _add_jobs(commands)
-    _add_bench(commands)
+    _add_data(commands)
     return parser
 
 
@@ -107,6 +109,7 @@ def _add_sweep(commands: argparse._SubParsersAction) -> None:
     sweep.add_argument("--name", metavar="NAME",
                        help="the sweep's name, also the parent run's (default EXPERIMENT-sweep); "
                             "the same name resumes it")
+    sweep.set_defaults(handler=_sweep)
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -160,6 +163,7 @@ def _add_submit(commands: argparse._SubParsersAction) -> None:
                              "it exists here, else the package installed on the cluster)")
     submit.add_argument("--no-wait", action="store_true",
                         help="return once the job is submitted")
+    submit.set_defaults(handler=_submit)
 
 
 def _add_jobs(commands: argparse._SubParsersAction) -> None:
@@ -179,14 +183,19 @@ def _add_jobs(commands: argparse._SubParsersAction) -> None:
             action.add_argument("--follow", action="store_true", help="until the job ends")
         action.add_argument("--address", metavar="URL",
                             help="the Ray job server, http://<head>:8265")
+    jobs.set_defaults(handler=_jobs)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from dist_contrast import jobs
+
+    return jobs.submit(args.config, list(args.overrides), address=args.address,
+                       runtime_env_path=args.runtime_env, wait=not args.no_wait)
 
 
 def _jobs(args: argparse.Namespace) -> int:
     from dist_contrast import jobs
 
-    if args.command == "submit":
-        return jobs.submit(args.config, list(args.overrides), address=args.address,
-                           runtime_env_path=args.runtime_env, wait=not args.no_wait)
     if args.jobs_command == "list":
         return jobs.list_jobs(args.address)
     if args.jobs_command == "status":
@@ -194,49 +203,6 @@ def _jobs(args: argparse.Namespace) -> int:
     if args.jobs_command == "logs":
         return jobs.show_logs(args.job_id, follow=args.follow, address=args.address)
     return jobs.stop_job(args.job_id, args.address)
-
-
-def _bench_script() -> str:
-    """``benchmarks/bench.py`` of the checkout this package runs from."""
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
-    if not script.is_file():
-        raise UserError(f"dist-contrast bench runs the suites in benchmarks/ of a source "
-                        f"checkout, and there is none at {script.parent}; install the package "
-                        "from a clone (pip install -e .) and run it there")
-    return str(script)
-
-
-def _add_bench(commands: argparse._SubParsersAction) -> None:
-    bench = commands.add_parser(
-        "bench",
-        help="run the benchmark suites (loss, mining, train) and write their results",
-        description=(
-            "Run the benchmark suites side by side on this machine and write, per suite, "
-            "<out>/<suite>-<machine>.json (every figure with its repeats and the machine), a "
-            "markdown table and figures. benchmarks/report.py puts full runs into the README."
-        ),
-    )
-    bench.add_argument("--suite", choices=("loss", "mining", "train", "all"), default="all",
-                       help="which suite to run (default all)")
-    bench.add_argument("--quick", action="store_true",
-                       help="a small smoke run of each suite (numbers only indicative)")
-    bench.add_argument("--out", metavar="DIR", help="where to write (default benchmarks/results, "
-                       "or benchmarks/results/quick with --quick)")
-    bench.add_argument("--lightly-python", metavar="PYTHON",
-                       help="an interpreter that has lightly (default: .venv-lightly if present)")
-
-
-def _bench(args: argparse.Namespace) -> int:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("dist_contrast_bench", _bench_script())
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return int(module.run(args.suite, args.quick, args.out, args.lightly_python))
 
 
 def _add_compare(commands: argparse._SubParsersAction) -> None:
@@ -260,6 +226,7 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     compare.add_argument("--tracking-uri", metavar="URI",
                          help="the MLflow store (default MLFLOW_TRACKING_URI, else "
                               "sqlite:///mlflow.db here)")
+    compare.set_defaults(handler=_compare)
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -299,6 +266,7 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--run-name", metavar="NAME", help="the new MLflow run's name")
     evaluate.add_argument("--tracking-uri", metavar="URI",
                           help="the MLflow store of SOURCE and of the new run")
+    evaluate.set_defaults(handler=_evaluate)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -341,6 +309,7 @@ def _add_embed(commands: argparse._SubParsersAction) -> None:
                             "parquet OUTPUT beside each row's output")
     embed.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
     embed.add_argument("--tracking-uri", metavar="URI", help="the MLflow store of SOURCE")
+    embed.set_defaults(handler=_embed)
 
 
 def _embed(args: argparse.Namespace) -> int:
@@ -370,8 +339,68 @@ def _embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_data(commands: argparse._SubParsersAction) -> None:
+    data = commands.add_parser(
+        "data",
+        help="build or check paired data files (the code-search pairs of Python sources)",
+        description="Build the code-search pairs from Python source trees, or check a file "
+                    "of pairs (see docs/pairs.md).",
+    )
+    actions = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    pysource = actions.add_parser(
+        "pysource",
+        help="write train/test pairs (docstring summary, code) from Python source trees",
+        description=(
+            "Parse every .py file under the roots (never importing it) and write one pair per "
+            "documented function: the docstring's first paragraph as the query, the code "
+            "without its docstring as the positive. De-duplicated, deterministic, and split by "
+            "top-level package: DIR/train.jsonl, DIR/test.jsonl (the held-out packages) and "
+            "DIR/stats.json. Default roots: this interpreter's standard library and its "
+            "installed packages."
+        ),
+    )
+    pysource.add_argument("--root", action="extend", nargs="+", metavar="DIR",
+                          help="a folder of packages or modules (repeatable; replaces the "
+                               "default roots)")
+    pysource.add_argument("-o", dest="out", metavar="DIR", required=True,
+                          help="the folder to write (new or empty)")
+    pysource.add_argument("--test-fraction", type=float, default=0.075, metavar="F",
+                          help="the share of pairs to hold out, by whole packages (default "
+                               "0.075; at most 4/3 of it is held out)")
+    pysource.add_argument("--overwrite", action="store_true",
+                          help="replace the files of an existing folder")
+    check = actions.add_parser(
+        "check", help="check every row of a pairs file (.jsonl, .csv or .parquet)",
+        description="Read a pairs file through and report its layout and rows, or its first "
+                    "mistake in one line.")
+    check.add_argument("path", metavar="FILE", help="a .jsonl, .csv or .parquet file of pairs")
+    data.set_defaults(handler=_data)
+
+
+def _data(args: argparse.Namespace) -> int:
+    if args.data_command == "check":
+        from dist_contrast.data.pairs import open_pairs
+
+        pairs = open_pairs(args.path)
+        rows = pairs.validate()
+        layout = pairs.layout
+        negatives = ", ".join(c.name for c in layout.negatives) or "none"
+        print(f"{args.path}: {rows:,} rows of {pairs.format}; query {layout.query.name!r}, "
+              f"positive {layout.positive.name!r}, negatives: {negatives}")
+        return 0
+    from dist_contrast.data.pysource import build_pysource, describe_result
+
+    def progress(line: str) -> None:
+        print(f"pysource: {line}", file=sys.stderr, flush=True)
+
+    result = build_pysource(args.out, args.root, overwrite=args.overwrite,
+                            test_fraction=args.test_fraction, progress=progress)
+    describe_result(result, sys.stdout)
+    return 0
+
+
 def _print_summary(summary: object) -> None:
-    from dist_contrast.orchestrate import TrainingSummary
+    from dist_contrast.driver.run import TrainingSummary
 
     assert isinstance(summary, TrainingSummary)
     m = summary.metrics
@@ -397,7 +426,9 @@ def _print_summary(summary: object) -> None:
     if summary.checkpoint_path:
         print(f"  embed rows with it: dist-contrast embed {summary.checkpoint_path} ROWS.npy "
               "-o EMBEDDINGS.npy (or the MLflow model runs:/RUN_ID/encoder)")
-    if uri.startswith("sqlite:") or uri.startswith("file:"):
+    from dist_contrast.tracking import is_local_store
+
+    if is_local_store(uri):
         print(f"  open it with: mlflow ui --backend-store-uri {uri}")
     else:
         print(f"  open it at: {uri}")
@@ -426,31 +457,25 @@ def _warnings(m: dict[str, float]) -> list[str]:
     return found
 
 
-def _run(args: argparse.Namespace) -> int:
+def _losses(args: argparse.Namespace) -> int:
+    from dist_contrast.objectives import loss_names
+
+    print("\n".join(loss_names()))
+    return 0
+
+
+def _show_config(args: argparse.Namespace) -> int:
     from dist_contrast.config import load_config, to_yaml
 
-    if args.command == "embed":
-        return _embed(args)
-    if args.command == "evaluate":
-        return _evaluate(args)
-    if args.command == "compare":
-        return _compare(args)
-    if args.command == "sweep":
-        return _sweep(args)
-    if args.command in ("submit", "jobs"):
-        return _jobs(args)
-    if args.command == "bench":
-        return _bench(args)
-    if args.command == "losses":
-        from dist_contrast.objectives import loss_names
+    print(to_yaml(load_config(args.config, args.overrides)), end="")
+    return 0
 
-        print("\n".join(loss_names()))
-        return 0
+
+def _train(args: argparse.Namespace) -> int:
+    from dist_contrast.config import load_config
+
     cfg = load_config(args.config, args.overrides)
-    if args.command == "config":
-        print(to_yaml(cfg), end="")
-        return 0
-    from dist_contrast.orchestrate import run_training
+    from dist_contrast.driver.run import run_training
 
     _print_summary(run_training(cfg))
     return 0
@@ -467,10 +492,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    from dist_contrast.orchestrate import Interrupted
+    from dist_contrast.driver.signals import Interrupted
 
     try:
-        return _run(args)
+        return int(args.handler(args))
     except Interrupted as exc:
         print(f"dist-contrast: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -478,9 +503,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dist-contrast: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("dist-contrast: interrupted before training started; nothing to resume",
+        print(f"dist-contrast: {_INTERRUPTED.get(args.command, _INTERRUPTED['train'])}",
               file=sys.stderr)
         return 130
+
+
+# What Ctrl-C left, by command (train's own interrupts, once it runs, are `Interrupted`).
+_INTERRUPTED = {
+    "train": "interrupted before training started; nothing to resume",
+    "embed": "embed interrupted; nothing written (OUTPUT is as it was)",
+    "evaluate": "evaluate interrupted; no finished evaluation was logged",
+    "data": "data interrupted; nothing written (-o is as it was)",
+}
 
 
 if __name__ == "__main__":

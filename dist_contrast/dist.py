@@ -125,14 +125,10 @@ def collective_device() -> torch.device:
     return torch.device("cpu")
 
 
-def any_rank(flag: bool) -> bool:
-    """True on every rank if ``flag`` is True on any rank: how ranks agree to skip or stop."""
-    return any_ranks([flag])[0]
-
-
 def any_ranks(flags: Sequence[bool]) -> list[bool]:
-    """:func:`any_rank` of several flags in one all-reduce: element ``i`` is True on every
-    rank if ``flags[i]`` is True on any rank (every rank passes as many flags)."""
+    """Several flags agreed in one all-reduce: element ``i`` is True on every rank if
+    ``flags[i]`` is True on any rank (every rank passes as many flags); how ranks agree to skip
+    a step or stop."""
     if not is_distributed():
         return [bool(flag) for flag in flags]
     votes = torch.tensor([1.0 if flag else 0.0 for flag in flags], device=collective_device())

@@ -112,13 +112,15 @@ class RunChannel:
 
     def __init__(self) -> None:
         self.requested = False
-        self.updates: list[dict[str, Any]] = []
+        # Bounded: when the display falls behind, the oldest updates go first.
+        self.updates: collections.deque[dict[str, Any]] = collections.deque(maxlen=self.KEEP)
 
     def put(self, update: dict[str, Any]) -> None:
-        self.updates = [*self.updates[-(self.KEEP - 1):], update]
+        self.updates.append(update)
 
     def drain(self) -> list[dict[str, Any]]:
-        updates, self.updates = self.updates, []
+        updates = list(self.updates)
+        self.updates.clear()
         return updates
 
     def request(self) -> None:

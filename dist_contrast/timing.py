@@ -1,4 +1,4 @@
-"""Wall-clock marks of a run's phases, read by ``dist-contrast bench`` (the time from
+"""Wall-clock marks of a run's phases, read by ``benchmarks/bench.py`` (the time from
 ``dist-contrast train`` to the first step, split into Ray start, worker start, DeepSpeed
 initialize, data and pools).
 

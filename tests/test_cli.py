@@ -65,6 +65,7 @@ def test_user_errors_exit_2_one_line(args: list[str], needle: str, tmp_path: Pat
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.ray  # the MLflow check runs while a local Ray starts
 def test_unreachable_mlflow_is_one_line(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "dist_contrast.cli", "train", "configs/synthetic.yaml"],
@@ -95,3 +96,32 @@ def test_collapse_alarm_is_one_line_with_the_usual_fixes() -> None:
     for fix in ("model.batch_norm", "optimizer.lr",
                 "loss.temperature"):
         assert fix in found[0]
+
+
+def test_every_command_dispatches_to_its_own_handler() -> None:
+    import argparse
+
+    from dist_contrast import cli
+
+    parser = cli._parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    handlers = {name: sub.get_default("handler") for name, sub in commands.choices.items()}
+    assert set(handlers) == {"train", "config", "losses", "embed", "evaluate", "sweep",
+                             "compare", "submit", "jobs"}
+    assert all(callable(h) for h in handlers.values()), handlers
+    assert len({id(h) for h in handlers.values()}) == len(handlers)  # no shared dispatcher
+    args = parser.parse_args(["jobs", "status", "abc"])
+    assert args.handler is cli._jobs and args.job_id == "abc"
+
+
+def test_no_command_prints_the_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "usage: dist-contrast" in capsys.readouterr().out
+
+
+def test_the_help_sends_cluster_users_to_submit(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "dist-contrast submit configs/moco.yaml --address http://head:8265" in out
+    assert "ray job submit" not in out and "launch/submit.sh" not in out

@@ -1,7 +1,8 @@
 """With RAY_ADDRESS set, the same command runs on that cluster (a real `ray start --head`).
 
 Runs with a fresh HOME, as on a new machine: `ray start` writes the cluster's auth token to
-~/.ray/auth_token and the CLI must find it and authenticate by itself.
+~/.ray/auth_token and the CLI must find it and authenticate by itself. (So this head is its own,
+not the session's token-in-the-environment head of tests/conftest.py.)
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import mlflow
 import psutil
 import pytest
 
+from tests.conftest import Cli
 from tests.services import MARKER, marked
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
+CLI = Cli()
 
 
 def _free_port() -> int:
@@ -29,7 +32,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.mark.slow
+@pytest.mark.cluster
 def test_train_runs_on_an_existing_cluster(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
@@ -60,40 +63,24 @@ def test_train_runs_on_an_existing_cluster(tmp_path: Path) -> None:
     )
     assert start.returncode == 0, start.stderr[-2000:]
     try:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "dist_contrast.cli",
-                "train",
-                str(ROOT / "configs/synthetic.yaml"),
-                "trainer.max_steps=6",
-                "trainer.batch_size=32",
-                "eval.every_steps=6",
-                "checkpoint.every_steps=6",
-                "optimizer.warmup_steps=2",
-                "data.num_samples=1000",
-                f"experiment.output_dir={tmp_path / 'results'}",
-                "experiment.run_name=on-cluster",
-                f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-            ],
-            env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"},
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=600,
+        on_cluster = {"RAY_ADDRESS": f"127.0.0.1:{port}"}
+        proc = CLI.run(
+            "train", ROOT / "configs/synthetic.yaml", "trainer.max_steps=6",
+            "trainer.batch_size=32", "eval.every_steps=6", "checkpoint.every_steps=6",
+            "optimizer.warmup_steps=2", "data.num_samples=1000",
+            f"experiment.output_dir={tmp_path / 'results'}", "experiment.run_name=on-cluster",
+            f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+            cwd=tmp_path, store=None, base=env, env=on_cluster, timeout=600,
         )
         # A sweep joins the same cluster: two 1-worker trials at once on its 2 CPUs.
-        sweep = subprocess.run(
-            [sys.executable, "-m", "dist_contrast.cli", "sweep",
-             str(ROOT / "configs/synthetic.yaml"), "--grid", "loss.temperature=0.1,0.5",
-             "--name", "on-cluster-sweep", "trainer.num_workers=1", "trainer.max_steps=4",
-             "trainer.batch_size=32", "eval.every_steps=4", "checkpoint.every_steps=4",
-             "optimizer.warmup_steps=1", "data.num_samples=1000", "tracking.log_model=false",
-             f"experiment.output_dir={tmp_path / 'results'}",
-             f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db"],
-            env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}, cwd=tmp_path, capture_output=True,
-            text=True, timeout=600,
+        sweep = CLI.run(
+            "sweep", ROOT / "configs/synthetic.yaml", "--grid", "loss.temperature=0.1,0.5",
+            "--name", "on-cluster-sweep", "trainer.num_workers=1", "trainer.max_steps=4",
+            "trainer.batch_size=32", "eval.every_steps=4", "checkpoint.every_steps=4",
+            "optimizer.warmup_steps=1", "data.num_samples=1000", "tracking.log_model=false",
+            f"experiment.output_dir={tmp_path / 'results'}",
+            f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+            cwd=tmp_path, store=None, base=env, env=on_cluster, timeout=600,
         )
     finally:
         for _ in range(3):
@@ -117,19 +104,8 @@ def test_train_runs_on_an_existing_cluster(tmp_path: Path) -> None:
 
 
 def test_unreachable_cluster_is_one_line(tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "RAY_ADDRESS": f"127.0.0.1:{_free_port()}",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db",
-    }
-    proc = subprocess.run(
-        [sys.executable, "-m", "dist_contrast.cli", "train", str(ROOT / "configs/synthetic.yaml")],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = CLI.run("train", ROOT / "configs/synthetic.yaml", cwd=tmp_path, timeout=300,
+                   store=tmp_path / "m.db", env={"RAY_ADDRESS": f"127.0.0.1:{_free_port()}"})
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("dist-contrast: error: cannot reach the Ray cluster")

@@ -1,13 +1,13 @@
 """The real CLI, 2 Ray workers each driving DeepSpeed, then the MLflow store is opened and checked.
 
-Slow (a Ray runtime and two DeepSpeed engines start); marked ``slow`` and always run in CI.
+A Ray runtime and two DeepSpeed engines start: marked ``ray`` (``make test`` runs it, ``make check``
+does not).
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -17,6 +17,7 @@ import torch
 
 from dist_contrast.serving import load_encoder
 from tests.benchmark_scripts import load_benchmark
+from tests.conftest import Cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,29 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def _train(
     tmp_path: Path, config: str, *overrides: str, run_name: str = "e2e"
 ) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
-        "DS_ACCELERATOR": "cpu",
-    }
-    env.pop("RAY_ADDRESS", None)
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dist_contrast.cli",
-            "train",
-            str(ROOT / config),
-            f"experiment.output_dir={tmp_path / 'results'}",
-            f"experiment.run_name={run_name}",
-            *overrides,
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    return Cli().run("train", ROOT / config, f"experiment.output_dir={tmp_path / 'results'}",
+                     f"experiment.run_name={run_name}", *overrides, cwd=tmp_path)
 
 
 def _run(tmp_path: Path) -> mlflow.entities.Run:
@@ -58,7 +38,7 @@ def _run(tmp_path: Path) -> mlflow.entities.Run:
     return runs[0]
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_cli_trains_with_two_ray_workers_and_logs_to_mlflow(tmp_path: Path) -> None:
     proc = _train(
         tmp_path,
@@ -150,7 +130,7 @@ def test_cli_trains_with_two_ray_workers_and_logs_to_mlflow(tmp_path: Path) -> N
     assert "finished at step 18" in resumed.stdout
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_cli_moco_queue_and_mined_negatives_zero2_bf16(tmp_path: Path) -> None:
     """Queue + FAISS-mined negatives, momentum encoder with shuffle-BN, ZeRO-2, bf16."""
     proc = _train(

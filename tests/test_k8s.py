@@ -407,6 +407,7 @@ def test_the_images_are_the_pinned_versions(rendered: list[dict[str, Any]]) -> N
 CHECKOV = ROOT / ".venv-tools" / "bin" / "checkov"
 
 
+@pytest.mark.tools  # checkov, in .venv-tools/ (`make tools`)
 def test_checkov_finds_nothing_and_every_skip_says_why() -> None:
     assert CHECKOV.is_file(), "checkov is missing: `make tools` installs it in .venv-tools/"
     files = sorted(str(p) for p in K8S.glob("*.yaml")) + [str(ROOT / "Dockerfile")]

@@ -1,18 +1,16 @@
 """Runs that do not go straight through, with real processes: a worker SIGKILLed mid-run, Ctrl-C
-on the driver, a resume into a fresh MLflow store with a longer schedule, non-finite steps.
+and SIGTERM on the driver.
 
 Every run is the real CLI (2 Ray workers, DeepSpeed on CPU, MLflow in SQLite). A resumed or
 restarted run must log each step exactly once and give the same losses as an uninterrupted run.
-Slow: marked ``slow`` and always run in CI.
+(Non-finite steps and a resume with a longer schedule need no Ray:
+tests/train/test_local_runs.py.)
 """
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +18,8 @@ from pathlib import Path
 import mlflow
 import psutil
 import pytest
+
+from tests.conftest import Cli
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 60
@@ -30,31 +30,22 @@ BASE = [
     "checkpoint.every_steps=10", "optimizer.warmup_steps=5",
 ]
 
-pytestmark = pytest.mark.slow
-
-
-def _env(store: Path, **extra: str) -> dict[str, str]:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}", "DS_ACCELERATOR": "cpu",
-           **extra}
-    env.pop("RAY_ADDRESS", None)
-    return env
+pytestmark = pytest.mark.ray
+CLI = Cli()
 
 
 def _command(tmp: Path, run_name: str, *overrides: str) -> list[str]:
-    return [sys.executable, "-m", "dist_contrast.cli", "train", str(ROOT / BASE[0]), *BASE[1:],
-            f"experiment.output_dir={tmp / 'results'}", f"experiment.run_name={run_name}",
-            *overrides]
+    return ["train", str(ROOT / BASE[0]), *BASE[1:], f"experiment.output_dir={tmp / 'results'}",
+            f"experiment.run_name={run_name}", *overrides]
 
 
 def _train(tmp: Path, store: Path, run_name: str, *overrides: str,
            **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(_command(tmp, run_name, *overrides), cwd=tmp, env=_env(store, **env),
-                          capture_output=True, text=True, timeout=900)
+    return CLI.run(*_command(tmp, run_name, *overrides), cwd=tmp, store=store, env=env)
 
 
 def _start(tmp: Path, store: Path, run_name: str, *overrides: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(_command(tmp, run_name, *overrides), cwd=tmp, env=_env(store),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return CLI.start(*_command(tmp, run_name, *overrides), cwd=tmp, store=store)
 
 
 def _wait_for(condition: Callable[[], bool], process: subprocess.Popen[str],
@@ -186,45 +177,6 @@ def test_ctrl_c_saves_a_checkpoint_and_a_rerun_continues_without_a_duplicate_ste
     history = _history(store, run.info.run_id)
     assert [step for step, _ in history] == list(range(1, STEPS + 1))
     assert history == reference[1]
-
-
-def test_resume_from_starts_a_new_run_in_a_fresh_store_with_a_continuous_lr(
-    tmp_path: Path, reference: tuple[Path, list[tuple[int, float]]]
-) -> None:
-    source = reference[0] / "results" / "ref" / f"checkpoint_{STEPS:08d}"
-    meta = json.loads((source / "meta.json").read_text())
-    store = tmp_path / "fresh.db"
-    proc = _train(tmp_path, store, "longer", f"trainer.resume_from={source}",
-                  f"trainer.max_steps={STEPS + 20}")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "trainer.max_steps" in proc.stdout + proc.stderr  # the schedule change is said
-    (run,) = _runs(store)
-    assert run.info.status == "FINISHED"
-    assert run.data.tags["dist_contrast.resumed_from_checkpoint"] == str(source)
-    assert run.data.tags["dist_contrast.resumed_from_run"] == meta["mlflow_run_id"]
-    history = _history(store, run.info.run_id)
-    assert [step for step, _ in history] == list(range(STEPS + 1, STEPS + 21))
-    reference_store = reference[0] / "mlflow.db"
-    (source_run,) = _runs(reference_store)
-    lr_before = _history(reference_store, source_run.info.run_id, "train/lr")[-1][1]
-    lr_after = _history(store, run.info.run_id, "train/lr")
-    assert abs(lr_after[0][1] - lr_before) <= 0.05 * lr_before  # no jump at the resume
-    assert all(b[1] <= a[1] + 1e-12 for a, b in zip(lr_after, lr_after[1:], strict=False))
-
-
-def test_non_finite_steps_are_skipped_and_too_many_in_a_row_stop_the_run(tmp_path: Path) -> None:
-    store = tmp_path / "mlflow.db"
-    proc = _train(tmp_path, store, "nan", "trainer.max_bad_steps=3", "checkpoint.every_steps=2",
-                  DIST_CONTRAST_FAULT_NONFINITE_STEPS="3,6,7,8")
-    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
-    last = proc.stderr.strip().splitlines()[-1]
-    assert "steps 6-8 had a non-finite loss" in last and "trainer.max_bad_steps=3" in last
-    assert "checkpoint_00000006" in last  # the last good checkpoint, named and kept
-    assert (tmp_path / "results" / "nan" / "checkpoint_00000006" / "meta.json").is_file()
-    (run,) = _runs(store)
-    assert run.info.status == "FAILED"
-    skipped = dict(_history(store, run.info.run_id, "train/skipped_steps"))
-    assert skipped[2] == 0 and skipped[3] == 1 and skipped[6] == 2  # counted as they happen
 
 
 def test_sigterm_stops_like_ctrl_c_with_exit_143(tmp_path: Path) -> None:

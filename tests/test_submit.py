@@ -1,6 +1,6 @@
 """`dist-contrast submit` and `dist-contrast jobs` against a real Ray head (`ray start --head`,
 token auth on) and a real MLflow server (basic-auth, artifacts proxied by the server), both on
-127.0.0.1, started once for the module and torn down however the tests end.
+127.0.0.1: the session's (tests/conftest.py), started once and torn down however the tests end.
 
 The cluster runs on this machine, so it imports the package from the same environment; the
 shipped launch/runtime_env.yaml also uploads the package with each job (py_modules), as it
@@ -9,11 +9,8 @@ would to a remote cluster.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +19,8 @@ import numpy as np
 import pytest
 import requests
 
-from tests.services import MlflowServer, RayHead, start_mlflow_server, start_ray_head
+from tests.conftest import Cli, Services
+from tests.services import MlflowServer, RayHead
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_ENV = str(ROOT / "launch" / "runtime_env.yaml")
@@ -46,12 +44,8 @@ class Cluster:
 
     def cli(self, *args: str, cwd: Path | None = None, timeout: float = 420,
             **env: str | None) -> subprocess.CompletedProcess[str]:
-        full = {**self.env, **{k: v for k, v in env.items() if v is not None}}
-        for key in [k for k, v in env.items() if v is None]:
-            full.pop(key, None)
-        return subprocess.run([sys.executable, "-m", "dist_contrast.cli", *args], env=full,
-                              cwd=cwd or self.home, capture_output=True, text=True,
-                              timeout=timeout)
+        return Cli().run(*args, cwd=cwd or self.home, store=None, base=self.env, env=env,
+                         timeout=timeout)
 
     def rest(self, endpoint: str, **params: str) -> dict:
         answer = requests.get(f"{self.mlflow.uri}/api/2.0/mlflow/{endpoint}", params=params,
@@ -90,39 +84,23 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    folder = tmp_path_factory.mktemp("cluster")
-    home = folder / "home"
-    home.mkdir()
-    base = {**os.environ, "HOME": str(home), "DS_ACCELERATOR": "cpu",
-            # A busy shared machine answers slowly; the default is 10 s.
-            "MLFLOW_HTTP_REQUEST_TIMEOUT": "120",
-            # The DeepSpeed op compiled once for the real HOME.
-            "TORCH_EXTENSIONS_DIR": str(Path.home() / ".cache" / "torch_extensions")}
-    for key in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN",
-                "RAY_AUTH_TOKEN_PATH", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME",
-                "MLFLOW_TRACKING_PASSWORD"):
-        base.pop(key, None)
-    head, head_ready = start_ray_head(base)
-    try:
-        mlflow, mlflow_ready = start_mlflow_server(base)
-        try:
-            with ThreadPoolExecutor(2) as pool:  # both start at once: about a minute
-                for started in [pool.submit(head_ready), pool.submit(mlflow_ready)]:
-                    started.result()
-            # The experiment exists before the first job: its creation is the server's
-            # slowest request, and the driver gives a request 10 s by default.
-            requests.post(f"{mlflow.uri}/api/2.0/mlflow/experiments/create", timeout=300,
+def cluster(services: Services) -> Cluster:
+    """The session's Ray head and MLflow server, and a shell on a fresh machine that has the
+    head's token and the server's URI and credentials."""
+    head, mlflow = services.head, services.mlflow
+    # The experiment exists before the first job: its creation is the server's slowest
+    # request, and the driver gives a request 10 s by default.
+    answer = requests.get(f"{mlflow.uri}/api/2.0/mlflow/experiments/get-by-name", timeout=300,
                           auth=(mlflow.username, mlflow.password),
-                          json={"name": EXPERIMENT}).raise_for_status()
-            env = {**base, "RAY_AUTH_TOKEN": head.token, "MLFLOW_TRACKING_URI": mlflow.uri,
-                   "MLFLOW_TRACKING_USERNAME": mlflow.username,
-                   "MLFLOW_TRACKING_PASSWORD": mlflow.password}
-            yield Cluster(head, mlflow, env, home)
-        finally:
-            mlflow.service.stop()
-    finally:
-        head.service.stop()
+                          params={"experiment_name": EXPERIMENT})
+    if answer.status_code == 404:
+        requests.post(f"{mlflow.uri}/api/2.0/mlflow/experiments/create", timeout=300,
+                      auth=(mlflow.username, mlflow.password),
+                      json={"name": EXPERIMENT}).raise_for_status()
+    env = {**services.base, "RAY_AUTH_TOKEN": head.token, "MLFLOW_TRACKING_URI": mlflow.uri,
+           "MLFLOW_TRACKING_USERNAME": mlflow.username,
+           "MLFLOW_TRACKING_PASSWORD": mlflow.password}
+    return Cluster(head, mlflow, env, services.home)
 
 
 def _job_id(stdout: str) -> str:
@@ -137,7 +115,7 @@ def _last_error(stderr: str) -> str:
     return lines[-1]
 
 
-@pytest.mark.slow
+@pytest.mark.cluster
 def test_submit_trains_on_the_cluster_and_logs_through_the_mlflow_server(
     cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -189,7 +167,7 @@ def test_submit_trains_on_the_cluster_and_logs_through_the_mlflow_server(
     assert logs.returncode == 0 and "finished at step 4" in logs.stdout
 
 
-@pytest.mark.slow
+@pytest.mark.cluster
 def test_a_bad_config_is_refused_before_anything_is_sent(cluster: Cluster) -> None:
     before = len(cluster.jobs())
     done = cluster.cli("submit", str(ROOT / "configs" / "synthetic.yaml"),
@@ -201,7 +179,7 @@ def test_a_bad_config_is_refused_before_anything_is_sent(cluster: Cluster) -> No
     assert len(cluster.jobs()) == before
 
 
-@pytest.mark.slow
+@pytest.mark.cluster
 def test_a_wrong_or_missing_ray_token_is_one_line(cluster: Cluster, tmp_path: Path) -> None:
     # The token in ~/.ray/auth_token (where `ray get-auth-token --generate` writes it) is
     # found by itself.
@@ -227,7 +205,7 @@ def test_a_wrong_or_missing_ray_token_is_one_line(cluster: Cluster, tmp_path: Pa
         assert cluster.head.token not in done.stdout + done.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.cluster
 def test_failures_on_the_cluster_side_end_the_job_failed_with_our_line(
     cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -272,18 +250,16 @@ def test_failures_on_the_cluster_side_end_the_job_failed_with_our_line(
     assert cluster.run("refused-login") is None  # refused before the run started
 
 
-@pytest.mark.slow
+@pytest.mark.cluster
 def test_jobs_stop_ends_the_job_stopped_and_its_mlflow_run_killed(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    follower = subprocess.Popen(
-        [sys.executable, "-m", "dist_contrast.cli", "submit",
-         str(ROOT / "configs" / "synthetic.yaml"), *TINY, "trainer.max_steps=100000",
-         "eval.every_steps=100000", "checkpoint.every_steps=100000",
-         "experiment.run_name=stopped-run", f"experiment.output_dir={tmp_path / 'results'}",
-         "--address", cluster.head.address, "--runtime-env", RUNTIME_ENV],
-        env=cluster.env, cwd=cluster.home, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
+    follower = Cli().start(
+        "submit", ROOT / "configs" / "synthetic.yaml", *TINY, "trainer.max_steps=100000",
+        "eval.every_steps=100000", "checkpoint.every_steps=100000",
+        "experiment.run_name=stopped-run", f"experiment.output_dir={tmp_path / 'results'}",
+        "--address", cluster.head.address, "--runtime-env", RUNTIME_ENV,
+        cwd=cluster.home, store=None, base=cluster.env,
     )
     try:
         run = None

@@ -10,7 +10,6 @@ from dist_contrast.analysis.geometry import (
     is_collapsed,
     local_separation,
     mean_pairwise_similarity,
-    similarity_stats,
     tolerance,
     uniformity,
 )
@@ -34,7 +33,6 @@ __all__ = [
     "penalty_entropy",
     "relative_penalty",
     "sample_relative_penalty",
-    "similarity_stats",
     "tolerance",
     "top_k_penalty_share",
     "training_diagnostics",

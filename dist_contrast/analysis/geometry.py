@@ -93,16 +93,3 @@ def is_collapsed(mean_similarity: float, positive_similarity: float | None = Non
     return (positive_similarity is not None
             and positive_similarity > COLLAPSE_POSITIVE_SIMILARITY
             and mean_similarity > COLLAPSE_MEAN_WITH_POSITIVES)
-
-
-def similarity_stats(positive: Tensor, negative_sims: Tensor) -> dict[str, float]:
-    """Mean positive similarity, mean hardest-negative similarity, mean negative similarity.
-
-    Shape:
-        positive: [B]. negative_sims: [B, N].
-    """
-    return {
-        "positive_similarity": float(positive.mean()),
-        "hardest_negative_similarity": float(negative_sims.amax(dim=1).mean()),
-        "negative_similarity": float(negative_sims.mean()),
-    }

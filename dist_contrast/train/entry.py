@@ -1,7 +1,9 @@
 """The Ray entry point: what ``ray.train.torch.TorchTrainer`` runs on every worker.
 
 Ray appears in the trainer only here and as the ``train`` module handed to
-:meth:`Worker.run <dist_contrast.train.worker.Worker.run>` (report, checkpoints). The driver
+:meth:`Worker.run <dist_contrast.train.worker.Worker.run>` (report, checkpoints):
+:func:`run_worker` takes that module as an argument, so the same loop runs without Ray in a
+plain process group (the tests do). The driver
 owns the MLflow run (it opens it, and marks it FAILED or KILLED when the run does not finish);
 every attempt of the worker group, first or after a restart, logs to that run.
 """
@@ -30,6 +32,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Build this rank's worker (restoring the newest checkpoint when there is one) and train."""
     import ray.train
 
+    run_worker(loop_config, ray.train)
+
+
+def run_worker(loop_config: dict[str, Any], train: Any) -> None:
+    """This rank's whole run: ``train`` is ``ray.train`` (``report`` and ``Checkpoint``), and
+    ``loop_config`` holds the resolved config, the MLflow run id, the run channel (None: no
+    progress line and no stop request) and the checkpoint to start from."""
     mark("worker_start")
     cfg = Config.model_validate(loop_config["config"])
     torch.set_num_threads(cfg.trainer.threads_per_worker)
@@ -39,10 +48,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if cfg.trainer.deterministic:
         make_deterministic(cfg.experiment.seed)
 
-    worker = _resume_or_build(cfg, loop_config, ray.train)
+    channel = loop_config.get("channel")
+    worker = _resume_or_build(cfg, loop_config, train, channel)
     worker.reporter.start()
     mark("reporter_start")
-    if worker.run(ray.train, should_stop=_stop_poller(loop_config.get("stop_signal"))):
+    if worker.run(train, should_stop=_stop_poller(channel)):
         # Every rank: the weights are gathered.
         worker.reporter.finish(worker.trained_encoder(), worker.step.penalty_snapshots)
     mark("worker_done")
@@ -59,9 +69,10 @@ def make_deterministic(seed: int) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def _stop_poller(stop_signal: Any, every_s: float = 1.0) -> Callable[[], bool]:
-    """Asks the driver's stop signal (a Ray actor) at most every ``every_s`` seconds."""
-    if stop_signal is None:
+def _stop_poller(channel: Any, every_s: float = 1.0) -> Callable[[], bool]:
+    """Asks the run channel (a Ray actor) for the driver's stop request at most every
+    ``every_s`` seconds."""
+    if channel is None:
         return lambda: False
     import ray
 
@@ -71,7 +82,7 @@ def _stop_poller(stop_signal: Any, every_s: float = 1.0) -> Callable[[], bool]:
         now = time.monotonic()
         if not last["answer"] and now - float(last["asked"]) >= every_s:
             last["asked"] = now
-            last["answer"] = bool(ray.get(stop_signal.is_set.remote()))
+            last["answer"] = bool(ray.get(channel.is_set.remote()))
         return bool(last["answer"])
 
     return should_stop
@@ -88,17 +99,17 @@ class ChannelWriter:
         self._channel.put.remote(update)
 
 
-def _resume_or_build(cfg: Config, loop_config: dict[str, Any], train: Any) -> Worker:
+def _resume_or_build(cfg: Config, loop_config: dict[str, Any], train: Any,
+                     channel: Any) -> Worker:
     """This rank's worker, restored from the newest complete checkpoint of the run (written
     before a restart or a re-run), else from ``resume_from``, else new."""
     run_id = loop_config["run_id"]
-    channel = loop_config.get("progress_queue")
-    queue = ChannelWriter(channel) if channel is not None else None
+    writer = ChannelWriter(channel) if channel is not None else None
     run_dir = storage.run_directory(cfg)
-    newest = storage.newest_complete(run_dir)
-    source = newest.path if newest is not None else loop_config.get("resume_from")
+    # Newest first, again here: after a restart the run has checkpoints the driver never saw.
+    source = storage.resume_source(run_dir, loop_config.get("resume_from"))
     if source is None:
-        return build_worker(cfg, queue, run_id=run_id)
+        return build_worker(cfg, writer, run_id=run_id)
     if dist.is_rank_zero():
         # A checkpoint a crash interrupted after the one we resume from would be mixed with
         # the replayed steps' files: remove it first.
@@ -111,7 +122,7 @@ def _resume_or_build(cfg: Config, loop_config: dict[str, Any], train: Any) -> Wo
         # weights_only=True get that far.
         check_safe_to_load(directory, rank=dist.rank())
         state = load_trainer_state(directory, dist.rank())
-        worker = build_worker(cfg, queue, run_id=run_id)
+        worker = build_worker(cfg, writer, run_id=run_id)
         checkpoint.restore(worker.step, worker.progress, directory, state)
     return worker
 

@@ -1,8 +1,8 @@
 """Everything a run shows the outside world, and the one place that is gated on rank 0.
 
 Every rank builds a :class:`Reporter`; on rank 0 it holds the MLflow tracker, the evaluator and
-the driver's progress queue, on the others a null tracker and nothing else, so its methods are
-safe to call everywhere. Collectives never run in here: the trainer computes what needs every
+the run's channel to the driver, on the others a null tracker and nothing else, so its methods
+are safe to call everywhere. Collectives never run in here: the trainer computes what needs every
 rank before handing it over.
 """
 
@@ -19,10 +19,10 @@ from torch import nn
 
 from dist_contrast import dist
 from dist_contrast.config import Config
-from dist_contrast.serving.model import TrainedEncoder, log_encoder
 from dist_contrast.tracking import Tracker
 from dist_contrast.train.evaluation import Evaluator, log_figure
 from dist_contrast.train.evidence import PenaltySnapshots
+from dist_contrast.train.model import TrainedEncoder, log_encoder
 
 #: Logged at every step (batched); everything else once per ``trainer.log_every`` window.
 EVERY_STEP = ("train/loss", "train/temperature", "train/lr", "train/skipped_steps")
@@ -56,7 +56,7 @@ class Reporter:
     cfg: Config
     tracker: Tracker
     evaluator: Evaluator | None = None
-    progress_queue: Any = None
+    channel: Any = None  # rank 0's progress updates to the driver (``put_nowait``)
     active: bool = field(default_factory=dist.is_rank_zero)
     last_metrics: dict[str, float] = field(default_factory=dict)
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
@@ -130,12 +130,12 @@ class Reporter:
                 series.append((step, metrics[name]))
 
     def _send_progress(self, step: int, metrics: dict[str, float]) -> None:
-        if self.progress_queue is None or not self.active:
+        if self.channel is None or not self.active:
             return
         update = {"step": step, "total": self.cfg.trainer.max_steps, **metrics}
-        # Progress is best effort: a full or closed queue must not stop training.
+        # Progress is best effort: a full or closed channel must not stop training.
         with contextlib.suppress(Exception):
-            self.progress_queue.put_nowait(update)
+            self.channel.put_nowait(update)
 
     def finish(self, trained: TrainedEncoder | None = None,
                penalty: PenaltySnapshots | None = None) -> None:

@@ -11,7 +11,6 @@ as the ``engine`` (forward, backward, step, LR).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,7 +54,6 @@ class TrainStep:
     def __post_init__(self) -> None:
         self.objective = get_objective(self.cfg.loss.name)
         self.loss_params = self._loss_params()
-        self.fault_steps = _fault_steps()
         # (s_ij, r_ij) samples of diagnosed batches for the end-of-run figure (rank 0).
         self.penalty_snapshots = PenaltySnapshots(self.cfg.trainer.max_steps)
 
@@ -82,8 +80,6 @@ class TrainStep:
         negatives = self._negatives(query, ids, labels, tau)
         inputs = self._inputs(query, keys, ids, labels, key_labels, negatives, tau, step)
         loss = self._loss(inputs, tau, ids)
-        if step + 1 in self.fault_steps:  # test-only fault injection, see _fault_steps
-            loss = loss * float("nan")
         diagnostics = self._diagnostics(inputs, keys, tau, labels, step + 1) if diagnose else {}
 
         applied = self._backward_and_step(loss, stop)
@@ -175,9 +171,9 @@ class TrainStep:
             return Negatives()
         negatives = collect_negatives(self.pool, query.detach(), ids, labels)
         if negatives.pool_is_sharded:
+            # The pool masks the query's own instance through its pool_ids (None: no mask).
             negatives.pool_lse = sharded_pool_lse(
                 query, negatives, ids, temperature=tau, tile_size=self.cfg.loss.tile_size,
-                mask_same_instance=self.cfg.negatives.queue.mask_same_instance,
             )
         return negatives
 
@@ -192,8 +188,9 @@ class TrainStep:
             # written on earlier visits (before this step's update). A positive that is a
             # current feature with gradient lets both views collapse onto one point that
             # outruns the stale noise entries; the other view's key only refreshes the bank.
-            assert self.pool is not None and self.pool.bank is not None  # config guarantees it
-            positives = self.pool.bank.entries(ids).to(query.dtype)
+            memory = self.pool.instance_memory if self.pool is not None else None
+            assert memory is not None  # the config guarantees it (the objective needs noise)
+            positives = memory.entries(ids).to(query.dtype)
             positive_index = torch.arange(len(ids), device=self.device)
         else:
             positives = keys
@@ -213,7 +210,7 @@ class TrainStep:
         self, query: torch.Tensor, noise: torch.Tensor, tau: torch.Tensor, step: int
     ) -> float:
         """InstDisc's Z: a Monte-Carlo estimate averaged over ranks, kept constant until the
-        next one (never, by default; see ``negatives.bank.normalizer_every``)."""
+        next one (never, by default; see the bank's ``normalizer_every``)."""
         return self.normalizer.update(
             query.detach(), noise, temperature=tau.detach(), dataset_size=self.dataset_size,
             step=step, reduce=_mean_over_ranks,
@@ -223,10 +220,10 @@ class TrainStep:
         self, inputs: ObjectiveInputs, tau: torch.Tensor, ids: torch.Tensor
     ) -> torch.Tensor:
         loss = compute_objective(self.cfg.loss.name, inputs, tau, **self.loss_params)
-        proximal = self.cfg.negatives.bank.proximal
-        if proximal > 0 and self.pool is not None and self.pool.bank is not None:
+        penalty = self.pool.penalty(inputs.query, ids) if self.pool is not None else None
+        if penalty is not None:
             # InstDisc's proximal term, against the bank entries before this step's update.
-            loss = loss + self.pool.bank.proximal_penalty(inputs.query, ids, proximal)
+            loss = loss + penalty
         return loss
 
     def _loss_params(self) -> dict[str, Any]:
@@ -234,8 +231,8 @@ class TrainStep:
         if self.objective.tiled and self.cfg.loss.tile_size is not None:
             params["tile_size"] = self.cfg.loss.tile_size
         if self.objective.in_batch:
-            # The other keys of the global batch are negatives only when 'batch' is a source.
-            params["in_batch"] = "batch" in self.cfg.negatives.sources
+            # The other keys of the global batch are negatives only when configured so.
+            params["in_batch"] = self.cfg.negatives.in_batch
         return params
 
     # ------------------------------------------------------------------ after the step
@@ -285,7 +282,7 @@ class TrainStep:
     def _negatives_per_query(self, keys: torch.Tensor, negatives: Negatives) -> float:
         if "negatives/per_query" in negatives.metrics:
             return float(negatives.metrics["negatives/per_query"])
-        return float(keys.shape[0] - 1) if "batch" in self.cfg.negatives.sources else 0.0
+        return float(keys.shape[0] - 1) if self.cfg.negatives.in_batch else 0.0
 
 
 def gradients_finite(parameters: Iterable[torch.Tensor]) -> bool:
@@ -298,13 +295,6 @@ def gradients_finite(parameters: Iterable[torch.Tensor]) -> bool:
     if not grads:
         return True
     return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, foreach=True)))
-
-
-def _fault_steps() -> frozenset[int]:
-    """Steps whose loss is made NaN, from ``DIST_CONTRAST_FAULT_NONFINITE_STEPS`` ("5,6,7"):
-    a test-only hook that exercises the non-finite guard through the real trainer."""
-    raw = os.environ.get("DIST_CONTRAST_FAULT_NONFINITE_STEPS", "")
-    return frozenset(int(part) for part in raw.split(",") if part.strip())
 
 
 def _mean_over_ranks(value: float) -> float:

@@ -24,12 +24,12 @@ from dist_contrast.losses import NormalizerEstimator
 from dist_contrast.models import build_model
 from dist_contrast.negatives import build_momentum_encoder, build_negative_pool
 from dist_contrast.objectives import get_objective
-from dist_contrast.serving.model import TrainedEncoder
 from dist_contrast.temperature import Temperature
 from dist_contrast.timing import mark
 from dist_contrast.tracking import make_tracker
 from dist_contrast.train import checkpoint, export, storage
 from dist_contrast.train.evaluation import Evaluator
+from dist_contrast.train.model import TrainedEncoder
 from dist_contrast.train.reporting import MetricWindow, Reporter
 from dist_contrast.train.state import TrainProgress
 from dist_contrast.train.step import TrainStep
@@ -147,8 +147,7 @@ class Worker:
     def _miner_seconds(self) -> float | None:
         """The miner's running total of seconds (None without a miner)."""
         pool = self.step.pool
-        miner = pool.miner if pool is not None else None
-        return miner.total_seconds if miner is not None else None
+        return pool.seconds() if pool is not None else None
 
     def _loader(self, epoch: int, skip_batches: int = 0) -> Any:
         return make_loader(
@@ -214,7 +213,7 @@ def build_step(cfg: Config, engine: Any, data: DataBundle, encoder: nn.Module) -
     if momentum_encoder is not None:
         momentum_encoder = momentum_encoder.to(device)
     pool = None
-    if set(cfg.negatives.sources) - {"batch"}:
+    if cfg.negatives.stateful:
         pool = build_negative_pool(
             cfg.negatives,
             dataset_size=len(data.train),
@@ -232,12 +231,13 @@ def build_step(cfg: Config, engine: Any, data: DataBundle, encoder: nn.Module) -
         pool=pool,
         dataset_size=len(data.train),
         has_labels=data.num_classes is not None,
-        normalizer=NormalizerEstimator(cfg.negatives.bank.normalizer_every),
+        normalizer=NormalizerEstimator(pool.normalizer_every if pool is not None else 0),
     )
 
 
-def build_worker(cfg: Config, progress_queue: Any = None, run_id: str | None = None) -> Worker:
-    """Data, model, DeepSpeed engine, pools and the (rank-0) tracker of one rank."""
+def build_worker(cfg: Config, channel: Any = None, run_id: str | None = None) -> Worker:
+    """Data, model, DeepSpeed engine, pools and the (rank-0) tracker of one rank; ``channel``
+    takes rank 0's progress updates (``put_nowait``; None: none are sent)."""
     torch.manual_seed(cfg.experiment.seed)
     data = build_data(cfg.data, seed=cfg.experiment.seed)
     mark("data")
@@ -258,7 +258,7 @@ def build_worker(cfg: Config, progress_queue: Any = None, run_id: str | None = N
         cfg=cfg,
         tracker=tracker,
         evaluator=Evaluator(cfg, data, step.device) if rank_zero else None,
-        progress_queue=progress_queue,
+        channel=channel,
         active=rank_zero,
     )
     return Worker(cfg=cfg, data=data, step=step, reporter=reporter, progress=TrainProgress())

@@ -4,11 +4,9 @@ MLflow parent and child runs in a temporary sqlite store, then ``compare`` on th
 from __future__ import annotations
 
 import base64
-import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,6 +14,9 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
+
+from tests.conftest import Cli
+from tests.faults import nan_plugin
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 6
@@ -27,25 +28,17 @@ TINY = [
     "tracking.log_model=false", "tracking.experiment=sweeps",
 ]
 
-pytestmark = pytest.mark.slow
-
-
-def _env(tmp: Path, **extra: str) -> dict[str, str]:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db",
-           "DS_ACCELERATOR": "cpu", **extra}
-    env.pop("RAY_ADDRESS", None)
-    return env
+pytestmark = pytest.mark.ray
+CLI = Cli()
 
 
 def _command(tmp: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "dist_contrast.cli", "sweep",
-            str(ROOT / "configs" / "synthetic.yaml"), *TINY,
+    return ["sweep", str(ROOT / "configs" / "synthetic.yaml"), *TINY,
             f"experiment.output_dir={tmp / 'results'}", *args]
 
 
 def _sweep(tmp: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(_command(tmp, *args), cwd=tmp, env=_env(tmp, **env),
-                          capture_output=True, text=True, timeout=900)
+    return CLI.run(*_command(tmp, *args), cwd=tmp, env=env)
 
 
 def _client(tmp: Path) -> mlflow.MlflowClient:
@@ -79,7 +72,8 @@ def test_a_sweep_runs_its_grid_goes_on_past_a_failure_resumes_and_compares(
     faulty.write_text(yaml.safe_dump(raw))
     args = [str(faulty), "--grid", "loss.temperature=0.1,0.5"]
     grid = ["--seeds", "2", "--name", "tau", "trainer.max_bad_steps=3"]
-    fault = {"DIST_CONTRAST_FAULT_NONFINITE_STEPS": "2,3"}
+    # The NaN comes from the objectives themselves, re-registered in every process.
+    fault = nan_plugin(tmp_path / "nan", {"info_nce": [2, 3], "simple": [2, 3]})
     done = _sweep(tmp_path, *args, *grid, **fault)
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     assert "6 of 6 trials to run" in done.stdout and "best eval/knn_acc" in done.stdout
@@ -127,10 +121,7 @@ def test_a_sweep_runs_its_grid_goes_on_past_a_failure_resumes_and_compares(
     # compare on the parent: the FINISHED children only; table, figures, one HTML file with
     # the images inside.
     out = tmp_path / "report"
-    compared = subprocess.run(
-        [sys.executable, "-m", "dist_contrast.cli", "compare", parent.info.run_id,
-         "--out", str(out)], cwd=tmp_path, env=_env(tmp_path), capture_output=True,
-        text=True, timeout=300)
+    compared = CLI.run("compare", parent.info.run_id, "--out", out, cwd=tmp_path, timeout=300)
     assert compared.returncode == 0, compared.stderr[-3000:]
     assert "2 grid points" in compared.stdout
     table = (out / "comparison.md").read_text()
@@ -158,8 +149,7 @@ def test_an_invalid_grid_value_starts_nothing(tmp_path: Path) -> None:
 
 def test_ctrl_c_stops_every_running_child_and_leaves_nothing_running(tmp_path: Path) -> None:
     args = ["--grid", "loss.temperature=0.1,0.5", "--name", "stopped", "trainer.max_steps=4000"]
-    driver = subprocess.Popen(_command(tmp_path, *args), cwd=tmp_path, env=_env(tmp_path),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    driver = CLI.start(*_command(tmp_path, *args), cwd=tmp_path)
     lines: list[str] = []
     assert driver.stdout is not None
     reader = threading.Thread(target=lambda: lines.extend(iter(driver.stdout.readline, "")),

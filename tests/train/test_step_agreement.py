@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.faults import nan_at_steps
 from tests.gloo import run_distributed
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -29,8 +30,8 @@ def _agreement_run(zero_stage: int) -> dict[str, Any]:
 
     os.environ["DS_ACCELERATOR"] = "cpu"
     os.environ["LOCAL_RANK"] = str(dist.rank())
-    if dist.rank() == 1:  # the test-only fault hook, set in one process only
-        os.environ["DIST_CONTRAST_FAULT_NONFINITE_STEPS"] = str(NAN_STEP)
+    if dist.rank() == 1:  # a NaN loss in one process only
+        nan_at_steps("info_nce", [NAN_STEP])
     cfg = load_config(CONFIGS / "synthetic.yaml", [
         "data.num_samples=400", "model.hidden_dim=16", "model.embedding_dim=8",
         "trainer.num_workers=2", "trainer.batch_size=16", f"trainer.max_steps={STEPS}",
