@@ -93,3 +93,13 @@ def test_a_user_mistake_found_in_a_worker_is_the_drivers_one_line(
     assert not isinstance(error, RunFailed) and error.exit_code == 2
     assert "shard-3.npy" in str(error) and "re-export the shard" in str(error)
     assert "health check" not in str(error)
+
+
+def test_a_supervised_loss_on_data_without_labels_is_one_line(tmp_path: Path) -> None:
+    config = _file_config(tmp_path, path="good.npy")  # no labels_path
+    proc, seconds = _train(tmp_path, str(config), "loss.name=supcon")
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "loss.name=supcon" in lines[0] and "labels" in lines[0], lines
+    assert seconds < 30
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "results").exists()
