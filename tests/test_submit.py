@@ -229,13 +229,15 @@ def test_failures_on_the_cluster_side_end_the_job_failed_with_our_line(
 
     assert data_job.returncode == 1, data_job.stdout[-2000:] + data_job.stderr[-2000:]
     job = _job_id(data_job.stdout)
-    assert _last_error(data_job.stderr) == (
-        f"dist-contrast: error: job {job} FAILED: features.npy: file not found; check data.path "
-        "(relative paths start at the working directory)"
-    )
+    # The job's driver resolves the relative path against its working directory (the folder
+    # submitted, unpacked by Ray) and says where it looked.
+    line = _last_error(data_job.stderr)
+    assert line.startswith(f"dist-contrast: error: job {job} FAILED: /"), line
+    assert line.endswith("/features.npy: file not found; check data.path "
+                         "(relative paths start at the working directory)"), line
     logs, status = cluster.clis((("jobs", "logs", job, "--address", cluster.head.address), {}),
                                 (("jobs", "status", job, "--address", cluster.head.address), {}))
-    assert "dist-contrast: error: features.npy: file not found" in logs.stdout
+    assert "/features.npy: file not found" in logs.stdout
     assert status.stdout.startswith(f"{job}: FAILED")
 
     assert login_job.returncode == 1, login_job.stdout[-2000:] + login_job.stderr[-2000:]
