@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -131,3 +132,24 @@ def ray_head(services: Services) -> RayHead:
 @pytest.fixture(scope="session")
 def mlflow_server(services: Services) -> MlflowServer:
     return services.mlflow
+
+
+# ----------------------------------------------------------------------------- an MLflow store
+
+
+def store_runs(store: Path, experiment: str = "dist-contrast") -> list[Any]:
+    """The runs of ``experiment`` in the sqlite store at ``store``."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}")
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no experiment {experiment!r} in {store}"
+    return list(client.search_runs([found.experiment_id]))
+
+
+def metric_history(store: Path, run_id: str, key: str = "train/loss") -> list[tuple[int, float]]:
+    """``(step, value)`` of one metric of a run in the sqlite store at ``store``, by step."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}")
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))

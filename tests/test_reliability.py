@@ -15,11 +15,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import mlflow
 import psutil
 import pytest
 
-from tests.conftest import Cli
+from tests.conftest import Cli, metric_history, store_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 60
@@ -64,18 +63,6 @@ def _complete(tmp: Path, run_name: str, step: int) -> Callable[[], bool]:
     return marker.is_file
 
 
-def _runs(store: Path) -> list[mlflow.entities.Run]:
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}")
-    experiment = client.get_experiment_by_name("dist-contrast")
-    assert experiment is not None
-    return client.search_runs([experiment.experiment_id])
-
-
-def _history(store: Path, run_id: str, key: str = "train/loss") -> list[tuple[int, float]]:
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}")
-    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
-
-
 def _descendants(pid: int) -> list[psutil.Process]:
     try:
         return psutil.Process(pid).children(recursive=True)
@@ -108,8 +95,8 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tupl
     store = tmp / "mlflow.db"
     proc = _train(tmp, store, "ref")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    (run,) = _runs(store)
-    history = _history(store, run.info.run_id)
+    (run,) = store_runs(store)
+    history = metric_history(store, run.info.run_id)
     assert [step for step, _ in history] == list(range(1, STEPS + 1))
     return tmp, history
 
@@ -124,9 +111,9 @@ def test_a_sigkilled_worker_restarts_from_the_newest_checkpoint_in_the_same_run(
     out, err = driver.communicate(timeout=900)
     assert driver.returncode == 0, out[-3000:] + err[-3000:]
 
-    (run,) = _runs(store)  # one MLflow run, not a new one per attempt
+    (run,) = store_runs(store)  # one MLflow run, not a new one per attempt
     assert run.info.status == "FINISHED"
-    history = _history(store, run.info.run_id)
+    history = metric_history(store, run.info.run_id)
     assert [step for step, _ in history] == list(range(1, STEPS + 1))  # each step once
     assert history == reference[1]  # and exactly the uninterrupted run's losses
     kept = sorted(p.name for p in (tmp_path / "results" / "killed").glob("checkpoint_*"))
@@ -144,7 +131,7 @@ def test_without_max_failures_a_killed_worker_is_one_line(tmp_path: Path) -> Non
     assert last.startswith("dist-contrast: error: worker rank"), err[-3000:]
     assert "trainer.max_failures" in last and "Traceback" not in err
     assert (tmp_path / "results" / "fails" / "error.txt").is_file()
-    (run,) = _runs(store)
+    (run,) = store_runs(store)
     assert run.info.status == "FAILED"
 
 
@@ -160,7 +147,7 @@ def test_ctrl_c_saves_a_checkpoint_and_a_rerun_continues_without_a_duplicate_ste
     last = err.strip().splitlines()[-1]
     assert "stopped by SIGINT" in last and "experiment.run_name=stopped" in last, err[-2000:]
     assert "Traceback" not in err
-    (run,) = _runs(store)
+    (run,) = store_runs(store)
     assert run.info.status == "KILLED"
     deadline = time.monotonic() + 30
     while _ray_processes_of(driver.pid) and time.monotonic() < deadline:
@@ -172,9 +159,9 @@ def test_ctrl_c_saves_a_checkpoint_and_a_rerun_continues_without_a_duplicate_ste
 
     again = _train(tmp_path, store, "stopped")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    (run,) = _runs(store)
+    (run,) = store_runs(store)
     assert run.info.status == "FINISHED"
-    history = _history(store, run.info.run_id)
+    history = metric_history(store, run.info.run_id)
     assert [step for step, _ in history] == list(range(1, STEPS + 1))
     assert history == reference[1]
 
@@ -187,5 +174,5 @@ def test_sigterm_stops_like_ctrl_c_with_exit_143(tmp_path: Path) -> None:
     _, err = driver.communicate(timeout=300)
     assert driver.returncode == 143, err[-3000:]
     assert "stopped by SIGTERM" in err.strip().splitlines()[-1]
-    (run,) = _runs(store)
+    (run,) = store_runs(store)
     assert run.info.status == "KILLED"

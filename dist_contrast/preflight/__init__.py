@@ -32,7 +32,6 @@ from dist_contrast.preflight.data import (
 from dist_contrast.preflight.memory import (
     LOCAL_RAY_BYTES,
     WORKER_BASE_BYTES,
-    Term,
     count_parameters,
     estimate_memory,
 )
@@ -51,7 +50,6 @@ __all__ = [
     "LOCAL_RAY_BYTES",
     "MAX_CPU_PARAMETERS",
     "WORKER_BASE_BYTES",
-    "Term",
     "available_memory",
     "check_batch",
     "check_checkpoint",

@@ -26,7 +26,6 @@ memory, which is not checked here.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
@@ -34,6 +33,7 @@ from dist_contrast.config import Config
 from dist_contrast.models import build_model
 from dist_contrast.negatives.registry import (
     MemoryContext,
+    MemoryTerm,
     source_names,
     source_spec,
 )
@@ -55,17 +55,6 @@ WORKER_BASE_BYTES = 600 * MiB
 LOCAL_RAY_BYTES = 1536 * MiB
 
 
-@dataclass(frozen=True)
-class Term:
-    """One part of a worker's memory: what it is, its bytes, how to shrink it."""
-
-    what: str
-    bytes: int
-    fix: str
-    # GPU-resident when the workers train on GPUs (then not counted against host memory).
-    on_device: bool = False
-
-
 def count_parameters(cfg: Config, input_shape: tuple[int, ...]) -> int:
     """The encoder's parameters for ``input_shape``, counted on the meta device: no memory is
     allocated and nothing initialised, however wide the input."""
@@ -74,14 +63,16 @@ def count_parameters(cfg: Config, input_shape: tuple[int, ...]) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def host_bytes(terms: list[Term], on_gpu: bool) -> int:
+def host_bytes(terms: list[MemoryTerm], on_gpu: bool) -> int:
     return sum(term.bytes for term in terms if not (on_gpu and term.on_device))
 
 
-def estimate_memory(cfg: Config, *, train_size: int, input_shape: tuple[int, ...]) -> list[Term]:
+def estimate_memory(
+    cfg: Config, *, train_size: int, input_shape: tuple[int, ...]
+) -> list[MemoryTerm]:
     """One worker's memory, term by term (the table in the module docstring)."""
-    terms = [Term("the worker process (Python, torch, DeepSpeed, Ray)", WORKER_BASE_BYTES,
-                  "lower trainer.num_workers")]
+    terms = [MemoryTerm("the worker process (Python, torch, DeepSpeed, Ray)",
+                        WORKER_BASE_BYTES, "lower trainer.num_workers")]
     terms.append(_model_term(cfg, input_shape))
     terms += _pool_terms(cfg, train_size)
     negatives = _step_negatives_term(cfg)
@@ -89,8 +80,8 @@ def estimate_memory(cfg: Config, *, train_size: int, input_shape: tuple[int, ...
         terms.append(negatives)
     if _holds_rows(cfg):
         features = math.prod(input_shape)
-        terms.append(Term(f"the data ({train_size:,} rows × {features} features, twice)",
-                          2 * train_size * features * 4, "use fewer rows or features"))
+        terms.append(MemoryTerm(f"the data ({train_size:,} rows × {features} features, twice)",
+                                2 * train_size * features * 4, "use fewer rows or features"))
     return terms
 
 
@@ -100,13 +91,13 @@ def _holds_rows(cfg: Config) -> bool:
     return get_dataset(cfg.data.name).in_memory
 
 
-def _model_term(cfg: Config, input_shape: tuple[int, ...]) -> Term:
+def _model_term(cfg: Config, input_shape: tuple[int, ...]) -> MemoryTerm:
     params = count_parameters(cfg, input_shape)
     workers, stage = cfg.trainer.num_workers, cfg.deepspeed.zero_stage
     per_param = 4 + 4 / (workers if stage >= 2 else 1) + 8 / (workers if stage >= 1 else 1)
     per_param += 2 if cfg.deepspeed.precision == "bf16" else 0
     per_param += 4 if cfg.negatives.momentum_encoder else 0
-    return Term(
+    return MemoryTerm(
         f"the model ({params:,} parameters: weights, grads, Adam's 2 states)",
         math.ceil(params * per_param), "lower model.hidden_dim or model.num_layers",
         on_device=True,
@@ -119,7 +110,7 @@ def _memory_context(cfg: Config, train_size: int) -> MemoryContext:
                          loss=cfg.loss_needs())
 
 
-def _pool_terms(cfg: Config, train_size: int) -> list[Term]:
+def _pool_terms(cfg: Config, train_size: int) -> list[MemoryTerm]:
     """What each configured source holds (its spec's ``memory``: e.g. the queue and the bank,
     each followed by the copy a checkpoint makes of it, and the miner's index)."""
     negatives, context = cfg.negatives, _memory_context(cfg, train_size)
@@ -127,12 +118,11 @@ def _pool_terms(cfg: Config, train_size: int) -> list[Term]:
     for name in source_names():
         spec = source_spec(name)
         if name in negatives.sources and spec.memory is not None:
-            terms += [Term(t.what, t.bytes, t.fix, t.on_device)
-                      for t in spec.memory(negatives.settings_of(name), context)]
+            terms += spec.memory(negatives.settings_of(name), context)
     return terms
 
 
-def _step_negatives_term(cfg: Config) -> Term | None:
+def _step_negatives_term(cfg: Config) -> MemoryTerm | None:
     """Each step's per-query negatives, float32: [B, m, D] NCE noise, [B, M, D] mined, ...
     (each configured source's spec's ``per_query``)."""
     negatives, context = cfg.negatives, _memory_context(cfg, train_size=0)
@@ -147,7 +137,7 @@ def _step_negatives_term(cfg: Config) -> Term | None:
     if total == 0:
         return None
     batch, dim = cfg.trainer.batch_size, cfg.model.embedding_dim
-    return Term(
+    return MemoryTerm(
         f"each step's negatives ({batch} queries × {total:,} × {dim} dims)",
         batch * total * dim * 4,
         f"lower {', '.join(setting for _, setting in counts)} or trainer.batch_size",

@@ -10,10 +10,10 @@ import functools
 import json
 from pathlib import Path
 
-import mlflow
 import pytest
 
 from dist_contrast.errors import RunFailed
+from tests.conftest import metric_history, store_runs
 from tests.faults import nan_at_steps
 from tests.inprocess import LocalRun, train_in_process
 
@@ -34,26 +34,14 @@ def _train(tmp: Path, store: Path, run_name: str, *overrides: str,
                             folder=tmp, setup=setup)
 
 
-def _runs(store: Path) -> list[mlflow.entities.Run]:
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}")
-    experiment = client.get_experiment_by_name("dist-contrast")
-    assert experiment is not None
-    return client.search_runs([experiment.experiment_id])
-
-
-def _history(store: Path, run_id: str, key: str = "train/loss") -> list[tuple[int, float]]:
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}")
-    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[int, float]]]:
     """An uninterrupted run: its folder and its loss at every step."""
     tmp = tmp_path_factory.mktemp("reference")
     store = tmp / "mlflow.db"
     _train(tmp, store, "ref")
-    (run,) = _runs(store)
-    history = _history(store, run.info.run_id)
+    (run,) = store_runs(store)
+    history = metric_history(store, run.info.run_id)
     assert [step for step, _ in history] == list(range(1, STEPS + 1))
     return tmp, history
 
@@ -67,16 +55,16 @@ def test_resume_from_starts_a_new_run_in_a_fresh_store_with_a_continuous_lr(
     resumed = _train(tmp_path, store, "longer", f"trainer.resume_from={source}",
                      f"trainer.max_steps={STEPS + 20}")
     assert "trainer.max_steps" in " ".join(resumed.plan.notes)  # the schedule change is said
-    (run,) = _runs(store)
+    (run,) = store_runs(store)
     assert run.info.status == "FINISHED"
     assert run.data.tags["dist_contrast.resumed_from_checkpoint"] == str(source)
     assert run.data.tags["dist_contrast.resumed_from_run"] == meta["mlflow_run_id"]
-    history = _history(store, run.info.run_id)
+    history = metric_history(store, run.info.run_id)
     assert [step for step, _ in history] == list(range(STEPS + 1, STEPS + 21))
     reference_store = reference[0] / "mlflow.db"
-    (source_run,) = _runs(reference_store)
-    lr_before = _history(reference_store, source_run.info.run_id, "train/lr")[-1][1]
-    lr_after = _history(store, run.info.run_id, "train/lr")
+    (source_run,) = store_runs(reference_store)
+    lr_before = metric_history(reference_store, source_run.info.run_id, "train/lr")[-1][1]
+    lr_after = metric_history(store, run.info.run_id, "train/lr")
     assert abs(lr_after[0][1] - lr_before) <= 0.05 * lr_before  # no jump at the resume
     assert all(b[1] <= a[1] + 1e-12 for a, b in zip(lr_after, lr_after[1:], strict=False))
 
@@ -93,7 +81,7 @@ def test_non_finite_steps_are_skipped_and_too_many_in_a_row_stop_the_run(tmp_pat
     assert "steps 6-8 had a non-finite loss" in last and "trainer.max_bad_steps=3" in last
     assert "checkpoint_00000006" in last  # the last good checkpoint, named and kept
     assert (tmp_path / "results" / "nan" / "checkpoint_00000006" / "meta.json").is_file()
-    (run,) = _runs(store)
+    (run,) = store_runs(store)
     assert run.info.status == "FAILED"
-    skipped = dict(_history(store, run.info.run_id, "train/skipped_steps"))
+    skipped = dict(metric_history(store, run.info.run_id, "train/skipped_steps"))
     assert skipped[2] == 0 and skipped[3] == 1 and skipped[6] == 2  # counted as they happen
