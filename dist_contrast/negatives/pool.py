@@ -34,6 +34,10 @@ class NegativePool:
         self.in_batch = in_batch
         self.sources = dict(sources)
         self.world_size = world_size
+        # The source that keeps one entry per dataset instance (the bank), if any: found once
+        # here, not on every step (a runtime protocol check is slow).
+        self.instance_memory: InstanceMemory | None = next(
+            (s for s in self.sources.values() if isinstance(s, InstanceMemory)), None)
 
     def __getattr__(self, key: str) -> Any:
         sources = self.__dict__.get("sources", {})
@@ -47,11 +51,6 @@ class NegativePool:
     def collective_sources(self) -> list[Any]:
         """The sources whose search needs every rank's queries (``needs_every_rank``)."""
         return [s for s in self.sources.values() if getattr(s, "needs_every_rank", False)]
-
-    @property
-    def instance_memory(self) -> InstanceMemory | None:
-        """The source that keeps one entry per dataset instance (the bank), if any."""
-        return next((s for s in self.sources.values() if isinstance(s, InstanceMemory)), None)
 
     @property
     def normalizer_every(self) -> int:
