@@ -22,8 +22,11 @@ ALLOWED: dict[str, set[str]] = {
     "analysis": {"losses"},
     # Retrieval evaluation: ranking metrics, dense search, BM25, fusion (pure, no training).
     "retrieval": set(),
+    # Text features: the tokenizer (trained or loaded), the hashed bag of n-grams, the
+    # sentence-transformers export. Words are split as the BM25 baseline splits them.
+    "text": {"retrieval"},
     "data": {"section", "paths", "errors"},
-    "models": {"section"},
+    "models": {"section", "paths", "text"},
     "negatives": {"losses", "dist", "section"},
     "objectives": {"losses", "negatives"},
     "temperature": set(),
@@ -34,7 +37,7 @@ ALLOWED: dict[str, set[str]] = {
     # Wall-clock marks of a run's phases for dist-contrast bench (off unless asked).
     "timing": set(),
     "train": {"dist", "config", "data", "models", "losses", "negatives", "objectives",
-              "analysis", "temperature", "tracking", "errors", "plots", "timing"},
+              "analysis", "temperature", "tracking", "errors", "plots", "timing", "retrieval"},
     "preflight": {"config", "data", "errors", "models", "negatives", "objectives", "train"},
     # Loading an encoder from a checkpoint or MLflow, embedding files, evaluating an encoder.
     "serving": {"config", "data", "models", "errors", "tracking", "train"},
@@ -60,6 +63,9 @@ LANES: dict[str, set[str]] = {
     "mlflow": {"tracking", "train", "serving", "compare"},
     "faiss": {"negatives", "analysis", "retrieval"},
     "bm25s": {"retrieval"},
+    "tokenizers": {"text"},
+    "transformers": {"text", "models"},
+    "sentence_transformers": {"text"},
 }
 
 

@@ -6,13 +6,21 @@ from typing import Literal, Self
 
 from pydantic import Field, model_validator
 
+from dist_contrast.paths import OptionalConfigPath
 from dist_contrast.section import Section
 
-ModelName = Literal["mlp", "cnn"]
+ModelName = Literal["mlp", "cnn", "bow", "transformer"]
+#: The encoders of text (query and document towers over raw strings; data.name=pairs).
+TEXT_MODELS: frozenset[str] = frozenset({"bow", "transformer"})
+# Fields only the text encoders read, and those only the transformer reads.
+_TEXT_FIELDS = ("towers", "query_max_length", "document_max_length", "vocab_size")
+_BOW_FIELDS = ("hash_buckets", "word_ngrams", "char_ngrams")
+_TRANSFORMER_FIELDS = ("pretrained", "pooling", "num_heads", "tokenizer", "tokenizer_path")
 
 
 class ModelConfig(Section):
-    """Encoder architecture: a backbone (MLP or CNN) and a projection head.
+    """Encoder architecture: a backbone (MLP or CNN; for text, bag-of-n-grams or transformer
+    towers) and a projection head.
 
     ``forward`` returns L2-normalised ``embedding_dim`` vectors (what the losses compare);
     ``encode`` returns the ``hidden_dim`` backbone features (what evaluation probes).
@@ -37,12 +45,54 @@ class ModelConfig(Section):
     )
     dropout: float = Field(default=0.0, ge=0, lt=1, description="dropout after hidden layers")
 
+    # text (bow, transformer): the towers and what each side's text is cut to
+    towers: Literal["shared", "separate"] = Field(
+        default="shared", description="text: one network for queries and documents, or two")
+    query_max_length: int = Field(default=96, gt=0, description="text: ids kept of a query")
+    document_max_length: int = Field(default=512, gt=0,
+                                     description="text: ids kept of a document")
+    vocab_size: int = Field(default=50_000, ge=16,
+                            description="text: words (bow) or subword tokens (transformer)")
+    # bow
+    hash_buckets: int = Field(default=2**17, gt=0, description="bow: ids of the hashed n-grams")
+    word_ngrams: int = Field(default=2, ge=1, le=4, description="bow: word n-grams up to n")
+    char_ngrams: int = Field(default=3, ge=0, le=6,
+                             description="bow: character n-grams of each word (0: none)")
+    # transformer
+    pretrained: OptionalConfigPath = Field(
+        default=None, description="transformer: a local Hugging Face model folder to start from")
+    pooling: Literal["mean", "cls"] = Field(default="mean", description="transformer: pooling")
+    num_heads: int = Field(default=4, gt=0, description="transformer: attention heads")
+    tokenizer: Literal["wordpiece", "bpe"] = Field(
+        default="wordpiece", description="transformer: the subword tokenizer trained on the "
+        "training text (a pretrained folder brings its own)")
+    tokenizer_path: OptionalConfigPath = Field(
+        default=None, description="transformer: a local Hugging Face tokenizer folder instead")
+
+    @property
+    def is_text(self) -> bool:
+        """True for the text encoders (they take raw strings, by side)."""
+        return self.name in TEXT_MODELS
+
     @model_validator(mode="after")
     def _check_combinations(self) -> Self:
         # Only a non-default value is a mistake: a resolved config spells out every field.
         default_channels = type(self).model_fields["cnn_channels"].default
         if self.cnn_channels != default_channels and self.name != "cnn":
             raise ValueError("model.cnn_channels applies only to model.name='cnn'")
+        for fields, owners in ((_TEXT_FIELDS, TEXT_MODELS), (_BOW_FIELDS, {"bow"}),
+                               (_TRANSFORMER_FIELDS, {"transformer"})):
+            for field in fields:
+                if self.name not in owners and getattr(self, field) != (
+                        type(self).model_fields[field].default):
+                    raise ValueError(f"model.{field} applies only to model.name="
+                                     f"{' or '.join(repr(o) for o in sorted(owners))}")
+        if self.name == "transformer" and self.hidden_dim % self.num_heads:
+            raise ValueError(f"model.hidden_dim={self.hidden_dim} must be a multiple of "
+                             f"model.num_heads={self.num_heads}")
+        if self.pretrained is not None and self.tokenizer_path is not None:
+            raise ValueError("model.pretrained brings its own tokenizer: drop "
+                             "model.tokenizer_path")
         if self.projection_hidden_dim is not None and self.projection_layers == 1:
             raise ValueError(
                 "model.projection_hidden_dim needs model.projection_layers >= 2 "

@@ -142,7 +142,9 @@ class ContrastiveEncoder(nn.Module):
         """Backbone features before the head (not normalised)."""
         return self.backbone(self._as_param_dtype(x))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, side: str = "query") -> Tensor:
+        """``side`` is accepted for the text encoders' sake: one network embeds both sides
+        here (the views of a row)."""
         projected = self.head(self.encode(x))
         # Normalise in float32: in bf16 the squared-norm sum loses digits, and the losses
         # rely on exactly unit-norm rows (cosine similarity = dot product).

@@ -128,6 +128,10 @@ def _build(source: str, config: Config, preprocessing: Preprocessing,
     the global RNG is left where it was)."""
     with torch.random.fork_rng(devices=[]):
         encoder = build_model(config.model, preprocessing.input_shape)
+    if not isinstance(encoder, ContrastiveEncoder):
+        raise UserError(f"'{source}' holds a text encoder (model.name={config.model.name}); "
+                        "embed and evaluate read encoders of rows of numbers: its retrieval "
+                        "metrics are logged by the training run itself")
     try:
         encoder.load_state_dict(state)
     except RuntimeError as exc:

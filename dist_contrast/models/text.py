@@ -1,0 +1,185 @@
+"""Text encoders: a query tower and a document tower (one shared, or two), each a body over token
+or feature ids and a projection head, with the featurizer inside the module.
+
+The module takes raw strings: ``forward(texts, side)`` turns them into ids with its featurizer
+(cut to that side's length) and embeds them with that side's tower. Keeping the featurizer in
+the module, as its extra state, means a checkpoint, the momentum encoder's copy and the logged
+model all carry the vocabulary they were trained with; nothing outside needs to know how a text
+becomes ids. Ids can be given instead of strings (a ``Tensor``), e.g. by a test.
+
+Bodies:
+
+* ``bow`` (:class:`BowBody`): the mean of the embeddings of a text's word, word n-gram and
+  character n-gram ids (:mod:`dist_contrast.text.bow`): fast on a CPU, and the baseline every
+  retrieval paper starts from.
+* ``transformer``: a Hugging Face model with mean or CLS pooling
+  (:mod:`dist_contrast.models.transformer`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol, cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Side = Literal["query", "document"]
+SIDES: tuple[Side, ...] = ("query", "document")
+
+
+class Featurizer(Protocol):
+    """What a text encoder needs to turn strings into ids."""
+
+    @property
+    def num_ids(self) -> int: ...
+
+    def encode(self, texts: Sequence[str], max_length: int) -> Tensor:
+        """Shape: [n] texts -> [n, max_length] int64, 0-padded... (the featurizer's pad id)."""
+        ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class BowBody(nn.Module):
+    """An embedding bag: the mean embedding of a row's non-padding ids (a row of padding only
+    gives zeros). Shape: [B, L] int64 -> [B, dim]."""
+
+    def __init__(self, num_ids: int, dim: int, pad_id: int = 0) -> None:
+        super().__init__()
+        self.bag = nn.EmbeddingBag(num_ids, dim, mode="mean", padding_idx=pad_id)
+        nn.init.normal_(self.bag.weight, std=dim**-0.5)
+        with torch.no_grad():
+            self.bag.weight[pad_id].zero_()
+        self.out_dim = dim
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.bag(ids)
+
+
+class TextTower(nn.Module):
+    """One side's network: body, then projection head (not normalised here).
+
+    Shape: encode [B, L] -> [B, body.out_dim]; forward [B, L] -> [B, embedding_dim].
+    """
+
+    def __init__(self, body: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+        self.head = head
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.head(self.body(ids))
+
+
+class TextEncoder(nn.Module):
+    """Query and document towers over raw strings (see the module docstring).
+
+    ``towers``: ``{"shared": tower}`` (one network for both sides) or ``{"query": ...,
+    "document": ...}``. ``max_lengths``: the ids kept per side. ``featurizer`` may be set
+    later (:meth:`set_featurizer`, e.g. after fitting it on the training text); it is saved
+    in the state dict.
+
+    Shape: forward(texts [n], side) -> [n, embedding_dim] unit-norm rows;
+    encode(texts [n], side) -> [n, feature_dim].
+    """
+
+    def __init__(
+        self,
+        towers: dict[str, TextTower],
+        *,
+        max_lengths: dict[str, int],
+        feature_dim: int,
+        embedding_dim: int,
+        featurizer: Featurizer | None = None,
+        featurizer_kind: str = "bow",
+    ) -> None:
+        super().__init__()
+        if set(towers) not in ({"shared"}, set(SIDES)):
+            raise ValueError(f"towers must be 'shared' or 'query' and 'document', got "
+                             f"{sorted(towers)}")
+        self.towers = nn.ModuleDict(towers)
+        self.max_lengths = dict(max_lengths)
+        self.feature_dim = feature_dim
+        self.embedding_dim = embedding_dim
+        self.featurizer = featurizer
+        self.featurizer_kind = featurizer_kind
+
+    @property
+    def shared(self) -> bool:
+        return "shared" in self.towers
+
+    def tower(self, side: Side) -> TextTower:
+        if side not in SIDES:
+            raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+        return cast(TextTower, self.towers["shared" if self.shared else side])
+
+    def set_featurizer(self, featurizer: Featurizer) -> None:
+        self.featurizer = featurizer
+
+    def ids(self, texts: Sequence[str] | Tensor, side: Side) -> Tensor:
+        """The ids of ``texts`` for ``side`` on the module's device (ids are passed through).
+
+        Shape: [n] -> [n, max_lengths[side]] int64.
+        """
+        if isinstance(texts, Tensor):
+            return texts
+        if self.featurizer is None:
+            raise RuntimeError("the text encoder has no featurizer yet (set_featurizer)")
+        if isinstance(texts, str):
+            raise TypeError("pass a list of texts, not one string")
+        device = next(self.parameters()).device
+        return self.featurizer.encode(list(texts), self.max_lengths[side]).to(device)
+
+    def encode(self, texts: Sequence[str] | Tensor, side: Side = "query") -> Tensor:
+        """Body features before the head (not normalised)."""
+        return self.tower(side).body(self.ids(texts, side))
+
+    def forward(self, texts: Sequence[str] | Tensor, side: Side = "query") -> Tensor:
+        projected = self.tower(side)(self.ids(texts, side))
+        # Normalised in float32, as ContrastiveEncoder does (bf16 loses digits in the sum).
+        return F.normalize(projected.float(), dim=-1).to(projected.dtype)
+
+    # The featurizer travels in the state dict (checkpoints, copies, the logged model).
+    def get_extra_state(self) -> Any:
+        if self.featurizer is None:
+            return {}
+        return {"kind": self.featurizer_kind, "record": self.featurizer.to_dict()}
+
+    def set_extra_state(self, state: Any) -> None:
+        if not state:
+            return
+        self.featurizer = load_featurizer(state["kind"], state["record"])
+        self.featurizer_kind = state["kind"]
+
+
+class TokenizerFeaturizer:
+    """A subword tokenizer as a transformer's featurizer: ``[CLS] tokens [SEP]``, padded."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer  # a dist_contrast.text.tokenizer.TextTokenizer
+
+    @property
+    def num_ids(self) -> int:
+        return int(self.tokenizer.vocab_size)
+
+    def encode(self, texts: Sequence[str], max_length: int) -> Tensor:
+        ids: Tensor = self.tokenizer.encode(texts, max_length, special_tokens=True)
+        return ids
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tokenizer": self.tokenizer.to_json()}
+
+
+def load_featurizer(kind: str, record: dict[str, Any]) -> Featurizer:
+    """A featurizer from its ``to_dict`` record."""
+    if kind == "bow":
+        from dist_contrast.text.bow import BowFeaturizer
+
+        return BowFeaturizer.from_dict(record)
+    if kind == "tokenizer":
+        from dist_contrast.text.tokenizer import TextTokenizer
+
+        return TokenizerFeaturizer(TextTokenizer.from_json(record["tokenizer"]))
+    raise ValueError(f"unknown featurizer kind {kind!r}")

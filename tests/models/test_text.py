@@ -1,0 +1,95 @@
+"""Text encoders: one shared tower or a query and a document tower, over raw strings, with the
+featurizer fitted on the training text and carried in the state dict (checkpoints, the momentum
+encoder's copy)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from dist_contrast.models import ModelConfig
+from dist_contrast.models.build import build_model, fit_featurizer
+from dist_contrast.models.text import TextEncoder
+
+TEXTS = ["read a csv file", "def read_csv(path): return open(path)", "parse the json",
+         "def parse_json(text): return loads(text)", "sort a list", "def sort(xs): ..."]
+
+
+def _encoder(**fields: object) -> TextEncoder:
+    base = {"name": "bow", "hidden_dim": 16, "embedding_dim": 8, "vocab_size": 32,
+            "query_max_length": 6, "document_max_length": 10}
+    if fields.get("name", "bow") == "bow":
+        base["hash_buckets"] = 64
+    cfg = ModelConfig(**{**base, **fields})
+    torch.manual_seed(0)
+    encoder = build_model(cfg, (1,))
+    assert isinstance(encoder, TextEncoder)
+    fit_featurizer(encoder, cfg, TEXTS)
+    return encoder.eval()
+
+
+def test_forward_gives_unit_rows_and_each_side_its_own_length() -> None:
+    encoder = _encoder()
+    out = encoder(TEXTS[:3], side="query")
+    assert out.shape == (3, 8)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(3))
+    assert encoder.ids(TEXTS[:2], "query").shape == (2, 6)
+    assert encoder.ids(TEXTS[:2], "document").shape == (2, 10)
+    assert encoder.encode(TEXTS[:2], "document").shape == (2, 16)
+
+
+def test_a_shared_tower_is_one_network_and_separate_towers_are_two() -> None:
+    shared = _encoder()
+    short = ["csv"]  # 4 features, within both lengths: the same ids on both sides
+    torch.testing.assert_close(shared(short, side="query"), shared(short, side="document"))
+    separate = _encoder(towers="separate")
+    assert set(separate.towers) == {"query", "document"}
+    assert not torch.allclose(separate(short, side="query"), separate(short, side="document"))
+    counts = [sum(p.numel() for p in e.parameters()) for e in (shared, separate)]
+    assert counts[1] == 2 * counts[0]
+
+
+def test_ids_pass_through_and_bad_input_is_refused() -> None:
+    encoder = _encoder()
+    ids = encoder.ids(TEXTS[:2], "query")
+    torch.testing.assert_close(encoder(ids, side="query"), encoder(TEXTS[:2], side="query"))
+    with pytest.raises(TypeError, match="list of texts"):
+        encoder("one string", side="query")
+    with pytest.raises(ValueError, match="side"):
+        encoder(TEXTS[:2], side="passage")  # type: ignore[arg-type]
+
+
+def test_the_featurizer_travels_in_the_state_dict_and_in_copies() -> None:
+    encoder = _encoder()
+    fresh = build_model(ModelConfig(name="bow", hidden_dim=16, embedding_dim=8, vocab_size=32,
+                                    hash_buckets=64, query_max_length=6,
+                                    document_max_length=10), (1,))
+    assert isinstance(fresh, TextEncoder) and fresh.featurizer is None
+    fresh.load_state_dict(encoder.state_dict())
+    fresh.eval()
+    torch.testing.assert_close(fresh(TEXTS, side="document"), encoder(TEXTS, side="document"))
+    twin = copy.deepcopy(encoder)  # what the momentum encoder does
+    torch.testing.assert_close(twin(TEXTS, side="query"), encoder(TEXTS, side="query"))
+
+
+def test_a_transformer_encoder_trains_its_tokenizer_on_the_text() -> None:
+    encoder = _encoder(name="transformer", hidden_dim=16, num_layers=1, num_heads=2,
+                       vocab_size=64, projection_layers=1)
+    ids = encoder.ids(TEXTS[:2], "document")
+    assert ids.shape == (2, 10) and int(ids.max()) < 64
+    out = encoder(TEXTS[:2], side="document")
+    assert out.shape == (2, 8) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(("fields", "fragment"), [
+    ({"name": "mlp", "hash_buckets": 10}, "model.hash_buckets applies only to model.name='bow'"),
+    ({"name": "mlp", "towers": "separate"}, "model.towers applies only"),
+    ({"name": "bow", "num_heads": 2}, "model.num_heads applies only to model.name='transformer'"),
+    ({"name": "transformer", "hidden_dim": 30, "num_heads": 4}, "multiple of"),
+])
+def test_settings_of_another_encoder_are_refused(fields: dict[str, object],
+                                                 fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        ModelConfig(**fields)
