@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -25,6 +26,9 @@ from dist_contrast.data.registry import (
 )
 from dist_contrast.data.seeding import mix_seed
 from dist_contrast.data.synthetic import SyntheticSource
+
+if TYPE_CHECKING:
+    from dist_contrast.data.textpairs import RetrievalSplit
 
 _SPLIT_STREAM, _EVAL_STREAM = 0x53504C54, 0x4556414C  # "SPLT", "EVAL"
 # Fewest rows a file may have: a few to train on and a few held out to evaluate.
@@ -54,6 +58,8 @@ class DataBundle:
     num_classes: int | None
     preprocessing: Preprocessing
     raw_example: Tensor
+    # Text pairs: the held-out queries against their corpus (then eval_* are empty).
+    retrieval: RetrievalSplit | None = None
 
 
 def build_data(
@@ -340,3 +346,6 @@ register_dataset("file", Dataset(
     fields=frozenset(_FILE_SETTINGS),
     check=_check_file,
 ))
+
+# The text pairs register themselves (a module of their own: dist_contrast.data.textpairs).
+from dist_contrast.data import textpairs as _textpairs  # noqa: E402, F401

@@ -69,6 +69,9 @@ class DataConfig(Section):
         default=None, description=".npy labels [N] for a .npy feature file"
     )
     label_column: str | None = Field(default=None, description="parquet column holding labels")
+    # pairs (data.path is the training pairs)
+    eval_path: OptionalConfigPath = Field(
+        default=None, description="pairs: held-out pairs (default: rows held out of data.path)")
     feature_columns: tuple[str, ...] | None = Field(
         default=None, description="parquet feature columns; None = all but the label column"
     )
@@ -115,6 +118,11 @@ class DataConfig(Section):
             # (A resolved config spells out the default fraction beside num_test: allowed.)
             raise ValueError("set data.num_test or data.test_fraction, not both")
         return self
+
+    @property
+    def yields_text(self) -> bool:
+        """True when items are (query, document) texts (what the text encoders take)."""
+        return get_dataset(self.name).text
 
     @property
     def yields_images(self) -> bool:

@@ -72,7 +72,9 @@ class Dataset:
     whose preprocessing depends on its rows (file data's training-split statistics) applies
     it instead of its own, one whose preprocessing is fixed ignores it.
     ``check(cfg)``: the dataset's own rules on its settings (a ``ValueError``, one line).
-    ``images``: rows are images [C, H, W] (what a CNN encoder needs). ``in_memory``: each
+    ``images``: rows are images [C, H, W] (what a CNN encoder needs). ``text``: items are
+    (query, document) texts, for the text encoders (``model.name`` bow or transformer), and
+    the held-out rows are a retrieval task (``DataBundle.retrieval``). ``in_memory``: each
     worker holds the rows (counted by the driver's memory check); False for rows generated
     on demand.
     """
@@ -85,6 +87,7 @@ class Dataset:
     check: Callable[[DataConfig], None] | None = None
     images: bool = False
     in_memory: bool = True
+    text: bool = False
 
 
 _REGISTRY: dict[str, Dataset] = {}

@@ -114,4 +114,6 @@ def make_loader(
         dataset,
         batch_sampler=BatchSampler(sampler, batch_size, drop_last=drop_last),
         num_workers=num_workers,
+        # A dataset may batch its items itself (text pairs: lists of strings).
+        collate_fn=getattr(dataset, "collate", None),
     )

@@ -1,6 +1,8 @@
-"""Shared test helpers: small configs and a brute-force kNN classifier."""
+"""Shared test helpers: small configs, a brute-force kNN classifier and a file of text pairs."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
@@ -20,3 +22,30 @@ def knn_accuracy(
     nearest = torch.cdist(queries, memory).topk(k, largest=False).indices
     votes = torch.mode(memory_labels[nearest], dim=1).values
     return (votes == query_labels).float().mean().item()
+
+
+def write_text_pairs(path: Path, rows: int, *, seed: int = 0, negatives: int = 0) -> Path:
+    """A JSONL file of ``rows`` learnable (query, document) pairs in the sentence-transformers
+    layout (``anchor``, ``positive``, and ``negatives`` when asked): each query is four words
+    of a 400-word made-up vocabulary and its document holds them among eight others, so the
+    document is found by its words (BM25 does well, and a trained encoder can).
+    """
+    import json
+    import random
+
+    rng = random.Random(seed)
+    words = [f"w{i:03d}x" for i in range(400)]
+
+    def document(query: list[str]) -> str:
+        text = query + rng.sample(words, 8)
+        rng.shuffle(text)
+        return " ".join(text)
+
+    with path.open("w") as out:
+        for _ in range(rows):
+            query = rng.sample(words, 4)
+            row: dict[str, object] = {"anchor": " ".join(query), "positive": document(query)}
+            if negatives:
+                row["negatives"] = [document(rng.sample(words, 4)) for _ in range(negatives)]
+            out.write(json.dumps(row) + "\n")
+    return path
