@@ -82,6 +82,8 @@ class LossConfig(Section):
     temperature_min: float = Field(default=0.01, gt=0.0)
     temperature_max: float = Field(default=1.0, gt=0.0)
     tile_size: int | None = Field(default=None, gt=0)
+    # CLIP's loss: query -> document plus document -> query over the global batch, halved.
+    symmetric: bool = False
     params: dict[str, float | int | bool | str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -103,6 +105,9 @@ class LossConfig(Section):
                 f"loss.params.{unknown[0]} is not an option of loss.name={self.name} "
                 f"(its options: {allowed})"
             )
+        if self.symmetric and not get_objective(self.name).in_batch:
+            raise ValueError(f"loss.symmetric needs a loss over the batch's keys (info_nce, "
+                             f"simple, hard_info_nce, hard_simple), not loss.name={self.name}")
         if self.tile_size is not None and "tile_size" not in options:
             raise ValueError(f"loss.tile_size does not apply to loss.name={self.name}")
         if self.temperature_mode == "cosine" and self.temperature_final is None:
@@ -230,6 +235,19 @@ class Config(Section):
                 f"model.name=cnn needs image data but data.name={self.data.name} yields vectors; "
                 "use model.name=mlp or data.name=digits"
             )
+        if self.model.is_text != self.data.yields_text:
+            if self.model.is_text:
+                raise ValueError(
+                    f"model.name={self.model.name} encodes text but data.name={self.data.name} "
+                    "yields vectors; use data.name=pairs with a file of (query, document) pairs"
+                )
+            raise ValueError(
+                f"data.name={self.data.name} yields text pairs; use a text encoder: "
+                "model.name=bow or model.name=transformer"
+            )
+        if self.loss.symmetric and not self.negatives.in_batch:
+            raise ValueError("loss.symmetric compares documents with the batch's queries: "
+                             "keep the batch among negatives.sources")
         # optimizer.warmup_steps >= trainer.max_steps is allowed: the warm-up is capped
         # (train.deepspeed_config.warmup_steps) and the driver says so (preflight.config_notes).
         return self

@@ -26,6 +26,7 @@ from dist_contrast.analysis import (
 )
 from dist_contrast.config import Config
 from dist_contrast.data import DataBundle
+from dist_contrast.train.retrieval_eval import RetrievalEvaluator
 
 
 def _take(
@@ -45,6 +46,9 @@ class Evaluator:
         self.memory = _take(data.eval_train, cfg.eval.max_samples)
         self.queries = _take(data.eval_test, cfg.eval.max_samples)
         self.train_set = data.train
+        # Text pairs are evaluated as retrieval (held-out queries against their corpus).
+        self.retrieval = (RetrievalEvaluator(data.retrieval, device)
+                          if data.retrieval is not None else None)
         self._last_test_embedding: torch.Tensor | None = None
         # Positive and (sampled) negative similarities of the last eval's view pairs: ~5k
         # floats for the end-of-run histogram.
@@ -78,7 +82,10 @@ class Evaluator:
         )
 
     def raw_baseline(self) -> dict[str, float]:
-        """kNN accuracy of the raw inputs (flattened, L2-normalised): what learning must beat."""
+        """kNN accuracy of the raw inputs (flattened, L2-normalised): what learning must beat;
+        for text pairs, BM25's retrieval metrics on the same split."""
+        if self.retrieval is not None:
+            return self.retrieval.baseline()
         if not self.has_labels:
             return {}
         memory = nn.functional.normalize(self.memory[0].flatten(1).float(), dim=1)
@@ -97,6 +104,8 @@ class Evaluator:
         share of non-finite rows) when the encoder puts out NaN or inf, which no metric or
         probe could use."""
         encoder: nn.Module = getattr(model, "encoder", model)
+        if self.retrieval is not None:
+            return self.retrieval.evaluate(encoder)
         test_embedding = self.embed(encoder, self.queries[0])
         nonfinite = float((~torch.isfinite(test_embedding).all(dim=1)).float().mean())
         if nonfinite > 0:

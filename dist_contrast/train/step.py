@@ -31,7 +31,8 @@ from dist_contrast.negatives.collective import (
 from dist_contrast.objectives import ObjectiveInputs, compute_objective, get_objective
 from dist_contrast.train.evidence import PenaltySnapshots
 
-Batch = dict[str, torch.Tensor]
+# Tensors, or lists of texts for text pairs ("view1", "view2", "negatives").
+Batch = dict[str, Any]
 
 
 @dataclass
@@ -71,8 +72,11 @@ class TrainStep:
         ids = batch["index"].to(self.device)
         # Labels exist for evaluation; the pools see them only for their label-aware options.
         labels = batch["label"].to(self.device) if self.has_labels else None
-        query = self.engine(batch["view1"].to(self.device))  # [B, D], unit norm
-        keys = self._global_keys(batch["view2"].to(self.device), step)  # [W·B, D]
+        query = self.engine(self._on_device(batch["view1"]), side="query")  # [B, D], unit norm
+        # The documents: positives, then the batch's hard negatives from the file (texts).
+        documents, extra = self._documents(batch)
+        keys = self._global_keys(documents, step)  # [W·B·(1 + m), D]
+        self._positive_rows = self._positive_rows_of(len(ids), extra)
         # Gathered here only when the loss needs them; the pools get theirs with the ids.
         key_labels = (dist.all_gather_no_grad(labels)
                       if labels is not None and self.objective.needs_labels else None)
@@ -80,11 +84,15 @@ class TrainStep:
         negatives = self._negatives(query, ids, labels, tau)
         inputs = self._inputs(query, keys, ids, labels, key_labels, negatives, tau, step)
         loss = self._loss(inputs, tau, ids)
+        if self.cfg.loss.symmetric:
+            loss = (loss + self._reverse_loss(query, keys, tau)) / 2
         diagnostics = self._diagnostics(inputs, keys, tau, labels, step + 1) if diagnose else {}
 
         applied = self._backward_and_step(loss, stop)
         if applied:
-            self._update_pools(keys, ids, labels, key_labels, step + 1)
+            # The pools take the positives' keys only (a file's negatives have no dataset id).
+            positives = keys if extra == 0 else keys[self._positive_rows]
+            self._update_pools(positives, ids, labels, key_labels, step + 1)
         return {
             "train/loss": float(loss.detach()),
             "train/temperature": float(tau.detach()),
@@ -140,7 +148,46 @@ class TrainStep:
 
     # ------------------------------------------------------------------ forward pieces
 
-    def _global_keys(self, view2: torch.Tensor, step: int) -> torch.Tensor:
+    def _on_device(self, inputs: Any) -> Any:
+        """Tensors go to the engine's device; texts stay as they are (the encoder featurizes)."""
+        return inputs.to(self.device) if isinstance(inputs, torch.Tensor) else inputs
+
+    def _documents(self, batch: Batch) -> tuple[Any, int]:
+        """The key side's inputs and how many hard negatives follow the B positives. A
+        file's negatives are encoded with the positives by the document tower, so they get
+        their gradient through the keys (DPR); the loss sees them as keys of the batch."""
+        positives = self._on_device(batch["view2"])
+        negatives = batch.get("negatives")
+        if not negatives:
+            return positives, 0
+        return list(positives) + list(negatives), len(negatives)
+
+    def _positive_rows_of(self, batch_size: int, extra: int) -> torch.Tensor:
+        """Rows of the gathered keys that are the ranks' positives (each rank's block is its
+        B positives, then its ``extra`` negatives). Shape: -> [W·B] int64."""
+        block = batch_size + extra
+        starts = torch.arange(dist.world_size(), device=self.device) * block
+        return (starts[:, None] + torch.arange(batch_size, device=self.device)).flatten()
+
+    def _local_positive_rows(self, batch_size: int) -> torch.Tensor:
+        """This rank's queries' positives among the gathered keys. Shape: -> [B] int64."""
+        rank = dist.rank()
+        return self._positive_rows[rank * batch_size : (rank + 1) * batch_size]
+
+    def _reverse_loss(
+        self, query: torch.Tensor, keys: torch.Tensor, tau: torch.Tensor
+    ) -> torch.Tensor:
+        """The document -> query direction of the symmetric loss (CLIP): each local positive
+        against the global batch's queries (the file's negatives are not queries: they have
+        no row here; the pools hold documents, so they are left out too)."""
+        local = self._local_positive_rows(len(query))
+        queries = dist.all_gather_with_grad(query)
+        positive_index = dist.rank() * len(query) + torch.arange(len(query), device=self.device)
+        inputs = ObjectiveInputs(query=keys[local], key=queries, positive_index=positive_index,
+                                 dataset_size=self.dataset_size)
+        return compute_objective(self.cfg.loss.name, inputs, tau, **self.loss_params)
+
+    def _global_keys(self, view2: Any, step: int) -> torch.Tensor:
         """Keys of the global batch: the local rows keep their graph; other ranks' rows send
         their gradient home in backward (see ``dist.all_gather_with_grad``)."""
         keys_local = self._key_forward(view2, step)
@@ -148,10 +195,12 @@ class TrainStep:
             return dist.all_gather_with_grad(keys_local)
         return dist.all_gather_no_grad(keys_local)
 
-    def _key_forward(self, view2: torch.Tensor, step: int) -> torch.Tensor:
+    def _key_forward(self, view2: Any, step: int) -> torch.Tensor:
         if self.momentum_encoder is None:
-            return self.engine(view2)
+            return self.engine(view2, side="document")
         with torch.no_grad():
+            if not isinstance(view2, torch.Tensor):  # texts: no BatchNorm to shuffle for
+                return self.momentum_encoder(view2, side="document")
             if self.cfg.negatives.shuffle_bn:
                 # Seeded by the step so a resumed run shuffles exactly as the original would.
                 generator = torch.Generator().manual_seed(
@@ -194,7 +243,7 @@ class TrainStep:
             positive_index = torch.arange(len(ids), device=self.device)
         else:
             positives = keys
-            positive_index = dist.rank() * len(ids) + torch.arange(len(ids), device=self.device)
+            positive_index = self._local_positive_rows(len(ids))
         normalizer = None
         if objective.needs_noise and negatives.noise is not None:
             normalizer = self._normalizer(query, negatives.noise, tau, step)
@@ -266,9 +315,7 @@ class TrainStep:
         a sample of it is kept for the end-of-run figure. Observes only: no grad, no global RNG."""
         negatives = inputs.negatives
         pool = None if negatives.pool_is_sharded else negatives.pool
-        positive_index = dist.rank() * len(inputs.query) + torch.arange(
-            len(inputs.query), device=self.device
-        )
+        positive_index = self._local_positive_rows(len(inputs.query))
         with torch.no_grad():
             values = training_diagnostics(
                 inputs.query.detach(), keys.detach(), pool, tau.detach(), labels=labels,

@@ -21,7 +21,8 @@ from dist_contrast.config import Config
 from dist_contrast.data import DataBundle, build_data, make_loader
 from dist_contrast.errors import RunFailed, UserError
 from dist_contrast.losses import NormalizerEstimator
-from dist_contrast.models import build_model
+from dist_contrast.models import ContrastiveEncoder, build_model
+from dist_contrast.models.build import fit_featurizer
 from dist_contrast.negatives import build_momentum_encoder, build_negative_pool
 from dist_contrast.objectives import get_objective
 from dist_contrast.temperature import Temperature
@@ -43,8 +44,9 @@ class ContrastiveModel(nn.Module):
         self.encoder = encoder
         self.temperature = temperature
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
+    def forward(self, x: Any, side: str = "query") -> torch.Tensor:
+        """The ``side`` tower's embedding of ``x`` (a batch of rows, or of texts)."""
+        return self.encoder(x, side=side)
 
 
 def build_temperature(cfg: Config) -> Temperature:
@@ -95,7 +97,7 @@ class Worker:
             step = self.progress.step
             if step == 1:
                 mark("first_step")
-            window.samples += batch["view1"].shape[0] * dist.world_size()
+            window.samples += len(batch["index"]) * dist.world_size()
             rates = window.close(self._miner_seconds()) if reporter.is_log_step(step) else None
             reporter.step_done(step, metrics, rates, self.step.engine.module)
             if self.step.bad_in_a_row >= cfg.trainer.max_bad_steps:
@@ -119,13 +121,16 @@ class Worker:
         """The query encoder to log as the run's MLflow model: float32 with the optimiser's
         master weights, in eval mode, on the CPU (rank 0; None elsewhere, or without
         ``tracking.log_model``). Every rank must call it: under ZeRO 1-2 it gathers."""
-        if not self.cfg.tracking.log_model:
+        if not self.cfg.tracking.log_model or self.cfg.model.is_text:
+            # A text encoder takes strings: the pt2 graph of raw float rows cannot hold it
+            # (its checkpoint holds the towers and the featurizer).
             return None
         state = export.master_state_dict(self.step.engine)
         if not dist.is_rank_zero():
             return None
         with torch.random.fork_rng(devices=[]):  # a fresh copy must not move the run's RNG
             encoder = build_model(self.cfg.model, self.data.input_shape)
+        assert isinstance(encoder, ContrastiveEncoder)  # text encoders returned None above
         encoder.load_state_dict(state)
         return TrainedEncoder(encoder.eval(), self.data.preprocessing, self.data.raw_example,
                               self.cfg)
@@ -242,6 +247,10 @@ def build_worker(cfg: Config, channel: Any = None, run_id: str | None = None) ->
     data = build_data(cfg.data, seed=cfg.experiment.seed)
     mark("data")
     encoder = build_model(cfg.model, data.input_shape)
+    texts = getattr(data.train, "texts", None)
+    if texts is not None:  # a text encoder's vocabulary, from the training text
+        fit_featurizer(encoder, cfg.model, texts())
+        mark("featurizer")
     engine = build_engine(cfg, encoder)
     mark("deepspeed")
     step = build_step(cfg, engine, data, encoder)

@@ -31,8 +31,8 @@ class _Engine:
         self.device = "cpu"
         self.optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x)
+    def __call__(self, x: torch.Tensor, side: str = "query") -> torch.Tensor:
+        return self.module(x, side=side)
 
     def backward(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad()
