@@ -412,6 +412,9 @@ def _print_summary(summary: object) -> None:
         print(f"  kNN accuracy, raw input         : {raw:.4f}")
     if "eval/linear_probe_acc" in m:
         print(f"  linear probe accuracy           : {m['eval/linear_probe_acc']:.4f}")
+    text = "eval/bm25_mrr_at_10" in m  # a text run: retrieval beside BM25
+    if text:
+        _print_retrieval(m)
     for key in ("eval/alignment", "eval/uniformity", "train/loss"):
         if key in m:
             print(f"  {key:<32}: {m[key]:.4f}")
@@ -421,9 +424,14 @@ def _print_summary(summary: object) -> None:
         print(f"  checkpoint: {summary.checkpoint_path}")
     uri = summary.tracking_uri
     print(f"  MLflow run {summary.run_id} in {uri}")
-    print("  artifacts: config.yaml, summary.json, plots/ (embeddings, training_curves, "
-          "relative_penalty, similarities), the MLflow model encoder")
-    if summary.checkpoint_path:
+    if text:
+        print("  artifacts: config.yaml, summary.json, plots/ (training_curves, "
+              "relative_penalty, similarities); the encoder (towers and vocabulary) is in "
+              "the checkpoints")
+    else:
+        print("  artifacts: config.yaml, summary.json, plots/ (embeddings, training_curves, "
+              "relative_penalty, similarities), the MLflow model encoder")
+    if summary.checkpoint_path and not text:
         print(f"  embed rows with it: dist-contrast embed {summary.checkpoint_path} ROWS.npy "
               "-o EMBEDDINGS.npy (or the MLflow model runs:/RUN_ID/encoder)")
     from dist_contrast.tracking import is_local_store
@@ -432,6 +440,21 @@ def _print_summary(summary: object) -> None:
         print(f"  open it with: mlflow ui --backend-store-uri {uri}")
     else:
         print(f"  open it at: {uri}")
+
+
+def _print_retrieval(m: dict[str, float]) -> None:
+    """The held-out retrieval metrics: the dense encoder, BM25 and their hybrid, side by side."""
+    names = ("mrr_at_10", "recall_at_1", "recall_at_10", "recall_at_100", "ndcg_at_10")
+    queries = int(m.get("eval/retrieval_queries", 0))
+    corpus = int(m.get("eval/retrieval_corpus", 0))
+    print(f"  retrieval, {queries:,} held-out queries against {corpus:,} documents:")
+    print("    " + " " * 10 + "".join(f"{n.replace('_at_', '@'):>11}" for n in names))
+    for label, prefix in (("dense", ""), ("BM25", "bm25_"), ("hybrid", "hybrid_")):
+        values = [m.get(f"eval/{prefix}{n}") for n in names]
+        if all(v is None for v in values):
+            continue
+        cells = "".join(f"{v:>11.4f}" if v is not None else f"{'-':>11}" for v in values)
+        print(f"    {label:<10}{cells}")
 
 
 def _warnings(m: dict[str, float]) -> list[str]:

@@ -360,3 +360,25 @@ def test_system_metrics_are_logged_while_sampling(
                                                        "system/cpu_utilization_percentage")]
     assert steps == list(range(len(steps))) and len(steps) >= 2
     NullTracker().start_system_metrics()  # other ranks: nothing
+
+
+def test_a_text_runs_outcome_and_summary_give_retrieval_beside_bm25(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from dist_contrast.cli import _print_summary
+    from dist_contrast.driver.run import TrainingSummary
+
+    metrics = {"step": 200.0, "eval/mrr_at_10": 0.41234, "eval/bm25_mrr_at_10": 0.38,
+               "eval/recall_at_1": 0.3, "eval/bm25_recall_at_1": 0.29,
+               "eval/hybrid_mrr_at_10": 0.47, "eval/retrieval_queries": 5913.0,
+               "eval/retrieval_corpus": 5913.0, "train/loss": 1.5}
+    assert describe_outcome("FINISHED", metrics) == (
+        "finished at step 200: MRR@10 **0.412** (BM25 0.380)")
+    _print_summary(TrainingSummary("text", "a" * 32, "sqlite:///m.db", "/ck/checkpoint_1",
+                                   metrics))
+    out = capsys.readouterr().out
+    assert "5,913 held-out queries against 5,913 documents" in out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()
+            if line.strip().split()[:1] in (["dense"], ["BM25"], ["hybrid"])}
+    assert rows["dense"][:2] == ["0.4123", "0.3000"] and rows["BM25"][:2] == ["0.3800", "0.2900"]
+    assert rows["hybrid"][:2] == ["0.4700", "-"]
+    assert "dist-contrast embed" not in out and "MLflow model" not in out

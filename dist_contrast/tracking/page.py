@@ -76,4 +76,8 @@ def describe_outcome(
         parts.append(f"kNN accuracy **{metrics['eval/knn_acc']:.3f}**{baseline}")
     if "eval/linear_probe_acc" in metrics:
         parts.append(f"linear probe **{metrics['eval/linear_probe_acc']:.3f}**")
+    if "eval/mrr_at_10" in metrics:
+        bm25 = metrics.get("eval/bm25_mrr_at_10")
+        baseline = f" (BM25 {bm25:.3f})" if bm25 is not None else ""
+        parts.append(f"MRR@10 **{metrics['eval/mrr_at_10']:.3f}**{baseline}")
     return ", ".join(parts[:1]) + (": " + ", ".join(parts[1:]) if parts[1:] else "")

@@ -81,6 +81,11 @@ class Evaluator:
             temperature=self.cfg.eval.knn_temperature,
         )
 
+    @property
+    def baseline_key(self) -> str:
+        """A metric the baseline logs (a resumed run that has it does not log it again)."""
+        return "eval/bm25_mrr_at_10" if self.retrieval is not None else "eval/raw_knn_acc"
+
     def raw_baseline(self) -> dict[str, float]:
         """kNN accuracy of the raw inputs (flattened, L2-normalised): what learning must beat;
         for text pairs, BM25's retrieval metrics on the same split."""

@@ -82,7 +82,8 @@ class Reporter:
             # that fails before finish() leaves nothing behind.
             self.tracker.start_system_metrics()
         self.logged_through = self.tracker.last_step("train/loss") or 0
-        if self.evaluator is not None and not self.tracker.has_metric("eval/raw_knn_acc"):
+        if self.evaluator is not None and not self.tracker.has_metric(
+                self.evaluator.baseline_key):
             baseline = self.evaluator.raw_baseline()
             self.tracker.log_metrics(baseline, step=0)
             self.last_metrics.update(baseline)
