@@ -37,10 +37,15 @@ tools: $(TOOLS)/bin/checkov
 demo: $(VENV)/.installed
 	$(BIN)/dist-contrast train configs/synthetic.yaml
 
+# The suite in two runs: the tests that start no Ray runtime and no service on pytest-xdist
+# processes (as make check, checkov included), then the Ray and cluster tests in one process
+# (each starts Ray processes of its own, and several at once would fight over two cores).
 test: $(VENV)/.installed-test $(TOOLS)/bin/checkov
 	$(BIN)/ruff check --no-cache dist_contrast tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -ra --durations=15
+	$(BIN)/python -m pytest -q -ra --durations=10 -n auto --maxprocesses=4 \
+	  -m "not ray and not cluster"
+	$(BIN)/python -m pytest -q -ra --durations=15 -m "ray or cluster"
 
 check: $(VENV)/.installed-test
 	$(BIN)/ruff check --no-cache dist_contrast tests benchmarks
