@@ -309,6 +309,11 @@ def _add_embed(commands: argparse._SubParsersAction) -> None:
                             "parquet OUTPUT beside each row's output")
     embed.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
     embed.add_argument("--tracking-uri", metavar="URI", help="the MLflow store of SOURCE")
+    embed.add_argument("--side", choices=("query", "document"),
+                       help="a text encoder's checkpoint: the tower to embed with (INPUT: .txt, "
+                            "one text per line, or .jsonl; OUTPUT: .npy)")
+    embed.add_argument("--column", default="text", metavar="NAME",
+                       help="a .jsonl INPUT of texts: the field holding the text (default text)")
     embed.set_defaults(handler=_embed)
 
 
@@ -318,7 +323,13 @@ def _embed(args: argparse.Namespace) -> int:
 
     from dist_contrast.serving.embed import check_paths, embed_file
     from dist_contrast.serving.load import load_encoder
+    from dist_contrast.serving.text import text_checkpoint_config
 
+    if text_checkpoint_config(args.source) is not None:
+        return _embed_texts(args)
+    if args.side is not None:
+        raise UserError(f"--side applies to a text encoder's checkpoint; '{args.source}' is "
+                        "not one")
     check_paths(args.input, args.output_path, ids_column=args.ids_column,
                 overwrite=args.overwrite)
     # MLflow's progress bars and INFO lines (e.g. "Creating initial MLflow database tables")
@@ -336,6 +347,35 @@ def _embed(args: argparse.Namespace) -> int:
                       ids_column=args.ids_column, overwrite=args.overwrite)
     print(f"embedded {rows:,} rows into {args.output_path}: the {loaded.output} "
           f"({loaded.output_dim} values per row) of {loaded.source}")
+    return 0
+
+
+def _embed_texts(args: argparse.Namespace) -> int:
+    """``dist-contrast embed`` with a text encoder's checkpoint: one tower over a file of texts."""
+    from dist_contrast.serving.text import (
+        check_text_paths,
+        embed_texts,
+        load_text_encoder,
+        read_texts,
+    )
+
+    if args.side is None:
+        raise UserError(f"'{args.source}' is a text encoder: say which tower embeds INPUT with "
+                        "--side query or --side document")
+    if args.ids_column is not None:
+        raise UserError("--ids-column applies to parquet rows; a text OUTPUT's row i is "
+                        "INPUT's text i")
+    check_text_paths(args.input, args.output_path, overwrite=args.overwrite)
+    texts = read_texts(args.input, args.column)
+    encoder, _ = load_text_encoder(args.source)
+    representation = args.output_kind == "representation"
+    count = embed_texts(encoder, texts, args.side, args.output_path,
+                        representation=representation, batch_size=args.batch_size,
+                        overwrite=args.overwrite)
+    width = encoder.feature_dim if representation else encoder.embedding_dim
+    what = "representation" if representation else "embedding"
+    print(f"embedded {count:,} texts into {args.output_path}: the {args.side} tower's {what} "
+          f"({width} values per text) of {args.source}")
     return 0
 
 

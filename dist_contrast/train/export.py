@@ -62,9 +62,17 @@ def _unfused_masters(optimizer: Any) -> dict[int, Tensor]:
             for p, m in zip(lows, masters, strict=True)}
 
 
-def _float_cpu(tensor: Tensor) -> Tensor:
+def _float_cpu(tensor: Any) -> Any:
+    """A tensor in float32 on the CPU; a module's extra state (a text encoder's featurizer
+    record, not a tensor) as it is."""
+    if not isinstance(tensor, Tensor):
+        return tensor
     tensor = tensor.detach().cpu()
     return (tensor.float() if tensor.is_floating_point() else tensor).clone()
+
+
+#: The state-dict key suffix of a module's ``get_extra_state``.
+EXTRA_STATE = "_extra_state"
 
 
 def checkpoint_state_dict(directory: str | Path) -> dict[str, Tensor]:
@@ -83,6 +91,10 @@ def checkpoint_state_dict(directory: str | Path) -> dict[str, Tensor]:
         )
     if sorted(ds_dir.glob("*_optim_states.pt")):
         model = _zero_checkpoint(directory)
+        # DeepSpeed's reader rebuilds parameters and buffers only: a module's extra state
+        # (a text encoder's featurizer) comes from the module's own saved state.
+        module = load_weights_only(states, deepspeed=True, fix=_FIX).get("module") or {}
+        model.update({k: v for k, v in module.items() if k.endswith(EXTRA_STATE)})
     else:
         model = _stage0_checkpoint(directory, load_weights_only(states, deepspeed=True, fix=_FIX))
     encoder = {k.removeprefix(ENCODER_PREFIX): _float_cpu(v) for k, v in model.items()

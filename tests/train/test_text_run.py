@@ -1,14 +1,20 @@
 """A text retrieval run without Ray (the driver's plan and MLflow run, the real worker loop in
-two gloo processes): the shipped code-search config on a small file of pairs with hard
-negatives, logging MRR/Recall/nDCG beside BM25 and the hybrid, and learning (the trained
-encoder ranks better than the untrained one). The Ray path of such a run is the CLI's
+two gloo processes, ZeRO 1): the shipped code-search config on a small file of pairs with hard
+negatives, logging MRR/Recall/nDCG beside BM25 and the hybrid and learning; then its checkpoint
+embeds texts through the real CLI with either tower. The Ray path of such a run is the CLI's
 (tests/test_end_to_end.py)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from tests.conftest import metric_history, store_runs
+import numpy as np
+import pytest
+import torch
+
+from dist_contrast.serving.text import load_text_encoder
+from tests.conftest import Cli, metric_history, store_runs
 from tests.data.helpers import write_text_pairs
 from tests.inprocess import train_in_process
 
@@ -16,26 +22,74 @@ ROOT = Path(__file__).resolve().parents[2]
 METRICS = ("mrr_at_10", "recall_at_1", "recall_at_10", "recall_at_100", "ndcg_at_10")
 
 
-def test_a_code_search_run_logs_retrieval_metrics_beside_bm25(tmp_path: Path) -> None:
-    train = write_text_pairs(tmp_path / "train.jsonl", 1200, negatives=2)
-    test = write_text_pairs(tmp_path / "test.jsonl", 200, seed=1)
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run's folder: mlflow.db, results/text/checkpoint_00000040, test.jsonl."""
+    tmp = tmp_path_factory.mktemp("text")
+    train = write_text_pairs(tmp / "train.jsonl", 1200, negatives=2)
+    test = write_text_pairs(tmp / "test.jsonl", 200, seed=1)
     train_in_process(
         ROOT / "configs/codesearch.yaml", f"data.path={train}", f"data.eval_path={test}",
         "data.params={hard_negatives: 1}", "model.hidden_dim=32", "model.embedding_dim=32",
         "model.vocab_size=512", "model.hash_buckets=4096", "trainer.batch_size=64",
         "trainer.max_steps=40", "trainer.log_every=10", "eval.every_steps=20",
         "checkpoint.every_steps=40", "optimizer.warmup_steps=5", "optimizer.lr=0.01",
-        "experiment.run_name=text", folder=tmp_path)
-    store = tmp_path / "mlflow.db"
-    (run,) = store_runs(store, "codesearch")
-    assert run.info.status == "FINISHED"
-    metrics = run.data.metrics
+        "deepspeed.zero_stage=1", "experiment.run_name=text", folder=tmp)
+    return tmp
+
+
+def test_a_code_search_run_logs_retrieval_metrics_beside_bm25(run: Path) -> None:
+    store = run / "mlflow.db"
+    (found,) = store_runs(store, "codesearch")
+    assert found.info.status == "FINISHED"
+    metrics = found.data.metrics
     for name in METRICS:
         for prefix in ("", "bm25_", "hybrid_"):
             assert 0.0 <= metrics[f"eval/{prefix}{name}"] <= 1.0, (prefix, name)
     assert metrics["eval/retrieval_queries"] == 200
-    mrr = metric_history(store, run.info.run_id, "eval/mrr_at_10")
+    mrr = metric_history(store, found.info.run_id, "eval/mrr_at_10")
     assert [step for step, _ in mrr] == [20, 40]
     # By chance, MRR@10 among 200 documents is about 0.015 (0.53 seen after 40 steps).
     assert mrr[-1][1] > 0.3, mrr
-    assert (tmp_path / "results" / "text" / "checkpoint_00000040").is_dir()
+
+
+def test_its_checkpoint_embeds_texts_with_either_tower(run: Path, cli: Cli,
+                                                       tmp_path: Path) -> None:
+    checkpoint = run / "results" / "text" / "checkpoint_00000040"
+    rows = [json.loads(line) for line in (run / "test.jsonl").read_text().splitlines()][:50]
+    encoder, config = load_text_encoder(str(checkpoint))
+    assert config.model.name == "bow" and encoder.featurizer is not None
+    (tmp_path / "queries.txt").write_text("".join(r["anchor"] + "\n" for r in rows))
+    done = cli.run("embed", checkpoint, "queries.txt", "--side", "query", "-o", "q.npy",
+                   cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "embedded 50 texts" in done.stdout
+    with torch.no_grad():
+        expected = encoder([r["anchor"] for r in rows], side="query").numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "q.npy"), expected, rtol=1e-5, atol=1e-6)
+    done = cli.run("embed", checkpoint, run / "test.jsonl", "--side", "document", "--column",
+                   "positive", "-o", "d.npy", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    documents = np.load(tmp_path / "d.npy")
+    assert documents.shape == (200, 32) and documents.dtype == np.float32
+    # The trained towers find most documents from their queries.
+    top = (np.load(tmp_path / "q.npy") @ documents.T).argmax(axis=1)
+    assert (top == np.arange(50)).mean() > 0.3
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["queries.txt", "-o", "q.npy"], "say which tower embeds INPUT with --side"),
+    (["test.jsonl", "--side", "query", "-o", "q.npy"], "line 1 has no column 'text'"),
+    (["queries.txt", "--side", "query", "-o", "q.parquet"], "must be a .npy file"),
+    (["rows.npy", "--side", "query", "-o", "q.npy"], "must be a .txt file"),
+])
+def test_embed_refusals_are_one_line_and_write_nothing(run: Path, cli: Cli, tmp_path: Path,
+                                                       args: list[str], fragment: str) -> None:
+    (tmp_path / "queries.txt").write_text("read a file\n")
+    (tmp_path / "test.jsonl").write_text((run / "test.jsonl").read_text())
+    np.save(tmp_path / "rows.npy", np.zeros((2, 4), dtype=np.float32))
+    checkpoint = run / "results" / "text" / "checkpoint_00000040"
+    done = cli.run("embed", checkpoint, *args, cwd=tmp_path)
+    assert done.returncode == 2 and fragment in done.stderr, done.stderr[-2000:]
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert not (tmp_path / "q.npy").exists() and not (tmp_path / "q.parquet").exists()
