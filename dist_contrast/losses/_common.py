@@ -129,6 +129,14 @@ class PoolTerms:
         batch, dim = query.shape
         check_2d("key", key, dim)
         check_mask("key_mask", key_mask, (batch, key.shape[0]))
+        for name, pool in (("negatives", negatives), ("query_negatives", query_negatives)):
+            if pool is not None and pool.requires_grad and torch.is_grad_enabled():
+                # A pool is a constant here; silently cutting a gradient would be a wrong model.
+                raise ValueError(
+                    f"{name} carries a gradient, which a pool never receives; to train through "
+                    "extra negatives, append them to key after the B positives (positive_index "
+                    "then names each query's positive) or detach them"
+                )
         if negatives is not None:
             check_2d("negatives", negatives, dim)
             check_mask("negative_mask", negative_mask, (batch, negatives.shape[0]))

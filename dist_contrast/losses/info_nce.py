@@ -31,8 +31,10 @@ def info_nce(
     (mined), and ``negative_lse``, the log-sum-exp of a pool computed elsewhere (a pool sharded
     across workers, see :mod:`dist_contrast.losses.partials`). Masks are True where an entry must
     not count (a false negative: same instance or same label); masked entries get exactly zero
-    gradient. ``negatives`` and ``query_negatives`` are constants: they are detached and never
-    receive a gradient (a queue or bank is written by an explicit update, not by backward).
+    gradient. ``negatives`` and ``query_negatives`` are constants (a queue or bank is written by
+    an explicit update, not by backward): given with a gradient they are refused (ValueError).
+    Negatives that must train (a file's hard negatives, DPR) are rows of ``key`` after the
+    positives, with ``positive_index``: they get their gradient like any key.
 
     Logits and log-sum-exp are float32 whatever the embeddings' dtype. With ``tile_size`` the
     negatives are streamed in tiles with an online log-sum-exp, holding at most

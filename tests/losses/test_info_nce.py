@@ -330,3 +330,36 @@ def test_pool_partials_report_the_true_max():
     torch.testing.assert_close(parts.sum_exp, probs.sum(dim=1))
     torch.testing.assert_close(parts.weighted_keys, probs @ pool)
     torch.testing.assert_close(parts.weighted_sim, (probs * (q @ pool.T)).sum(dim=1))
+
+
+@pytest.mark.parametrize("tile_size", [None, 2])
+def test_hard_negatives_as_keys_get_their_gradient(tile_size: int | None):
+    # DPR's layout, as the trainer builds it from a file's hard negatives: the keys are the B
+    # positives, then M more documents; each query's positive is its own row.
+    x = _inputs(3, 4, keys=3 + 4, pool=1, mined=1, seed=5, dtype=torch.float64)
+    positives = torch.arange(3)
+
+    def loss(q, k):
+        return info_nce(q, k, temperature=0.2, positive_index=positives, tile_size=tile_size)
+
+    q, k = x["query"].clone().requires_grad_(), x["key"].clone().requires_grad_()
+    assert torch.autograd.gradcheck(loss, (q, k))
+    (grad,) = torch.autograd.grad(loss(q, k), k)
+    assert grad[3:].abs().sum(dim=1).min() > 0  # every extra document is pushed away
+    # The closed form for the extra rows: dL/dk_j = (1/B) Σ_i softmax_ij q_i / τ.
+    logits = q.detach() @ k.detach().T / 0.2
+    expected = (logits.softmax(dim=1)[:, 3:].T @ q.detach()) / 0.2 / 3
+    torch.testing.assert_close(grad[3:], expected)
+
+
+def test_a_pool_with_a_gradient_is_refused_not_detached():
+    x = _inputs(3, 4, keys=3, pool=5, mined=2, seed=1)
+    pool = x["negatives"].clone().requires_grad_()
+    with pytest.raises(ValueError, match="negatives carries a gradient"):
+        info_nce(x["query"], x["key"], pool, temperature=0.2)
+    mined = x["query_negatives"].clone().requires_grad_()
+    with pytest.raises(ValueError, match="query_negatives carries a gradient"):
+        info_nce(x["query"], x["key"], query_negatives=mined, temperature=0.2)
+    with torch.no_grad():  # under no_grad (evaluation) nothing would be cut: allowed
+        info_nce(x["query"], x["key"], pool, temperature=0.2)
+    info_nce(x["query"], x["key"], pool.detach(), temperature=0.2)
