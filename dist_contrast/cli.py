@@ -221,8 +221,9 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
                          help="an MLflow experiment name or a sweep's parent run id")
     compare.add_argument("--out", default="comparison", metavar="DIR",
                          help="where to write (default comparison/)")
-    compare.add_argument("--metric", default="eval/knn_acc", metavar="NAME",
-                         help="the accuracy plotted against τ (default eval/knn_acc)")
+    compare.add_argument("--metric", metavar="NAME",
+                         help="the accuracy plotted against τ (default eval/knn_acc, or "
+                              "eval/mrr_at_10 for text runs)")
     compare.add_argument("--tracking-uri", metavar="URI",
                          help="the MLflow store (default MLFLOW_TRACKING_URI, else "
                               "sqlite:///mlflow.db here)")

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from dist_contrast.compare.runs import Group, group_runs, load_runs
+from dist_contrast.compare.runs import Group, default_metric, group_runs, load_runs
 from dist_contrast.errors import UserError
 
 
@@ -63,11 +63,12 @@ def check_out(folder: Path) -> None:
 
 def compare(
     target: str, tracking_uri: str, out: str | Path = "comparison",
-    metric: str = "eval/knn_acc",
+    metric: str | None = None,
 ) -> Comparison:
     """Compare the FINISHED runs ``target`` names (an experiment name or a parent run id):
     write ``comparison.md``, the PNGs and ``report.html`` to ``out`` and, for a parent run,
-    log them as its artifacts under ``compare/``."""
+    log them as its artifacts under ``compare/``. ``metric`` is plotted against τ (default:
+    ``eval/knn_acc``, or ``eval/mrr_at_10`` for text runs)."""
     from dist_contrast.compare.report import html_report, markdown_table
     from dist_contrast.compare.runs import log_to_parent
 
@@ -75,6 +76,8 @@ def compare(
     check_out(folder)  # before MLflow is read: a wrong --out is one line, in no time
     runs, parent_id = load_runs(target, tracking_uri)
     groups = group_runs(runs)
+    if metric is None:
+        metric = default_metric(groups)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # e.g. a folder that went away or lost its rights since the check

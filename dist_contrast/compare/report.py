@@ -7,20 +7,23 @@ import html
 from collections.abc import Sequence
 from pathlib import Path
 
-from dist_contrast.compare.runs import LOSS, TABLE_METRICS, TAU, Group, labels
+from dist_contrast.compare.runs import LOSS, RETRIEVAL_METRICS, TABLE_METRICS, TAU, Group, labels
 
 
 def table_rows(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
     """The header and one row per grid point: τ ("—" for a loss without one), loss, the
     setting (the sweep config and what varies within it) when that says more than the loss,
-    each metric's mean ± std (n), and whether any seed collapsed."""
+    each metric's mean ± std (n) (a text run's retrieval metrics too), and whether any seed
+    collapsed."""
     named = labels(groups)
     setting = any(named[id(g)] != g.loss for g in groups)
-    header = ["τ", "loss", *(["setting"] if setting else []), "runs", *TABLE_METRICS,
+    retrieval = [m for m in RETRIEVAL_METRICS if any(g.stat(m) is not None for g in groups)]
+    metrics = [*TABLE_METRICS, *retrieval]
+    header = ["τ", "loss", *(["setting"] if setting else []), "runs", *metrics,
               "eval/collapsed"]
     rows = []
     for group in groups:
-        stats = [group.stat(m) for m in TABLE_METRICS]
+        stats = [group.stat(m) for m in metrics]
         rows.append([
             group.params.get(TAU, "—") if group.tau is not None else "—",
             group.params.get(LOSS, "—"), *([named[id(group)]] if setting else []),

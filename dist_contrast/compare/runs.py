@@ -29,6 +29,14 @@ TABLE_METRICS = (
     "eval/knn_acc", "eval/linear_probe_acc", "eval/uniformity", "eval/tolerance",
     "diag/penalty_entropy", "eval/local_separation",
 )
+#: Text runs' retrieval metrics (the dense encoder, then BM25 and the hybrid on the same
+#: split): columns of the table when any run has them.
+RETRIEVAL_METRICS = (
+    "eval/mrr_at_10", "eval/recall_at_1", "eval/recall_at_10", "eval/ndcg_at_10",
+    "eval/bm25_mrr_at_10", "eval/hybrid_mrr_at_10",
+)
+#: What the figure against τ plots by default: kNN accuracy, or MRR@10 for text runs.
+DEFAULT_METRICS = ("eval/knn_acc", "eval/mrr_at_10")
 COLLAPSED = "eval/collapsed"
 
 
@@ -251,3 +259,11 @@ def log_to_parent(parent_id: str, files: Sequence[Path], tracking_uri: str) -> N
     with _store(tracking_uri) as client:
         for path in files:
             client.log_artifact(parent_id, str(path), "compare")
+
+
+def default_metric(groups: Sequence[Group]) -> str:
+    """The first of :data:`DEFAULT_METRICS` that some run has (kNN accuracy when none)."""
+    for metric in DEFAULT_METRICS:
+        if any(group.stat(metric) is not None for group in groups):
+            return metric
+    return DEFAULT_METRICS[0]

@@ -148,3 +148,30 @@ def test_cli_out_onto_a_file_is_one_line(store: Store, tmp_path: Path) -> None:
         f"dist-contrast: error: --out {tmp_path / 'taken'} is a file, not a folder; give a folder "
         "for the comparison's files (it is made if missing), or move the file away"]
     assert (tmp_path / "taken").read_text() == "notes\n"
+
+
+def test_text_runs_are_compared_by_their_retrieval_metrics(tmp_path: Path) -> None:
+    import mlflow
+    from mlflow.entities import Metric, Param
+
+    from dist_contrast.compare.runs import default_metric
+
+    uri = f"sqlite:///{tmp_path / 'text.db'}"
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("text", artifact_location=str(tmp_path / "art"))
+    mrr = {("0.05", 0): 0.40, ("0.05", 1): 0.42, ("0.1", 0): 0.35, ("0.1", 1): 0.33}
+    for (tau, seed), value in mrr.items():
+        run = client.create_run(experiment, run_name=f"{tau}-{seed}").info.run_id
+        params = {"loss.name": "info_nce", "loss.temperature": tau, "experiment.seed": str(seed)}
+        metrics = {"eval/mrr_at_10": value, "eval/recall_at_1": value - 0.1,
+                   "eval/bm25_mrr_at_10": 0.5, "eval/hybrid_mrr_at_10": 0.52, "train/loss": 1.0}
+        client.log_batch(run, params=[Param(k, v) for k, v in params.items()],
+                         metrics=[Metric(k, v, 0, 1) for k, v in metrics.items()])
+        client.set_terminated(run)
+    done = compare("text", uri, out=tmp_path / "out")
+    assert default_metric(done.groups) == "eval/mrr_at_10"
+    header = done.table.splitlines()[0]
+    assert "eval/mrr_at_10" in header and "eval/bm25_mrr_at_10" in header
+    assert "eval/recall_at_10" not in header  # no run has it: no empty column
+    assert "| 0.05 | info_nce | 2 |" in done.table and "0.4100 ± 0.0141 (n=2)" in done.table
+    assert (tmp_path / "out" / "accuracy_vs_tau.png").stat().st_size > 1000
