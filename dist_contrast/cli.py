@@ -73,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     losses.set_defaults(handler=_losses)
     _add_embed(commands)
+    _add_search(commands)
     _add_evaluate(commands)
     _add_sweep(commands)
     _add_compare(commands)
@@ -380,6 +381,56 @@ def _embed_texts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_search(commands: argparse._SubParsersAction) -> None:
+    search = commands.add_parser(
+        "search",
+        help="search a corpus of texts with a trained text encoder",
+        description=(
+            "Embed the corpus with the document tower (once: kept beside the checkpoint in "
+            "search/, reused while the corpus file is unchanged), each QUERY with the query "
+            "tower, and print each query's top K documents with their cosine scores. SOURCE "
+            "is a text run's checkpoint folder, or its run folder (the newest checkpoint)."
+        ),
+    )
+    search.add_argument("source", metavar="SOURCE", help="checkpoint folder or run folder")
+    search.add_argument("queries", metavar="QUERY", nargs="+", help="the text to search for")
+    search.add_argument("--corpus", required=True, metavar="FILE",
+                        help="the documents: .txt (one per line) or .jsonl")
+    search.add_argument("--column", metavar="NAME",
+                        help="a .jsonl corpus: the text's field (default: the first of text, "
+                             "positive, document that the file has)")
+    search.add_argument("-k", type=int, default=10, help="results per query (default 10)")
+    search.add_argument("--width", type=int, default=100, metavar="N",
+                        help="characters of each document's first line to print (default 100)")
+    search.set_defaults(handler=_search)
+
+
+def _search(args: argparse.Namespace) -> int:
+    """``dist-contrast search``: the corpus (cached), then each query's top k."""
+    from pathlib import Path
+
+    from dist_contrast.serving import search as searching
+    from dist_contrast.serving.text import load_text_encoder
+
+    if args.k < 1:
+        raise UserError(f"-k must be at least 1, got {args.k}")
+    checkpoint = searching.checkpoint_of(args.source)
+    texts, ids, column = searching.corpus_texts(args.corpus, args.column)
+    encoder, _ = load_text_encoder(checkpoint)
+    vectors, cached = searching.corpus_embeddings(encoder, checkpoint, Path(args.corpus),
+                                                  column, texts)
+    how = "reused" if cached else "embedded"
+    print(f"{len(texts):,} documents of {args.corpus} ({column}) {how}, with {checkpoint}")
+    for query, hits in zip(args.queries, searching.search(encoder, vectors, texts, ids,
+                                                          args.queries, args.k), strict=True):
+        print(f"\n{query}")
+        for rank, hit in enumerate(hits, start=1):
+            first = (hit.text.strip().splitlines() or [""])[0][: args.width]
+            name = f"{hit.id}  " if hit.id else f"row {hit.row}  "
+            print(f"  {rank:>3}. {hit.score:.4f}  {name}{first}")
+    return 0
+
+
 def _add_data(commands: argparse._SubParsersAction) -> None:
     data = commands.add_parser(
         "data",
@@ -576,6 +627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 _INTERRUPTED = {
     "train": "interrupted before training started; nothing to resume",
     "embed": "embed interrupted; nothing written (OUTPUT is as it was)",
+    "search": "search interrupted; the corpus cache is kept only when complete",
     "evaluate": "evaluate interrupted; no finished evaluation was logged",
     "data": "data interrupted; nothing written (-o is as it was)",
 }

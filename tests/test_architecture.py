@@ -40,7 +40,7 @@ ALLOWED: dict[str, set[str]] = {
               "analysis", "temperature", "tracking", "errors", "plots", "timing", "retrieval"},
     "preflight": {"config", "data", "errors", "models", "negatives", "objectives", "train"},
     # Loading an encoder from a checkpoint or MLflow, embedding files, evaluating an encoder.
-    "serving": {"config", "data", "models", "errors", "tracking", "train"},
+    "serving": {"config", "data", "models", "errors", "tracking", "train", "retrieval"},
     # The driver: the run's plan, Ray started or joined, the MLflow run, signals, failures.
     "driver": {"config", "data", "errors", "objectives", "paths", "preflight", "progress",
                "tracking", "train", "timing"},

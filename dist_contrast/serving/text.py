@@ -130,7 +130,6 @@ def _text_of(source: Path, number: int, line: str, column: str) -> str:
     return value
 
 
-@torch.inference_mode()
 def embed_texts(
     encoder: TextEncoder, texts: list[str], side: Side, output_path: str | Path, *,
     representation: bool = False, batch_size: int = 256, overwrite: bool = False,
@@ -141,13 +140,28 @@ def embed_texts(
 
     Shape: [N] texts -> OUTPUT [N, embedding_dim or feature_dim] float32.
     """
+    target = Path(output_path)
+    if target.exists() and not overwrite:
+        raise UserError(f"OUTPUT '{target}' exists; pass --overwrite to replace it")
+    out = embedding_array(encoder, texts, side, representation=representation,
+                          batch_size=batch_size, progress=progress)
+    save_npy(out, target)
+    return len(texts)
+
+
+@torch.inference_mode()
+def embedding_array(
+    encoder: TextEncoder, texts: list[str], side: Side, *, representation: bool = False,
+    batch_size: int = 256, progress: bool | None = None,
+) -> np.ndarray:
+    """``side``'s embeddings (or body representations) of ``texts``, ``batch_size`` at a time.
+
+    Shape: [N] texts -> [N, embedding_dim or feature_dim] float32.
+    """
     if side not in SIDES:
         raise UserError(f"--side must be one of {', '.join(SIDES)}, got {side!r}")
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
-    target = Path(output_path)
-    if target.exists() and not overwrite:
-        raise UserError(f"OUTPUT '{target}' exists; pass --overwrite to replace it")
     apply = encoder.encode if representation else encoder
     parts = []
     with _progress_bar(len(texts), progress) as advance:
@@ -155,13 +169,17 @@ def embed_texts(
             batch = texts[start : start + batch_size]
             parts.append(apply(batch, side=side).float().cpu().numpy())
             advance(len(batch))
-    out = np.concatenate(parts).astype(np.float32, copy=False)
+    return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+def save_npy(array: np.ndarray, target: Path) -> None:
+    """``array`` as the .npy ``target``, complete or not at all (a hidden partial file beside
+    it, renamed into place)."""
     partial = _create_partial(target)
     try:
         with partial.open("wb") as handle:
-            np.save(handle, out)
+            np.save(handle, array)
         os.replace(partial, target)  # complete or absent: never half a file under OUTPUT
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(partial)
-    return len(texts)

@@ -93,3 +93,28 @@ def test_embed_refusals_are_one_line_and_write_nothing(run: Path, cli: Cli, tmp_
     assert done.returncode == 2 and fragment in done.stderr, done.stderr[-2000:]
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
     assert not (tmp_path / "q.npy").exists() and not (tmp_path / "q.parquet").exists()
+
+
+def test_search_finds_documents_from_their_queries_and_reuses_the_corpus(
+        run: Path, cli: Cli, tmp_path: Path) -> None:
+    rows = [json.loads(line) for line in (run / "test.jsonl").read_text().splitlines()]
+    queries = [row["anchor"] for row in rows[:8]]
+    corpus = run / "test.jsonl"
+    first = cli.run("search", run / "results" / "text", *queries, "--corpus", corpus, "-k", "10",
+                    cwd=tmp_path)  # the run folder: its newest checkpoint
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "200 documents of" in first.stdout and "(positive) embedded" in first.stdout
+    blocks = first.stdout.split("\n\n")[1:]
+    assert len(blocks) == 8
+    found = sum(row["positive"].splitlines()[0][:100] in block
+                for row, block in zip(rows, blocks, strict=False))
+    assert found >= 5, first.stdout  # most queries find their own document in their top 10
+    cache = list((run / "results" / "text" / "checkpoint_00000040" / "search").glob("*.npy"))
+    assert len(cache) == 1
+    again = cli.run("search", run / "results" / "text" / "checkpoint_00000040", queries[0],
+                    "--corpus", corpus, "-k", "3", cwd=tmp_path)
+    assert again.returncode == 0 and "(positive) reused" in again.stdout
+    assert again.stdout.count("  1. ") == 1 and "  4. " not in again.stdout
+    missing = cli.run("search", run / "results" / "text", "x", "--corpus", "nope.jsonl",
+                      cwd=tmp_path)
+    assert missing.returncode == 2 and "--corpus 'nope.jsonl' not found" in missing.stderr
