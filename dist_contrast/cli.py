@@ -324,10 +324,12 @@ def _embed(args: argparse.Namespace) -> int:
     import logging
 
     from dist_contrast.serving.embed import check_paths, embed_file
-    from dist_contrast.serving.load import load_encoder
+    from dist_contrast.serving.load import is_mlflow_source, load_encoder
     from dist_contrast.serving.text import text_checkpoint_config
 
-    if text_checkpoint_config(args.source) is not None:
+    # A text checkpoint says so itself; an MLflow model is read as text when --side is given.
+    if text_checkpoint_config(args.source) is not None or (
+            args.side is not None and is_mlflow_source(args.source)):
         return _embed_texts(args)
     if args.side is not None:
         raise UserError(f"--side applies to a text encoder's checkpoint; '{args.source}' is "
@@ -369,7 +371,7 @@ def _embed_texts(args: argparse.Namespace) -> int:
                         "INPUT's text i")
     check_text_paths(args.input, args.output_path, overwrite=args.overwrite)
     texts = read_texts(args.input, args.column)
-    encoder, _ = load_text_encoder(args.source)
+    encoder, _ = load_text_encoder(args.source, args.tracking_uri)
     representation = args.output_kind == "representation"
     count = embed_texts(encoder, texts, args.side, args.output_path,
                         representation=representation, batch_size=args.batch_size,
@@ -518,11 +520,14 @@ def _print_summary(summary: object) -> None:
     print(f"  MLflow run {summary.run_id} in {uri}")
     if text:
         print("  artifacts: config.yaml, summary.json, plots/ (training_curves, "
-              "relative_penalty, similarities); the encoder (towers and vocabulary) is in "
-              "the checkpoints")
+              "relative_penalty, similarities), the MLflow model encoder (texts -> embeddings)")
     else:
         print("  artifacts: config.yaml, summary.json, plots/ (embeddings, training_curves, "
               "relative_penalty, similarities), the MLflow model encoder")
+    if summary.checkpoint_path and text:
+        print(f"  search with it: dist-contrast search {summary.checkpoint_path} \"QUERY\" "
+              "--corpus DOCUMENTS.jsonl; embed: dist-contrast embed "
+              f"{summary.checkpoint_path} TEXTS.txt --side query -o EMBEDDINGS.npy")
     if summary.checkpoint_path and not text:
         print(f"  embed rows with it: dist-contrast embed {summary.checkpoint_path} ROWS.npy "
               "-o EMBEDDINGS.npy (or the MLflow model runs:/RUN_ID/encoder)")

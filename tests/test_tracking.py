@@ -381,4 +381,5 @@ def test_a_text_runs_outcome_and_summary_give_retrieval_beside_bm25(
             if line.strip().split()[:1] in (["dense"], ["BM25"], ["hybrid"])}
     assert rows["dense"][:2] == ["0.4123", "0.3000"] and rows["BM25"][:2] == ["0.3800", "0.2900"]
     assert rows["hybrid"][:2] == ["0.4700", "-"]
-    assert "dist-contrast embed" not in out and "MLflow model" not in out
+    assert "ROWS.npy" not in out  # no rows of numbers: texts, with a tower
+    assert "dist-contrast search /ck/checkpoint_1" in out and "--side query" in out

@@ -42,6 +42,7 @@ from dist_contrast.train.model import (
     use_tracking_uri,
 )
 from dist_contrast.train.state import check_safe_to_load, load_weights_only, state_file
+from dist_contrast.train.text_model import TEXT_RECORD_FORMAT
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 SOURCES_HELP = (
@@ -99,9 +100,7 @@ def load_encoder(source: str, *, tracking_uri: str | None = None) -> LoadedEncod
     else ``sqlite:///mlflow.db`` here). Raises ``UserError`` (one line) for anything unusable.
     """
     source = str(source).strip()
-    if source.startswith(("runs:/", "models:/")) or (
-        _RUN_ID.match(source) and not Path(source).exists()  # a folder may look like an id
-    ):
+    if is_mlflow_source(source):  # a folder may look like an id: a folder wins
         return _from_mlflow(source, tracking_uri)
     if "://" in source:
         raise UserError(f"cannot load '{source}': copy the checkpoint folder to a local path "
@@ -228,7 +227,17 @@ def _parse_record(source: str, record: dict[str, Any], what: str) -> tuple[Confi
 # ----------------------------------------------------------------------------- MLflow
 
 
-def _from_mlflow(source: str, tracking_uri: str | None) -> LoadedEncoder:
+def is_mlflow_source(source: str) -> bool:
+    """Whether ``source`` names an MLflow run or model rather than a folder."""
+    return source.startswith(("runs:/", "models:/")) or bool(
+        _RUN_ID.match(source) and not Path(source).exists())
+
+
+def read_mlflow_model(
+    source: str, tracking_uri: str | None
+) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+    """The record, the state dict (tensors, and a text encoder's featurizer as plain data)
+    and the source run id of a model dist_contrast logged. Raises ``UserError`` (one line)."""
     from dist_contrast.tracking import default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri()
@@ -236,7 +245,14 @@ def _from_mlflow(source: str, tracking_uri: str | None) -> LoadedEncoder:
     model_uri = _model_uri(source)
     with tempfile.TemporaryDirectory() as tmp, use_tracking_uri(uri):
         local = _download(source, model_uri, uri, tmp)
-        record, state, run_id = _read_model(source, Path(local))
+        return _read_model(source, Path(local))
+
+
+def _from_mlflow(source: str, tracking_uri: str | None) -> LoadedEncoder:
+    record, state, run_id = read_mlflow_model(source, tracking_uri)
+    if record.get("format") == TEXT_RECORD_FORMAT:
+        raise UserError(f"'{source}' is a text encoder: embed a .txt or .jsonl file of texts "
+                        "with --side query or --side document")
     config, preprocessing = _parse_record(source, record, what="model record")
     output = record.get("output")
     if output not in OUTPUTS:
@@ -335,11 +351,13 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
-def _read_model(source: str, local: Path) -> tuple[dict[str, Any], dict[str, Tensor], str | None]:
+def _read_model(source: str, local: Path) -> tuple[dict[str, Any], dict[str, Any], str | None]:
     """The record, the float32 state dict and the source run id of a downloaded model."""
     from mlflow.models import Model
 
     extra = local / "extra_files"
+    if not (extra / RECORD_FILE).is_file():  # a text encoder's pyfunc keeps them as artifacts
+        extra = local / "artifacts"
     if not (extra / RECORD_FILE).is_file() or not (extra / STATE_FILE).is_file():
         raise UserError(f"'{source}' is not an encoder logged by dist_contrast (it has no "
                         f"extra_files/{RECORD_FILE}); give a model that `dist-contrast train` "

@@ -23,10 +23,17 @@ from dist_contrast.errors import UserError
 from dist_contrast.models import build_model
 from dist_contrast.models.text import SIDES, Side, TextEncoder
 from dist_contrast.serving.embed import _create_partial, _progress_bar
-from dist_contrast.serving.load import CHECKPOINT_FIX, _parse_record, _read_meta
+from dist_contrast.serving.load import (
+    CHECKPOINT_FIX,
+    _parse_record,
+    _read_meta,
+    is_mlflow_source,
+    read_mlflow_model,
+)
 from dist_contrast.train import storage
 from dist_contrast.train.export import checkpoint_state_dict
 from dist_contrast.train.state import check_safe_to_load
+from dist_contrast.train.text_model import TEXT_RECORD_FORMAT, build_text_encoder
 
 INPUT_SUFFIXES = (".txt", ".jsonl")
 
@@ -43,9 +50,14 @@ def text_checkpoint_config(source: str) -> Config | None:
     return config if config.model.is_text else None
 
 
-def load_text_encoder(source: str) -> tuple[TextEncoder, Config]:
-    """The float32 text encoder of a checkpoint folder, in eval mode on the CPU, with its
-    featurizer. Raises ``UserError`` (one line) for anything unusable."""
+def load_text_encoder(source: str, tracking_uri: str | None = None
+                      ) -> tuple[TextEncoder, Config]:
+    """The float32 text encoder of a checkpoint folder or of a text run's MLflow model (a run
+    id, ``runs:/RUN_ID/encoder``, ``models:/NAME/VERSION``; ``tracking_uri`` is its store), in
+    eval mode on the CPU, with its featurizer. Raises ``UserError`` (one line) for anything
+    unusable. The MLflow model's state is read with ``weights_only=True``, not unpickled."""
+    if is_mlflow_source(source):
+        return _from_mlflow(source, tracking_uri)
     directory = Path(source)
     meta = _read_meta(source, directory)
     config, _ = _parse_record(source, meta, what="meta.json")
@@ -68,6 +80,20 @@ def load_text_encoder(source: str) -> tuple[TextEncoder, Config]:
         raise UserError(f"checkpoint '{source}' holds no vocabulary or tokenizer for its text "
                         "encoder; use a checkpoint written by this version of dist_contrast")
     return encoder.float().eval(), config
+
+
+def _from_mlflow(source: str, tracking_uri: str | None) -> tuple[TextEncoder, Config]:
+    record, state, _ = read_mlflow_model(source, tracking_uri)
+    if record.get("format") != TEXT_RECORD_FORMAT:
+        raise UserError(f"'{source}' holds an encoder of rows of numbers, not texts; embed a "
+                        ".npy or .parquet file with it (without --side)")
+    try:
+        config = Config.model_validate(record["config"])
+        return build_text_encoder(config, state), config
+    except (KeyError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise UserError(f"the model '{source}' does not rebuild ({first}); it was written by "
+                        "another version of dist_contrast") from None
 
 
 def check_text_paths(input_path: str | Path, output_path: str | Path, *,

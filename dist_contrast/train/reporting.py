@@ -23,6 +23,7 @@ from dist_contrast.tracking import Tracker
 from dist_contrast.train.evaluation import Evaluator, log_figure
 from dist_contrast.train.evidence import PenaltySnapshots
 from dist_contrast.train.model import TrainedEncoder, log_encoder
+from dist_contrast.train.text_model import TrainedTextEncoder, log_text_encoder
 
 #: Logged at every step (batched); everything else once per ``trainer.log_every`` window.
 EVERY_STEP = ("train/loss", "train/temperature", "train/lr", "train/skipped_steps")
@@ -138,7 +139,7 @@ class Reporter:
         with contextlib.suppress(Exception):
             self.channel.put_nowait(update)
 
-    def finish(self, trained: TrainedEncoder | None = None,
+    def finish(self, trained: TrainedEncoder | TrainedTextEncoder | None = None,
                penalty: PenaltySnapshots | None = None) -> None:
         """The end-of-run figures (with ``penalty``, the relative penalty over training),
         summary and (given ``trained``) the encoder as the run's MLflow model; the run is
@@ -156,7 +157,7 @@ class Reporter:
                 self._log_model(trained)
         self.tracker.close("FINISHED")
 
-    def _log_model(self, trained: TrainedEncoder) -> None:
+    def _log_model(self, trained: TrainedEncoder | TrainedTextEncoder) -> None:
         """``runs:/<run id>/encoder`` (and a new registry version with
         ``tracking.register_model``). A failure here is a warning and a run tag, not a failed
         run: training is done and its last checkpoint holds the same encoder."""
@@ -164,9 +165,13 @@ class Reporter:
         if run_id is None or tracking.tracking_uri is None:
             return
         try:
-            log_encoder(trained, tracking_uri=tracking.tracking_uri, run_id=run_id,
-                        output=tracking.model_output,
-                        registered_model_name=tracking.register_model)
+            if isinstance(trained, TrainedTextEncoder):
+                log_text_encoder(trained, tracking_uri=tracking.tracking_uri, run_id=run_id,
+                                 registered_model_name=tracking.register_model)
+            else:
+                log_encoder(trained, tracking_uri=tracking.tracking_uri, run_id=run_id,
+                            output=tracking.model_output,
+                            registered_model_name=tracking.register_model)
         except Exception as exc:
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
             logging.getLogger(__name__).warning(

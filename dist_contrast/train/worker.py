@@ -34,6 +34,7 @@ from dist_contrast.train.model import TrainedEncoder
 from dist_contrast.train.reporting import MetricWindow, Reporter
 from dist_contrast.train.state import TrainProgress
 from dist_contrast.train.step import TrainStep
+from dist_contrast.train.text_model import TrainedTextEncoder, build_text_encoder
 
 
 class ContrastiveModel(nn.Module):
@@ -117,17 +118,18 @@ class Worker:
         checkpoint.save_and_report(train, self.step, self.progress, self.reporter.tracker.run_id,
                                    self.reporter.last_metrics, self.cfg, self.data.preprocessing)
 
-    def trained_encoder(self) -> TrainedEncoder | None:
+    def trained_encoder(self) -> TrainedEncoder | TrainedTextEncoder | None:
         """The query encoder to log as the run's MLflow model: float32 with the optimiser's
         master weights, in eval mode, on the CPU (rank 0; None elsewhere, or without
-        ``tracking.log_model``). Every rank must call it: under ZeRO 1-2 it gathers."""
-        if not self.cfg.tracking.log_model or self.cfg.model.is_text:
-            # A text encoder takes strings: the pt2 graph of raw float rows cannot hold it
-            # (its checkpoint holds the towers and the featurizer).
+        ``tracking.log_model``); a text run's both towers with their featurizer. Every rank
+        must call it: under ZeRO 1-2 it gathers."""
+        if not self.cfg.tracking.log_model:
             return None
         state = export.master_state_dict(self.step.engine)
         if not dist.is_rank_zero():
             return None
+        if self.cfg.model.is_text:
+            return TrainedTextEncoder(build_text_encoder(self.cfg, state), self.cfg)
         with torch.random.fork_rng(devices=[]):  # a fresh copy must not move the run's RNG
             encoder = build_model(self.cfg.model, self.data.input_shape)
         assert isinstance(encoder, ContrastiveEncoder)  # text encoders returned None above

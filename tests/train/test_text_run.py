@@ -118,3 +118,38 @@ def test_search_finds_documents_from_their_queries_and_reuses_the_corpus(
     missing = cli.run("search", run / "results" / "text", "x", "--corpus", "nope.jsonl",
                       cwd=tmp_path)
     assert missing.returncode == 2 and "--corpus 'nope.jsonl' not found" in missing.stderr
+
+
+def test_the_mlflow_model_takes_raw_strings_with_the_tokenizer_inside(
+        run: Path, cli: Cli, tmp_path: Path) -> None:
+    import mlflow
+    import pandas as pd
+
+    store = run / "mlflow.db"
+    (found,) = store_runs(store, "codesearch")
+    run_id = found.info.run_id
+    texts = ["w001x w002x w003x", "an unseen text entirely", "w010x"]
+    checkpoint, _ = load_text_encoder(str(run / "results" / "text" / "checkpoint_00000040"))
+    with torch.no_grad():
+        expected = {side: checkpoint(texts, side=side).numpy() for side in ("query", "document")}
+    mlflow.set_tracking_uri(f"sqlite:///{store}")
+    try:
+        model = mlflow.pyfunc.load_model(f"runs:/{run_id}/encoder")
+        frame = pd.DataFrame({"text": texts})
+        np.testing.assert_allclose(model.predict(frame), expected["query"], atol=1e-6)
+        np.testing.assert_allclose(model.predict(frame, params={"side": "document"}),
+                                   expected["document"], atol=1e-6)
+    finally:
+        mlflow.set_tracking_uri(None)
+    (tmp_path / "t.txt").write_text("\n".join(texts) + "\n")
+    done = cli.run("embed", run_id, "t.txt", "--side", "document", "-o", "t.npy",
+                   "--tracking-uri", f"sqlite:///{store}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_allclose(np.load(tmp_path / "t.npy"), expected["document"], atol=1e-6)
+    rows = cli.run("embed", run_id, "t.txt", "-o", "r.npy", "--tracking-uri",
+                   f"sqlite:///{store}", cwd=tmp_path)
+    assert rows.returncode == 2 and "must be a .npy or .parquet" in rows.stderr
+    np.save(tmp_path / "rows.npy", np.zeros((2, 3), dtype=np.float32))
+    rows = cli.run("embed", run_id, "rows.npy", "-o", "r.npy", "--tracking-uri",
+                   f"sqlite:///{store}", cwd=tmp_path)
+    assert rows.returncode == 2 and "is a text encoder" in rows.stderr, rows.stderr

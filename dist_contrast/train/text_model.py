@@ -1,0 +1,158 @@
+"""A text run's encoder as an MLflow model that takes raw strings.
+
+The model is an MLflow ``pyfunc`` whose input is a column of texts (``text``; a list of
+strings works too) and whose ``side`` parameter picks the tower (``query``, the default, or
+``document``); its output is the unit-norm embeddings, float32 ``[n, embedding_dim]``. The
+featurizer (the bag's vocabulary, or the trained or loaded tokenizer) is inside the encoder's
+state, so the model needs nothing but itself to turn text into embeddings. Its artifacts are
+the float32 state dict (tensors, and the featurizer as plain lists and strings, read with
+``weights_only=True``) and the JSON record of the run's config; loading it needs
+``dist_contrast`` importable (the towers and the featurizer are its code).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dist_contrast.config import Config
+from dist_contrast.models import build_model
+from dist_contrast.models.text import SIDES, TextEncoder
+from dist_contrast.train.model import MODEL_NAME, RECORD_FILE, STATE_FILE, use_tracking_uri
+
+#: The record's format for a text model (the row model's record is format 1).
+TEXT_RECORD_FORMAT = "text-1"
+
+try:  # the class MLflow pickles by reference: its base must exist where MLflow does
+    from mlflow.pyfunc import PythonModel
+except ImportError:  # pragma: no cover - mlflow is a dependency
+    PythonModel = object  # type: ignore[assignment,misc]
+
+
+@dataclass
+class TrainedTextEncoder:
+    """What a text run hands over at its end: the float32 encoder (eval, CPU) and config."""
+
+    encoder: TextEncoder
+    config: Config
+
+
+def build_text_encoder(config: Config, state: dict[str, Any]) -> TextEncoder:
+    """The config's text encoder holding ``state`` (its featurizer included), float32, eval.
+    The global RNG is left where it was."""
+    with torch.random.fork_rng(devices=[]):
+        encoder = build_model(config.model, (1,))
+    if not isinstance(encoder, TextEncoder):
+        raise ValueError(f"model.name={config.model.name} is not a text encoder")
+    encoder.load_state_dict(state)
+    return encoder.float().eval()
+
+
+def texts_of(model_input: Any) -> list[str]:
+    """The texts of a pyfunc input: a DataFrame (its ``text`` column, or its only column), a
+    Series, a list or array of strings, or one string."""
+    if isinstance(model_input, str):
+        return [model_input]
+    columns = getattr(model_input, "columns", None)
+    if columns is not None:
+        names = list(columns)
+        if "text" in names:
+            model_input = model_input["text"]
+        elif len(names) == 1:
+            model_input = model_input[names[0]]
+        else:
+            raise ValueError(f"give the texts in a column named 'text' (got columns {names})")
+    texts = [str(t) for t in (model_input.tolist() if hasattr(model_input, "tolist")
+                              else model_input)]
+    return texts
+
+
+class TextEncoderModel(PythonModel):  # type: ignore[misc,valid-type]
+    """The pyfunc: texts (+ ``params={"side": ...}``) -> float32 embeddings [n, D]."""
+
+    encoder: TextEncoder | None = None
+    # The input's schema is the logged signature; MLflow's own reading of predict's type
+    # hints would wrap predict and warn at import.
+    _skip_type_hint_validation = True
+
+    def load_context(self, context: Any) -> None:
+        record = json.loads(Path(context.artifacts["record"]).read_text())
+        state = torch.load(context.artifacts["state"], map_location="cpu", weights_only=True)
+        self.encoder = build_text_encoder(Config.model_validate(record["config"]), state)
+
+    def predict(self, context: Any, model_input: Any,
+                params: dict[str, Any] | None = None) -> np.ndarray:
+        if self.encoder is None:
+            raise RuntimeError("the model was not loaded (load it with mlflow.pyfunc)")
+        side = (params or {}).get("side", "query")
+        if side not in SIDES:
+            raise ValueError(f"params side must be one of {SIDES}, got {side!r}")
+        return embed(self.encoder, texts_of(model_input), side)
+
+
+@torch.inference_mode()
+def embed(encoder: TextEncoder, texts: Sequence[str], side: str,
+          batch_size: int = 256) -> np.ndarray:
+    """Shape: [n] texts -> [n, embedding_dim] float32."""
+    parts = [encoder(list(texts[i : i + batch_size]), side=side).float().cpu().numpy()
+             for i in range(0, len(texts), batch_size)]
+    if not parts:
+        return np.zeros((0, encoder.embedding_dim), dtype=np.float32)
+    return np.concatenate(parts)
+
+
+def log_text_encoder(
+    trained: TrainedTextEncoder, *, tracking_uri: str, run_id: str,
+    registered_model_name: str | None = None,
+) -> str:
+    """Log ``trained`` as the MLflow model ``encoder`` of run ``run_id`` (a pyfunc over raw
+    strings; see the module docstring); returns the logged model's URI."""
+    import mlflow
+    from mlflow.models import Model, ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+
+    encoder, config = trained.encoder, trained.config
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("string", "text")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, encoder.embedding_dim))]),
+        params=ParamSchema([ParamSpec("side", "string", "query")]),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        record = Path(tmp) / RECORD_FILE
+        record.write_text(json.dumps({
+            "format": TEXT_RECORD_FORMAT, "output": "embedding",
+            "output_dim": encoder.embedding_dim, "config": config.model_dump(mode="json"),
+        }, indent=1))
+        state = Path(tmp) / STATE_FILE
+        torch.save(encoder.state_dict(), state)
+        with use_tracking_uri(tracking_uri):
+            client = mlflow.MlflowClient(tracking_uri)
+            logged = client.create_logged_model(
+                experiment_id=client.get_run(run_id).info.experiment_id,
+                name=MODEL_NAME, source_run_id=run_id,
+            )
+            try:
+                # Model.log: pyfunc.log_model has no run_id, and the run is not made active.
+                info = Model.log(
+                    None, name=MODEL_NAME, flavor=mlflow.pyfunc, python_model=TextEncoderModel(),
+                    model_id=logged.model_id, run_id=run_id,
+                    artifacts={"record": str(record), "state": str(state)},
+                    signature=signature, registered_model_name=registered_model_name,
+                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                                      f"numpy=={np.__version__}"],
+                    metadata={"dist_contrast": {"output": "embedding", "text": True,
+                                                "output_dim": encoder.embedding_dim}},
+                )
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    client.finalize_logged_model(logged.model_id, "FAILED")
+                raise
+    return str(info.model_uri)
