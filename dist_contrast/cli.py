@@ -525,6 +525,10 @@ def _print_summary(summary: object) -> None:
         print("  artifacts: config.yaml, summary.json, plots/ (embeddings, training_curves, "
               "relative_penalty, similarities), the MLflow model encoder")
     if summary.checkpoint_path and text:
+        from pathlib import Path
+
+        for folder in sorted(Path(summary.checkpoint_path).parent.glob("sentence_transformer*")):
+            print(f"  sentence-transformers: SentenceTransformer({str(folder)!r})")
         print(f"  search with it: dist-contrast search {summary.checkpoint_path} \"QUERY\" "
               "--corpus DOCUMENTS.jsonl; embed: dist-contrast embed "
               f"{summary.checkpoint_path} TEXTS.txt --side query -o EMBEDDINGS.npy")

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -20,10 +21,15 @@ from torch import nn
 from dist_contrast import dist
 from dist_contrast.config import Config
 from dist_contrast.tracking import Tracker
+from dist_contrast.train import storage
 from dist_contrast.train.evaluation import Evaluator, log_figure
 from dist_contrast.train.evidence import PenaltySnapshots
 from dist_contrast.train.model import TrainedEncoder, log_encoder
-from dist_contrast.train.text_model import TrainedTextEncoder, log_text_encoder
+from dist_contrast.train.text_model import (
+    TrainedTextEncoder,
+    export_sentence_transformer_folders,
+    log_text_encoder,
+)
 
 #: Logged at every step (batched); everything else once per ``trainer.log_every`` window.
 EVERY_STEP = ("train/loss", "train/temperature", "train/lr", "train/skipped_steps")
@@ -155,7 +161,24 @@ class Reporter:
             self.tracker.log_text(json.dumps(summary, indent=2, sort_keys=True), "summary.json")
             if trained is not None:
                 self._log_model(trained)
+            if isinstance(trained, TrainedTextEncoder):
+                self._export_sentence_transformers(trained)
         self.tracker.close("FINISHED")
+
+    def _export_sentence_transformers(self, trained: TrainedTextEncoder) -> None:
+        """A transformer run's towers as sentence-transformers folders in its run folder
+        (local run folders only). A failure is a warning and a run tag, as for the model."""
+        folder = storage.run_directory(self.cfg)
+        if "://" in folder or self.cfg.model.name != "transformer":
+            return
+        try:
+            for path in export_sentence_transformer_folders(trained, Path(folder)):
+                self.tracker.set_tags({f"dist_contrast.{path.name}": str(path)})
+        except Exception as exc:
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+            logging.getLogger(__name__).warning(
+                "no sentence-transformers folder was written (%s)", reason)
+            self.tracker.set_tags({"dist_contrast.sentence_transformer_error": reason})
 
     def _log_model(self, trained: TrainedEncoder | TrainedTextEncoder) -> None:
         """``runs:/<run id>/encoder`` (and a new registry version with

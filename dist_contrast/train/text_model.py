@@ -156,3 +156,34 @@ def log_text_encoder(
                     client.finalize_logged_model(logged.model_id, "FAILED")
                 raise
     return str(info.model_uri)
+
+
+#: The sentence-transformers folder(s) of a transformer run, in its run folder.
+ST_FOLDER = "sentence_transformer"
+
+
+def export_sentence_transformer_folders(trained: TrainedTextEncoder, folder: Path) -> list[Path]:
+    """A transformer encoder's towers as folders that ``SentenceTransformer(path)`` loads and
+    that embed as the towers do: ``folder/sentence_transformer`` for a shared tower,
+    ``..._query`` and ``..._document`` for two. Nothing for a bag-of-n-grams encoder.
+    Raises ``ValueError`` for a head sentence-transformers cannot hold (BatchNorm)."""
+    from dist_contrast.models.text import TokenizerFeaturizer
+    from dist_contrast.models.transformer import TransformerBody
+    from dist_contrast.text import export_sentence_transformers
+
+    encoder = trained.encoder
+    featurizer = encoder.featurizer
+    if not isinstance(featurizer, TokenizerFeaturizer):
+        return []
+    written = []
+    for name in encoder.towers:
+        tower = encoder.tower("query" if name in ("shared", "query") else "document")
+        body = tower.body
+        if not isinstance(body, TransformerBody):
+            return []
+        side = "query" if name in ("shared", "query") else "document"
+        target = folder / (ST_FOLDER if name == "shared" else f"{ST_FOLDER}_{name}")
+        export_sentence_transformers(body, tower.head, featurizer.tokenizer,
+                                     encoder.max_lengths[side], target)
+        written.append(target)
+    return written

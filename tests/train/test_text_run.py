@@ -153,3 +153,30 @@ def test_the_mlflow_model_takes_raw_strings_with_the_tokenizer_inside(
     rows = cli.run("embed", run_id, "rows.npy", "-o", "r.npy", "--tracking-uri",
                    f"sqlite:///{store}", cwd=tmp_path)
     assert rows.returncode == 2 and "is a text encoder" in rows.stderr, rows.stderr
+
+
+def test_a_transformer_run_writes_sentence_transformer_folders_that_embed_as_its_towers(
+        tmp_path: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    train = write_text_pairs(tmp_path / "train.jsonl", 300)
+    test = write_text_pairs(tmp_path / "test.jsonl", 40, seed=1)
+    train_in_process(
+        ROOT / "configs/codesearch_transformer.yaml", f"data.path={train}",
+        f"data.eval_path={test}", "data.params={}", "model.vocab_size=300",
+        "model.hidden_dim=16", "model.num_heads=2", "model.num_layers=1",
+        "model.embedding_dim=8", "model.query_max_length=16", "model.document_max_length=24",
+        "model.towers=separate", "trainer.batch_size=32", "trainer.max_steps=6",
+        "eval.every_steps=6", "checkpoint.every_steps=6", "optimizer.warmup_steps=1",
+        "experiment.run_name=tf", folder=tmp_path)
+    run = tmp_path / "results" / "tf"
+    encoder, _ = load_text_encoder(str(run / "checkpoint_00000006"))
+    texts = ["w001x w002x w003x", "w004x w005x and a longer text " * 3]
+    for side in ("query", "document"):
+        model = SentenceTransformer(str(run / f"sentence_transformer_{side}"), device="cpu")
+        with torch.no_grad():
+            expected = encoder(texts, side=side).numpy()
+        np.testing.assert_allclose(model.encode(texts), expected, atol=1e-5)
+    (found,) = store_runs(tmp_path / "mlflow.db", "codesearch")
+    assert found.data.tags["dist_contrast.sentence_transformer_query"] == str(
+        run / "sentence_transformer_query")
