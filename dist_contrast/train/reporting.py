@@ -89,6 +89,8 @@ class Reporter:
             # that fails before finish() leaves nothing behind.
             self.tracker.start_system_metrics()
         self.logged_through = self.tracker.last_step("train/loss") or 0
+        if self.logged_through == 0:
+            self._log_split_statistics()
         if self.evaluator is not None and not self.tracker.has_metric(
                 self.evaluator.baseline_key):
             baseline = self.evaluator.raw_baseline()
@@ -164,6 +166,16 @@ class Reporter:
             if isinstance(trained, TrainedTextEncoder):
                 self._export_sentence_transformers(trained)
         self.tracker.close("FINISHED")
+
+    def _log_split_statistics(self) -> None:
+        """The code-search pairs' ``stats.json`` (pairs and packages per side, the held-out
+        packages, the split's rule) as the run's ``data/stats.json``."""
+        data = self.cfg.data
+        if data.params.get("build") != "pysource" or data.path is None:
+            return
+        stats = Path(str(data.path)).parent / "stats.json"
+        if stats.is_file():
+            self.tracker.log_artifact(stats, "data")
 
     def _export_sentence_transformers(self, trained: TrainedTextEncoder) -> None:
         """A transformer run's towers as sentence-transformers folders in its run folder

@@ -71,3 +71,20 @@ def test_diagnosing_only_observes_the_losses_are_unchanged() -> None:
         kept = worker.step.penalty_snapshots
         assert (kept.end is not None) == diagnose
     assert losses[True] == losses[False]
+
+
+def test_the_code_search_split_statistics_are_logged_with_the_run(tmp_path: Path) -> None:
+    from tests.data.helpers import write_text_pairs
+
+    folder = tmp_path / "pysource"
+    folder.mkdir()
+    write_text_pairs(folder / "train.jsonl", 10)
+    (folder / "stats.json").write_text('{"pairs": {"train": 10}}')
+    data = {"name": "pairs", "path": str(folder / "train.jsonl"), "params": {"build": "pysource"}}
+    tracker = _ArtifactSizes()
+    Reporter(cfg=Config(data=data, model={"name": "bow"}), tracker=tracker, active=True).start()
+    assert tracker.sizes == {"data/stats.json": len('{"pairs": {"train": 10}}')}
+    tracker = _ArtifactSizes()
+    Reporter(cfg=Config(data={**data, "params": {}}, model={"name": "bow"}), tracker=tracker,
+             active=True).start()
+    assert tracker.sizes == {}  # a file of the user's own: no statistics to log
