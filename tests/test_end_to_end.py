@@ -185,3 +185,38 @@ def test_cli_moco_queue_and_mined_negatives_zero2_bf16(tmp_path: Path) -> None:
     history = share_benchmark.read_run(tmp_path / "mlflow.db")
     assert sorted(history["miner/time_share"]) == [6, 12]
     assert 0.0 < share_benchmark.share(history, 2 * 64, 0, 12) < 1.0
+
+
+@pytest.mark.ray
+def test_cli_code_search_on_two_ray_workers_logs_retrieval_beside_bm25(tmp_path: Path) -> None:
+    """A text run through the CLI: pairs with hard negatives, a document queue filled by the
+    momentum copy of the tower, the FAISS miner over the documents' bank, ZeRO-2 and bf16."""
+    from tests.data.helpers import write_text_pairs
+
+    train = write_text_pairs(tmp_path / "train.jsonl", 1536, negatives=2)  # 12 full batches
+    test = write_text_pairs(tmp_path / "test.jsonl", 150, seed=1)
+    proc = _train(
+        tmp_path, "configs/codesearch_mined.yaml", f"data.path={train}",
+        f"data.eval_path={test}", "data.params={hard_negatives: 1}",
+        "tracking.experiment=dist-contrast",
+        "model.hidden_dim=32", "model.embedding_dim=32", "model.vocab_size=512",
+        "model.hash_buckets=4096", "trainer.batch_size=64", "trainer.max_steps=12",
+        "trainer.log_every=6", "eval.every_steps=6", "checkpoint.every_steps=12",
+        "optimizer.warmup_steps=2", "negatives.sources=[batch,queue,bank,mined]",
+        "negatives.momentum_encoder=true", "negatives.queue.size=512",
+        "negatives.miner.num_negatives=16", "deepspeed.zero_stage=2",
+        "deepspeed.precision=bf16", run_name="codesearch",
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "held-out queries against" in proc.stdout and "BM25" in proc.stdout
+    metrics = _run(tmp_path).data.metrics
+    for name in ("mrr_at_10", "recall_at_1", "recall_at_10", "recall_at_100", "ndcg_at_10"):
+        for prefix in ("", "bm25_", "hybrid_"):
+            assert 0.0 <= metrics[f"eval/{prefix}{name}"] <= 1.0
+    # Each query: the other 2·64·2 - 1 documents of the global batch (positives and the
+    # file's negatives), the queue's 512 and 16 mined.
+    assert metrics["queue/filled"] == 512
+    assert metrics["negatives/mined"] == 16 and metrics["negatives/batch"] == 255
+    assert metrics["train/negatives_per_query"] == 255 + 512 + 16 - metrics.get(
+        "queue/masked_per_query", 0.0)
+    assert metrics["eval/mrr_at_10"] > 0.1  # learned (chance is about 0.03)

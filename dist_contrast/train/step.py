@@ -82,6 +82,8 @@ class TrainStep:
                       if labels is not None and self.objective.needs_labels else None)
         tau = self.engine.module.temperature(step)
         negatives = self._negatives(query, ids, labels, tau)
+        if extra and "negatives/batch" in negatives.metrics:
+            self._count_file_negatives(negatives, keys)
         inputs = self._inputs(query, keys, ids, labels, key_labels, negatives, tau, step)
         loss = self._loss(inputs, tau, ids)
         if self.cfg.loss.symmetric:
@@ -325,6 +327,14 @@ class TrainStep:
                                                      positive_index=positive_index)
             self.penalty_snapshots.offer(step, negative_sims, tau)
         return {f"diag/{k}": v for k, v in values.items()}
+
+    @staticmethod
+    def _count_file_negatives(negatives: Negatives, keys: torch.Tensor) -> None:
+        """The pools count W·B - 1 batch negatives; the file's hard negatives are keys too."""
+        added = float(keys.shape[0] - 1) - negatives.metrics["negatives/batch"]
+        for name in ("negatives/batch", "negatives/per_query"):
+            if name in negatives.metrics:
+                negatives.metrics[name] += added
 
     def _negatives_per_query(self, keys: torch.Tensor, negatives: Negatives) -> float:
         if "negatives/per_query" in negatives.metrics:
