@@ -544,13 +544,14 @@ def _print_summary(summary: object) -> None:
 
 
 def _print_retrieval(m: dict[str, float]) -> None:
-    """The held-out retrieval metrics: the dense encoder, BM25 and their hybrid, side by side."""
+    """The held-out retrieval metrics: the dense encoder, BM25 and their hybrids, side by side."""
     names = ("mrr_at_10", "recall_at_1", "recall_at_10", "recall_at_100", "ndcg_at_10")
     queries = int(m.get("eval/retrieval_queries", 0))
     corpus = int(m.get("eval/retrieval_corpus", 0))
     print(f"  retrieval, {queries:,} held-out queries against {corpus:,} documents:")
     print("    " + " " * 10 + "".join(f"{n.replace('_at_', '@'):>11}" for n in names))
-    for label, prefix in (("dense", ""), ("BM25", "bm25_"), ("hybrid", "hybrid_")):
+    for label, prefix in (("dense", ""), ("BM25", "bm25_"), ("hybrid", "hybrid_"),
+                          ("RRF", "rrf_")):
         values = [m.get(f"eval/{prefix}{n}") for n in names]
         if all(v is None for v in values):
             continue

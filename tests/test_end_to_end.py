@@ -211,7 +211,7 @@ def test_cli_code_search_on_two_ray_workers_logs_retrieval_beside_bm25(tmp_path:
     assert "held-out queries against" in proc.stdout and "BM25" in proc.stdout
     metrics = _run(tmp_path).data.metrics
     for name in ("mrr_at_10", "recall_at_1", "recall_at_10", "recall_at_100", "ndcg_at_10"):
-        for prefix in ("", "bm25_", "hybrid_"):
+        for prefix in ("", "bm25_", "hybrid_", "rrf_"):
             assert 0.0 <= metrics[f"eval/{prefix}{name}"] <= 1.0
     # Each query: the other 2·64·2 - 1 documents of the global batch (positives and the
     # file's negatives), the queue's 512 and 16 mined.

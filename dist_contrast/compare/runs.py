@@ -29,11 +29,11 @@ TABLE_METRICS = (
     "eval/knn_acc", "eval/linear_probe_acc", "eval/uniformity", "eval/tolerance",
     "diag/penalty_entropy", "eval/local_separation",
 )
-#: Text runs' retrieval metrics (the dense encoder, then BM25 and the hybrid on the same
+#: Text runs' retrieval metrics (the dense encoder, then BM25 and the hybrids on the same
 #: split): columns of the table when any run has them.
 RETRIEVAL_METRICS = (
     "eval/mrr_at_10", "eval/recall_at_1", "eval/recall_at_10", "eval/ndcg_at_10",
-    "eval/bm25_mrr_at_10", "eval/hybrid_mrr_at_10",
+    "eval/bm25_mrr_at_10", "eval/hybrid_mrr_at_10", "eval/rrf_mrr_at_10",
 )
 #: What the figure against τ plots by default: kNN accuracy, or MRR@10 for text runs.
 DEFAULT_METRICS = ("eval/knn_acc", "eval/mrr_at_10")

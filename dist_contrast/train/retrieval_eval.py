@@ -1,6 +1,7 @@
 """Rank-0 retrieval evaluation of a text encoder: the held-out queries against the held-out
 corpus, as MRR@10, Recall@1/10/100 and nDCG@10, beside BM25 on the same split (logged once,
-as the raw-input kNN is for vectors) and a hybrid of the two (reciprocal-rank fusion).
+as the raw-input kNN is for vectors) and two hybrids of the two: ``hybrid_``, the equal-weight
+sum of each list's min-max normalised scores, and ``rrf_``, reciprocal-rank fusion (k = 60).
 
 Metric names are MLflow keys (no ``@``): ``eval/mrr_at_10``, ``eval/bm25_recall_at_1``,
 ``eval/hybrid_ndcg_at_10``. Definitions: docs/retrieval.md.
@@ -22,6 +23,7 @@ from dist_contrast.retrieval import (
     dense_search,
     reciprocal_rank_fusion,
     retrieval_metrics,
+    score_fusion,
 )
 
 #: How deep each ranking goes: the deepest cut-off of the metrics (Recall@100).
@@ -71,7 +73,7 @@ class RetrievalEvaluator:
         return torch.cat(parts).numpy()
 
     def evaluate(self, encoder: nn.Module) -> dict[str, float]:
-        """The dense encoder's metrics and the hybrid's; ``eval/nonfinite_embeddings`` alone
+        """The dense encoder's metrics and the hybrids'; ``eval/nonfinite_embeddings`` alone
         when the encoder puts out NaN or inf."""
         queries = self.embed(encoder, self.split.queries, "query")
         corpus = self.embed(encoder, self.split.corpus, "document")
@@ -79,8 +81,10 @@ class RetrievalEvaluator:
         if nonfinite > 0 or not np.isfinite(corpus).all():
             return {"eval/nonfinite_embeddings": max(nonfinite, 1e-9)}
         dense = dense_search(queries, corpus, self.depth)
-        hybrid = reciprocal_rank_fusion([dense, self.bm25()], self.depth)
+        hybrid = score_fusion([dense, self.bm25()], self.depth)
+        rrf = reciprocal_rank_fusion([dense, self.bm25()], self.depth)
         return {**self._metrics(dense, ""), **self._metrics(hybrid, "hybrid_"),
+                **self._metrics(rrf, "rrf_"),
                 "eval/retrieval_queries": float(len(self.split.queries)),
                 "eval/retrieval_corpus": float(len(self.split.corpus))}
 

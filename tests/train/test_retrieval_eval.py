@@ -1,5 +1,5 @@
 """The trainer's retrieval evaluation: a dense encoder's metrics by hand on a four-query split,
-BM25's equal to the retrieval package's own, the hybrid fused from both, and non-finite
+BM25's equal to the retrieval package's own, the two hybrids fused from both, and non-finite
 embeddings reported instead of ranked."""
 
 from __future__ import annotations
@@ -11,7 +11,13 @@ import torch
 from torch import nn
 
 from dist_contrast.data.textpairs import RetrievalSplit
-from dist_contrast.retrieval import BM25Index, reciprocal_rank_fusion, retrieval_metrics
+from dist_contrast.retrieval import (
+    BM25Index,
+    dense_search,
+    reciprocal_rank_fusion,
+    retrieval_metrics,
+    score_fusion,
+)
 from dist_contrast.train.retrieval_eval import RetrievalEvaluator, metric_names
 
 SPLIT = RetrievalSplit(
@@ -64,11 +70,11 @@ def test_bm25_and_the_hybrid_are_the_retrieval_packages() -> None:
     metrics = evaluator.evaluate(Table())
     queries = evaluator.embed(Table(), SPLIT.queries, "query")
     corpus = evaluator.embed(Table(), SPLIT.corpus, "document")
-    from dist_contrast.retrieval import dense_search
-
-    hybrid = reciprocal_rank_fusion([dense_search(queries, corpus, 4), bm25], 4)
-    expected_hybrid = metric_names(retrieval_metrics(hybrid.ids, SPLIT.relevant), "hybrid_")
-    assert {k: metrics[k] for k in expected_hybrid} == expected_hybrid
+    dense = dense_search(queries, corpus, 4)
+    for fused, prefix in ((score_fusion([dense, bm25], 4), "hybrid_"),
+                          (reciprocal_rank_fusion([dense, bm25], 4), "rrf_")):
+        expected_fused = metric_names(retrieval_metrics(fused.ids, SPLIT.relevant), prefix)
+        assert {k: metrics[k] for k in expected_fused} == expected_fused
 
 
 def test_nonfinite_embeddings_are_reported_not_ranked() -> None:

@@ -44,7 +44,7 @@ def test_a_code_search_run_logs_retrieval_metrics_beside_bm25(run: Path) -> None
     assert found.info.status == "FINISHED"
     metrics = found.data.metrics
     for name in METRICS:
-        for prefix in ("", "bm25_", "hybrid_"):
+        for prefix in ("", "bm25_", "hybrid_", "rrf_"):
             assert 0.0 <= metrics[f"eval/{prefix}{name}"] <= 1.0, (prefix, name)
     assert metrics["eval/retrieval_queries"] == 200
     mrr = metric_history(store, found.info.run_id, "eval/mrr_at_10")
