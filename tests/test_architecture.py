@@ -37,7 +37,8 @@ ALLOWED: dict[str, set[str]] = {
     # Wall-clock marks of a run's phases for dist-contrast bench (off unless asked).
     "timing": set(),
     "train": {"dist", "config", "data", "models", "losses", "negatives", "objectives",
-              "analysis", "temperature", "tracking", "errors", "plots", "timing", "retrieval"},
+              "analysis", "temperature", "tracking", "errors", "plots", "timing", "retrieval",
+              "text"},
     "preflight": {"config", "data", "errors", "models", "negatives", "objectives", "train"},
     # Loading an encoder from a checkpoint or MLflow, embedding files, evaluating an encoder.
     "serving": {"config", "data", "models", "errors", "tracking", "train", "retrieval"},
