@@ -44,14 +44,14 @@ test: $(VENV)/.installed-test $(TOOLS)/bin/checkov
 	$(BIN)/ruff check --no-cache dist_contrast tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -ra --durations=10 -n auto --maxprocesses=4 \
-	  -m "not ray and not cluster"
+	  --dist loadgroup -m "not ray and not cluster"
 	$(BIN)/python -m pytest -q -ra --durations=15 -m "ray or cluster"
 
 check: $(VENV)/.installed-test
 	$(BIN)/ruff check --no-cache dist_contrast tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -ra --durations=10 -n auto --maxprocesses=4 \
-	  -m "not ray and not cluster and not tools"
+	  --dist loadgroup -m "not ray and not cluster and not tools"
 
 # lightly (the benchmarks' comparison) imports torchvision, which has no CPU build for this torch:
 # it gets a tool venv with PyPI's torch and torchvision (several GB) that reads the rest from .venv.

@@ -35,6 +35,10 @@ from tests.serving.checkpoints import (
     run_overrides,
 )
 
+# The session's trained checkpoints (or run) are made once per pytest-xdist process: one process
+# for the module (make check runs --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("serving_checkpoints")
+
 ROOT = Path(__file__).resolve().parents[1]
 SECONDS = 60  # generous: a refusal comes in seconds, the bound only catches minutes of retries
 

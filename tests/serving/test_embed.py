@@ -23,6 +23,10 @@ from tests.conftest import Cli
 from tests.serving.checkpoints import ROWS, WIDTH
 from tests.serving.conftest import Checkpoints
 
+# The session's trained checkpoints (or run) are made once per pytest-xdist process: one process
+# for the module (make check runs --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("serving_checkpoints")
+
 # Batches of a different size may sum in another order inside BLAS: equal to float32 rounding.
 CLOSE = {"rtol": 0.0, "atol": 1e-6}
 

@@ -18,6 +18,10 @@ from dist_contrast.train.evaluation import Evaluator
 from tests.conftest import Cli
 from tests.serving.conftest import Checkpoints
 
+# The session's trained checkpoints (or run) are made once per pytest-xdist process: one process
+# for the module (make check runs --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("serving_checkpoints")
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -17,6 +17,10 @@ from dist_contrast.train.state import DEEPSPEED_TAG, MODEL_STATES
 from tests.serving.checkpoints import RUNS
 from tests.serving.conftest import Checkpoints
 
+# The session's trained checkpoints (or run) are made once per pytest-xdist process: one process
+# for the module (make check runs --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("serving_checkpoints")
+
 
 def _refusal(source: str, *fragments: str, **kwargs: str) -> str:
     with pytest.raises(UserError) as caught:

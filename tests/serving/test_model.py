@@ -24,6 +24,10 @@ from dist_contrast.train.reporting import Reporter
 from tests.serving.checkpoints import CONFIGS, WIDTH
 from tests.serving.conftest import Checkpoints, LoggedRun
 
+# The session's trained checkpoints (or run) are made once per pytest-xdist process: one process
+# for the module (make check runs --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("serving_checkpoints")
+
 
 @pytest.fixture
 def store(logged_run: LoggedRun) -> Iterator[str]:

@@ -17,6 +17,10 @@ from tests.conftest import metric_history, store_runs
 from tests.faults import nan_at_steps
 from tests.inprocess import LocalRun, train_in_process
 
+# The session's trained checkpoints (or run) are made once per pytest-xdist process: one process
+# for the module (make check runs --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("local_runs")
+
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 20  # tests/test_reliability.py runs 60 under Ray; the schedule scales with it
 # Small and quick: 2 workers × 128 rows a step, a checkpoint every 10 steps.

@@ -19,6 +19,8 @@ from tests.data.helpers import write_text_pairs
 from tests.inprocess import train_in_process
 
 ROOT = Path(__file__).resolve().parents[2]
+# One pytest-xdist process for the module: its run is trained once (make check: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("text_run")
 METRICS = ("mrr_at_10", "recall_at_1", "recall_at_10", "recall_at_100", "ndcg_at_10")
 
 
