@@ -24,10 +24,12 @@ from dist_contrast.data import DataError, build_data
 from dist_contrast.data.config import dataset_keys
 from dist_contrast.errors import UserError
 from dist_contrast.models import ContrastiveEncoder
-from dist_contrast.serving.load import LoadedEncoder, load_encoder
+from dist_contrast.serving.load import LoadedEncoder, TextEncoderSource, load_encoder
+from dist_contrast.serving.text import load_text_encoder, text_checkpoint_config
 from dist_contrast.tracking import MlflowTracker, default_tracking_uri, ensure_experiment
 from dist_contrast.train.evaluation import Evaluator
 from dist_contrast.train.model import Output
+from dist_contrast.train.retrieval_eval import RetrievalEvaluator
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class _Outputs(nn.Module):
         return self.encoder(x)
 
 
-def evaluation_config(loaded: LoadedEncoder, overrides: list[str]) -> Config:
+def evaluation_config(loaded: LoadedEncoder | Config | None, overrides: list[str]) -> Config:
     """The run's training config (defaults if the source has none) with ``overrides``.
 
     When the overrides name another dataset (another ``data.name``, or another
@@ -58,7 +60,8 @@ def evaluation_config(loaded: LoadedEncoder, overrides: list[str]) -> Config:
     ``data.labels_path``, ...) are dropped first: they describe the training data, not the
     data the user names.
     """
-    base = (loaded.config or Config()).model_dump(mode="json")
+    config = loaded if isinstance(loaded, Config) or loaded is None else loaded.config
+    base = (config or Config()).model_dump(mode="json")
     base["trainer"]["resume_from"] = None
     trained, wanted = base["data"], apply_overrides(base, overrides)["data"]
     if _other_dataset(trained, wanted):
@@ -83,8 +86,14 @@ def run_evaluation(
     source: str, overrides: list[str], *, output: Output | None = None,
     tracking_uri: str | None = None, run_name: str | None = None,
 ) -> Evaluation:
-    """Evaluate ``source`` on the dataset of its config with ``overrides``; log a new run."""
-    loaded = load_encoder(source, tracking_uri=tracking_uri)
+    """Evaluate ``source`` on the dataset of its config with ``overrides``; log a new run.
+    A text encoder is measured by retrieval on the pairs' held-out split, beside BM25."""
+    if text_checkpoint_config(source) is not None:
+        return _run_text_evaluation(source, overrides, tracking_uri, run_name)
+    try:
+        loaded = load_encoder(source, tracking_uri=tracking_uri)
+    except TextEncoderSource:
+        return _run_text_evaluation(source, overrides, tracking_uri, run_name)
     if output is not None:
         loaded = loaded.with_output(output)
     cfg = evaluation_config(loaded, overrides)
@@ -103,11 +112,44 @@ def run_evaluation(
     metrics |= evaluator.evaluate(_Outputs(loaded.encoder, loaded.output),
                                   step=cfg.trainer.max_steps)
     uri = tracking_uri or str(cfg.tracking.tracking_uri or default_tracking_uri())
-    run_id = _log(uri, cfg, loaded, metrics, run_name)
+    run_id = _log(uri, cfg, _Evaluated(loaded.source, loaded.output, loaded.run_id), metrics,
+                  run_name)
     return Evaluation(run_id=run_id, tracking_uri=uri, metrics=metrics)
 
 
-def _log(uri: str, cfg: Config, loaded: LoadedEncoder, metrics: dict[str, float],
+def _run_text_evaluation(source: str, overrides: list[str], tracking_uri: str | None,
+                         run_name: str | None) -> Evaluation:
+    """A text encoder's retrieval metrics (MRR@10, Recall@k, nDCG@10) on the held-out pairs of
+    its config with ``overrides`` (``data.eval_path=other.jsonl``), beside BM25 and the
+    hybrids, as :class:`RetrievalEvaluator` computes them during training."""
+    encoder, trained = load_text_encoder(source, tracking_uri)
+    cfg = evaluation_config(trained, overrides)
+    if not cfg.data.yields_text:
+        raise UserError(f"{source} is a text encoder: evaluate it on pairs (data.name=pairs "
+                        "data.path=... data.eval_path=...), not data.name="
+                        f"{cfg.data.name}")
+    try:
+        data = build_data(cfg.data, seed=cfg.experiment.seed)
+    except DataError as exc:
+        raise UserError(str(exc)) from None
+    assert data.retrieval is not None
+    evaluator = RetrievalEvaluator(data.retrieval, torch.device("cpu"))
+    metrics = {**evaluator.baseline(), **evaluator.evaluate(encoder)}
+    uri = tracking_uri or str(cfg.tracking.tracking_uri or default_tracking_uri())
+    run_id = _log(uri, cfg, _Evaluated(source, "embedding", None), metrics, run_name)
+    return Evaluation(run_id=run_id, tracking_uri=uri, metrics=metrics)
+
+
+@dataclass(frozen=True)
+class _Evaluated:
+    """What the evaluation run's tags name: the source, its output and its training run."""
+
+    source: str
+    output: str
+    run_id: str | None
+
+
+def _log(uri: str, cfg: Config, loaded: _Evaluated, metrics: dict[str, float],
          run_name: str | None) -> str:
     ensure_experiment(uri, cfg.tracking.experiment, None)
     name = run_name or f"evaluate-{cfg.experiment.run_name or cfg.experiment.name}"
@@ -122,7 +164,7 @@ def _log(uri: str, cfg: Config, loaded: LoadedEncoder, metrics: dict[str, float]
     return tracker.run_id
 
 
-def _fill(tracker: MlflowTracker, cfg: Config, loaded: LoadedEncoder,
+def _fill(tracker: MlflowTracker, cfg: Config, loaded: _Evaluated,
           metrics: dict[str, float]) -> None:
     tags = {
         "dist_contrast.evaluates_source": loaded.source,

@@ -53,6 +53,10 @@ SOURCES_HELP = (
 CHECKPOINT_FIX = "give another checkpoint of the run, or its MLflow model (runs:/RUN_ID/encoder)"
 
 
+class TextEncoderSource(UserError):
+    """The source holds a text encoder (``serving.text`` loads it), not one of rows."""
+
+
 @dataclass(frozen=True)
 class LoadedEncoder:
     """A trained encoder, ready to embed raw rows.
@@ -128,9 +132,9 @@ def _build(source: str, config: Config, preprocessing: Preprocessing,
     with torch.random.fork_rng(devices=[]):
         encoder = build_model(config.model, preprocessing.input_shape)
     if not isinstance(encoder, ContrastiveEncoder):
-        raise UserError(f"'{source}' holds a text encoder (model.name={config.model.name}); "
-                        "embed and evaluate read encoders of rows of numbers: its retrieval "
-                        "metrics are logged by the training run itself")
+        raise TextEncoderSource(f"'{source}' is a text encoder (model.name="
+                                f"{config.model.name}): embed a .txt or .jsonl file of texts "
+                                "with --side query or --side document")
     try:
         encoder.load_state_dict(state)
     except RuntimeError as exc:
@@ -251,8 +255,8 @@ def read_mlflow_model(
 def _from_mlflow(source: str, tracking_uri: str | None) -> LoadedEncoder:
     record, state, run_id = read_mlflow_model(source, tracking_uri)
     if record.get("format") == TEXT_RECORD_FORMAT:
-        raise UserError(f"'{source}' is a text encoder: embed a .txt or .jsonl file of texts "
-                        "with --side query or --side document")
+        raise TextEncoderSource(f"'{source}' is a text encoder: embed a .txt or .jsonl file of "
+                                "texts with --side query or --side document")
     config, preprocessing = _parse_record(source, record, what="model record")
     output = record.get("output")
     if output not in OUTPUTS:

@@ -182,3 +182,22 @@ def test_a_transformer_run_writes_sentence_transformer_folders_that_embed_as_its
     (found,) = store_runs(tmp_path / "mlflow.db", "codesearch")
     assert found.data.tags["dist_contrast.sentence_transformer_query"] == str(
         run / "sentence_transformer_query")
+
+
+def test_evaluate_measures_the_checkpoint_on_other_pairs_as_a_new_run(
+        run: Path, cli: Cli, tmp_path: Path) -> None:
+    other = write_text_pairs(tmp_path / "other.jsonl", 120, seed=7)
+    checkpoint = run / "results" / "text" / "checkpoint_00000040"
+    store = tmp_path / "eval.db"
+    done = cli.run("evaluate", checkpoint, f"data.eval_path={other}", "--tracking-uri",
+                   f"sqlite:///{store}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (found,) = store_runs(store, "codesearch")
+    metrics = found.data.metrics
+    assert metrics["eval/retrieval_queries"] == 120 and metrics["eval/bm25_mrr_at_10"] > 0.9
+    assert metrics["eval/mrr_at_10"] > 0.3
+    assert found.data.tags["dist_contrast.evaluates_source"] == str(checkpoint)
+    assert found.data.params["data.eval_path"] == str(other)
+    refused = cli.run("evaluate", checkpoint, "data.name=synthetic", "--tracking-uri",
+                      f"sqlite:///{store}", cwd=tmp_path)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
