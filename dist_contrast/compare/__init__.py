@@ -28,13 +28,18 @@ def _figures(groups: list[Group], metric: str, out: Path, tracking_uri: str) -> 
     from dist_contrast.compare.runs import metric_histories
 
     run_ids = [r.run_id for g in groups for r in g.runs]
-    made = {
-        "accuracy_vs_tau": figures.plot_against_tau(groups, metric),
-        "uniformity_tolerance": figures.plot_uniformity_tolerance(groups),
-        "penalty_entropy_vs_tau": figures.plot_against_tau(groups, "diag/penalty_entropy"),
-        "train_loss": figures.plot_loss_curves(
-            groups, metric_histories(run_ids, "train/loss", tracking_uri)),
-    }
+
+    def logged(*names: str) -> bool:
+        return any(group.stat(name) is not None for group in groups for name in names)
+
+    made = {"accuracy_vs_tau": figures.plot_against_tau(groups, metric)}
+    # Text runs log neither: no empty figures for them.
+    if logged("eval/uniformity", "eval/tolerance"):
+        made["uniformity_tolerance"] = figures.plot_uniformity_tolerance(groups)
+    if logged("diag/penalty_entropy"):
+        made["penalty_entropy_vs_tau"] = figures.plot_against_tau(groups, "diag/penalty_entropy")
+    made["train_loss"] = figures.plot_loss_curves(
+        groups, metric_histories(run_ids, "train/loss", tracking_uri))
     paths = []
     for name, figure in made.items():
         path = out / f"{name}.png"

@@ -175,3 +175,6 @@ def test_text_runs_are_compared_by_their_retrieval_metrics(tmp_path: Path) -> No
     assert "eval/recall_at_10" not in header  # no run has it: no empty column
     assert "| 0.05 | info_nce | 2 |" in done.table and "0.4100 ± 0.0141 (n=2)" in done.table
     assert (tmp_path / "out" / "accuracy_vs_tau.png").stat().st_size > 1000
+    # No uniformity or penalty entropy in text runs: those figures are not drawn empty.
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [
+        "accuracy_vs_tau.png", "train_loss.png"]
