@@ -20,7 +20,7 @@ import torch
 from dist_contrast.errors import UserError
 from dist_contrast.models.text import TextEncoder
 from dist_contrast.retrieval import dense_search
-from dist_contrast.serving.text import embedding_array, read_texts, save_npy
+from dist_contrast.serving.text import embedding_array, read_texts_and_ids, save_npy
 from dist_contrast.train import storage
 
 CACHE_FOLDER = "search"
@@ -63,18 +63,6 @@ def corpus_column(path: Path, column: str | None) -> str:
     return found[0] if found else "text"
 
 
-def _ids(path: Path) -> list[str | None]:
-    """Each .jsonl row's ``id`` (None where there is none, and for a .txt corpus)."""
-    if path.suffix.lower() != ".jsonl":
-        return []
-    ids: list[str | None] = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            ids.append(str(row["id"]) if isinstance(row, dict) and "id" in row else None)
-    return ids
-
-
 def corpus_embeddings(encoder: TextEncoder, checkpoint: str, corpus: Path, column: str,
                       texts: list[str], *, progress: bool | None = None) -> tuple[np.ndarray, bool]:
     """The document tower's embeddings of ``texts`` and whether they came from the cache
@@ -110,7 +98,7 @@ def search(encoder: TextEncoder, corpus_vectors: np.ndarray, texts: list[str],
     ranking = dense_search(embedded, corpus_vectors, min(k, len(texts)))
     results = []
     for row_ids, row_scores in zip(ranking.ids, ranking.scores, strict=True):
-        results.append([Hit(int(r), float(s), ids[r] if r < len(ids) else None, texts[r])
+        results.append([Hit(int(r), float(s), ids[r], texts[r])
                         for r, s in zip(row_ids, row_scores, strict=True) if r >= 0])
     return results
 
@@ -124,5 +112,5 @@ def corpus_texts(path: str | Path, column: str | None) -> tuple[list[str], list[
     if not corpus.is_file():
         raise UserError(f"--corpus '{corpus}' not found (or not a file); check the path")
     name = corpus_column(corpus, column)
-    texts = read_texts(corpus, name)
-    return texts, _ids(corpus), name
+    texts, ids = read_texts_and_ids(corpus, name)
+    return texts, ids, name

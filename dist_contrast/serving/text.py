@@ -119,6 +119,13 @@ def check_text_paths(input_path: str | Path, output_path: str | Path, *,
 def read_texts(path: str | Path, column: str = "text") -> list[str]:
     """The texts of a .txt file (each line, its newline dropped) or of a .jsonl file (each
     non-blank line's ``column``). Raises ``UserError`` naming the line for a bad one."""
+    return read_texts_and_ids(path, column)[0]
+
+
+def read_texts_and_ids(path: str | Path, column: str = "text"
+                       ) -> tuple[list[str], list[str | None]]:
+    """:func:`read_texts` and each .jsonl row's ``id`` (None where it has none, and for every
+    line of a .txt file), read in one pass."""
     source = Path(path)
     try:
         lines = source.read_text(encoding="utf-8").splitlines()
@@ -126,20 +133,23 @@ def read_texts(path: str | Path, column: str = "text") -> list[str]:
         raise UserError(f"INPUT '{source}' is not UTF-8 text; convert it first") from None
     except OSError as exc:
         raise UserError(f"cannot read INPUT '{source}' ({exc.strerror}); check the path") from None
+    texts: list[str] = []
+    ids: list[str | None] = []
     if source.suffix.lower() == ".txt":
-        texts = lines
+        texts, ids = lines, [None] * len(lines)
     else:
-        texts = []
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
-            texts.append(_text_of(source, number, line, column))
+            text, row_id = _text_of(source, number, line, column)
+            texts.append(text)
+            ids.append(row_id)
     if not texts:
         raise UserError(f"INPUT '{source}' holds no texts; give a file with one text per line")
-    return texts
+    return texts, ids
 
 
-def _text_of(source: Path, number: int, line: str, column: str) -> str:
+def _text_of(source: Path, number: int, line: str, column: str) -> tuple[str, str | None]:
     try:
         row: Any = json.loads(line)
     except ValueError:
@@ -153,7 +163,7 @@ def _text_of(source: Path, number: int, line: str, column: str) -> str:
     if not isinstance(value, str):
         raise UserError(f"INPUT '{source}' line {number}: '{column}' is "
                         f"{type(value).__name__}, not text")
-    return value
+    return value, str(row["id"]) if "id" in row else None
 
 
 def embed_texts(

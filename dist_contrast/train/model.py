@@ -121,31 +121,41 @@ def log_encoder(
             trained.preprocessing, output, module.output_dim, trained.config), indent=1))
         state = Path(tmp) / STATE_FILE
         torch.save(trained.encoder.state_dict(), state)
-        with use_tracking_uri(tracking_uri):
-            client = mlflow.MlflowClient(tracking_uri)
-            # Created here, in the run's experiment: without an active run MLflow would file
-            # the model under the default experiment, where runs:/<id>/encoder cannot find it.
-            logged = client.create_logged_model(
-                experiment_id=client.get_run(run_id).info.experiment_id,
-                name=MODEL_NAME, source_run_id=run_id,
+        with logged_model(tracking_uri, run_id) as model_id:
+            info = mlflow.pytorch.log_model(
+                module, name=MODEL_NAME, model_id=model_id, run_id=run_id,
+                serialization_format="pt2", signature=_signature(module, example),
+                input_example=example, extra_files=[str(record), str(state)],
+                pip_requirements=requirements(),
+                registered_model_name=registered_model_name,
+                metadata={"dist_contrast": {"output": output,
+                                            "output_dim": module.output_dim,
+                                            "preprocessing": trained.preprocessing.kind}},
             )
-            try:
-                info = mlflow.pytorch.log_model(
-                    module, name=MODEL_NAME, model_id=logged.model_id, run_id=run_id,
-                    serialization_format="pt2", signature=_signature(module, example),
-                    input_example=example, extra_files=[str(record), str(state)],
-                    pip_requirements=_requirements(),
-                    registered_model_name=registered_model_name,
-                    metadata={"dist_contrast": {"output": output,
-                                                "output_dim": module.output_dim,
-                                                "preprocessing": trained.preprocessing.kind}},
-                )
-            except BaseException:
-                # Not left PENDING: the model page says it failed.
-                with contextlib.suppress(Exception):
-                    client.finalize_logged_model(logged.model_id, "FAILED")
-                raise
     return str(info.model_uri)
+
+
+@contextlib.contextmanager
+def logged_model(tracking_uri: str, run_id: str) -> Iterator[str]:
+    """The id of a new logged model ``encoder`` of run ``run_id``, with MLflow's global URI
+    set to ``tracking_uri`` for the block; a block that fails marks the model FAILED (not
+    left PENDING: the model page says it failed)."""
+    import mlflow
+
+    with use_tracking_uri(tracking_uri):
+        client = mlflow.MlflowClient(tracking_uri)
+        # Created here, in the run's experiment: without an active run MLflow would file
+        # the model under the default experiment, where runs:/<id>/encoder cannot find it.
+        logged = client.create_logged_model(
+            experiment_id=client.get_run(run_id).info.experiment_id,
+            name=MODEL_NAME, source_run_id=run_id,
+        )
+        try:
+            yield str(logged.model_id)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                client.finalize_logged_model(logged.model_id, "FAILED")
+            raise
 
 
 def _example(rows: Tensor, preprocessing: Preprocessing) -> np.ndarray:
@@ -166,7 +176,7 @@ def _signature(module: EncoderModule, example: np.ndarray) -> Any:
     return ModelSignature(inputs=Schema([raw]), outputs=Schema([out]))
 
 
-def _requirements() -> list[str]:
+def requirements() -> list[str]:
     """What the pt2 model needs to load: torch (the version that exported it) and numpy.
     Given explicitly: inferring them would load the model again in a subprocess."""
     torch_version = torch.__version__.split("+")[0]  # no local tag: "+cpu" is not on PyPI

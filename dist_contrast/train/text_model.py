@@ -12,7 +12,6 @@ the float32 state dict (tensors, and the featurizer as plain lists and strings, 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import tempfile
 from collections.abc import Sequence
@@ -26,7 +25,13 @@ import torch
 from dist_contrast.config import Config
 from dist_contrast.models import build_model
 from dist_contrast.models.text import SIDES, TextEncoder
-from dist_contrast.train.model import MODEL_NAME, RECORD_FILE, STATE_FILE, use_tracking_uri
+from dist_contrast.train.model import (
+    MODEL_NAME,
+    RECORD_FILE,
+    STATE_FILE,
+    logged_model,
+    requirements,
+)
 
 #: The record's format for a text model (the row model's record is format 1).
 TEXT_RECORD_FORMAT = "text-1"
@@ -133,28 +138,17 @@ def log_text_encoder(
         }, indent=1))
         state = Path(tmp) / STATE_FILE
         torch.save(encoder.state_dict(), state)
-        with use_tracking_uri(tracking_uri):
-            client = mlflow.MlflowClient(tracking_uri)
-            logged = client.create_logged_model(
-                experiment_id=client.get_run(run_id).info.experiment_id,
-                name=MODEL_NAME, source_run_id=run_id,
+        with logged_model(tracking_uri, run_id) as model_id:
+            # Model.log: pyfunc.log_model has no run_id, and the run is not made active.
+            info = Model.log(
+                None, name=MODEL_NAME, flavor=mlflow.pyfunc, python_model=TextEncoderModel(),
+                model_id=model_id, run_id=run_id,
+                artifacts={"record": str(record), "state": str(state)},
+                signature=signature, registered_model_name=registered_model_name,
+                pip_requirements=requirements(),
+                metadata={"dist_contrast": {"output": "embedding", "text": True,
+                                            "output_dim": encoder.embedding_dim}},
             )
-            try:
-                # Model.log: pyfunc.log_model has no run_id, and the run is not made active.
-                info = Model.log(
-                    None, name=MODEL_NAME, flavor=mlflow.pyfunc, python_model=TextEncoderModel(),
-                    model_id=logged.model_id, run_id=run_id,
-                    artifacts={"record": str(record), "state": str(state)},
-                    signature=signature, registered_model_name=registered_model_name,
-                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                                      f"numpy=={np.__version__}"],
-                    metadata={"dist_contrast": {"output": "embedding", "text": True,
-                                                "output_dim": encoder.embedding_dim}},
-                )
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    client.finalize_logged_model(logged.model_id, "FAILED")
-                raise
     return str(info.model_uri)
 
 
