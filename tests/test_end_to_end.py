@@ -189,15 +189,16 @@ def test_cli_moco_queue_and_mined_negatives_zero2_bf16(tmp_path: Path) -> None:
 
 @pytest.mark.ray
 def test_cli_code_search_on_two_ray_workers_logs_retrieval_beside_bm25(tmp_path: Path) -> None:
-    """A text run through the CLI: pairs with hard negatives, a document queue filled by the
-    momentum copy of the tower, the FAISS miner over the documents' bank, ZeRO-2 and bf16."""
+    """A text run through the CLI: pairs with hard negatives, streamed (each worker holds
+    only its shard), a document queue filled by the momentum copy of the tower, the FAISS
+    miner over the documents' bank, ZeRO-2 and bf16."""
     from tests.data.helpers import write_text_pairs
 
     train = write_text_pairs(tmp_path / "train.jsonl", 1536, negatives=2)  # 12 full batches
     test = write_text_pairs(tmp_path / "test.jsonl", 150, seed=1)
     proc = _train(
         tmp_path, "configs/codesearch_mined.yaml", f"data.path={train}",
-        f"data.eval_path={test}", "data.params={hard_negatives: 1}",
+        f"data.eval_path={test}", "data.params={hard_negatives: 1, stream: true}",
         "tracking.experiment=dist-contrast",
         "model.hidden_dim=32", "model.embedding_dim=32", "model.vocab_size=512",
         "model.hash_buckets=4096", "trainer.batch_size=64", "trainer.max_steps=12",

@@ -12,6 +12,7 @@ from dist_contrast.data.build import (
     provenance,
     tensor_bundle,
     training_shape,
+    validate_data,
 )
 from dist_contrast.data.config import AugmentConfig, DataConfig
 from dist_contrast.data.dataset import ContrastiveDataset, TensorSource, ViewSource
@@ -58,4 +59,5 @@ __all__ = [
     "register_dataset",
     "tensor_bundle",
     "training_shape",
+    "validate_data",
 ]

@@ -63,16 +63,29 @@ class DataBundle:
 
 
 def build_data(
-    cfg: DataConfig, seed: int = 0, preprocessing: Preprocessing | None = None
+    cfg: DataConfig, seed: int = 0, preprocessing: Preprocessing | None = None, *,
+    rank: int = 0, world_size: int = 1,
 ) -> DataBundle:
     """Build the dataset named by ``cfg``; ``cfg.seed`` (when set) overrides ``seed``.
 
     ``preprocessing`` (a trained encoder's) replaces the statistics a dataset computes from
     its own training split, so that new data is evaluated the way the encoder was trained;
-    datasets with a fixed preprocessing ignore it. Raises ``DataError`` (one line: file,
-    problem, fix) for unusable user data.
+    datasets with a fixed preprocessing ignore it. ``rank``/``world_size``: the worker asking,
+    for a dataset whose workers read only their own shard (others build the whole data).
+    Raises ``DataError`` (one line: file, problem, fix) for unusable user data.
     """
-    return get_dataset(cfg.name).build(cfg, _data_seed(cfg, seed), preprocessing)
+    dataset = get_dataset(cfg.name)
+    if world_size > 1 and dataset.build_shard is not None:
+        return dataset.build_shard(cfg, _data_seed(cfg, seed), rank, world_size)
+    return dataset.build(cfg, _data_seed(cfg, seed), preprocessing)
+
+
+def validate_data(cfg: DataConfig, seed: int = 0) -> DataShape | None:
+    """The training rows and input shape of a dataset that checks its rows without holding
+    them (every row read; ``DataError`` at the first mistake); None for the others, which
+    the driver builds instead."""
+    dataset = get_dataset(cfg.name)
+    return None if dataset.validate is None else dataset.validate(cfg, _data_seed(cfg, seed))
 
 
 def training_shape(cfg: DataConfig) -> tuple[int, tuple[int, ...]]:

@@ -141,6 +141,12 @@ class PairsFile:
         if len(batch):
             yield batch
 
+    def shard(self, rank: int, world_size: int, num_rows: int) -> range:
+        """The rows (0-based, of ``num_rows``) that :meth:`batches` reads for shard ``rank``."""
+        if self.format == "parquet":
+            return range(rank * num_rows // world_size, (rank + 1) * num_rows // world_size)
+        return range(rank, num_rows, world_size)
+
     def validate(self, batch_rows: int = 4096) -> int:
         """Read and check every row (one ``DataError`` line at the first mistake, or for a
         file without rows); the number of rows."""
@@ -173,8 +179,9 @@ class PairsFile:
                                         "quote fields that hold commas, quotes or newlines")
                     yield row, f"line {line}", dict(zip(header, values, strict=True))
         else:
-            yield from _parquet_records(self.path, self.layout.columns, self.num_rows or 0,
-                                        rank, world_size, batch_rows)
+            yield from _parquet_records(self.path, self.layout.columns,
+                                        self.shard(rank, world_size, self.num_rows or 0),
+                                        batch_rows)
 
 
 def open_pairs(
@@ -528,13 +535,12 @@ def _check_parquet_type(path: str, name: str, arrow_type: Any, layout: PairsLayo
                         f"store {name!r} as {wanted}")
 
 
-def _parquet_records(path: str, columns: Iterable[str], num_rows: int, rank: int,
-                     world_size: int, batch_rows: int
+def _parquet_records(path: str, columns: Iterable[str], rows: range, batch_rows: int
                      ) -> Iterator[tuple[int, str, dict[str, Any]]]:
-    """The rows ``[rank·N/W, (rank+1)·N/W)``, reading only the row groups that hold them."""
+    """The consecutive ``rows``, reading only the row groups that hold them."""
     import pyarrow.parquet as pq
 
-    start, stop = rank * num_rows // world_size, (rank + 1) * num_rows // world_size
+    start, stop = rows.start, rows.stop
     parquet = pq.ParquetFile(path)
     first = 0  # the row group's first row
     for group in range(parquet.metadata.num_row_groups):

@@ -76,7 +76,11 @@ class Dataset:
     (query, document) texts, for the text encoders (``model.name`` bow or transformer), and
     the held-out rows are a retrieval task (``DataBundle.retrieval``). ``in_memory``: each
     worker holds the rows (counted by the driver's memory check); False for rows generated
-    on demand.
+    on demand. ``build_shard(cfg, seed, rank, world_size)``: worker ``rank``'s part of the
+    data, for a dataset whose workers may each read only their own rows (None: every worker
+    builds the whole data). ``validate(cfg, seed)``: every row checked (a ``DataError`` line
+    at the first mistake) and the training rows and input shape given, without holding the
+    rows: the driver calls it, when set, instead of ``build`` (such a dataset has no classes).
     """
 
     build: Callable[[DataConfig, int, Preprocessing | None], DataBundle]
@@ -88,6 +92,8 @@ class Dataset:
     images: bool = False
     in_memory: bool = True
     text: bool = False
+    build_shard: Callable[[DataConfig, int, int, int], DataBundle] | None = None
+    validate: Callable[[DataConfig, int], DataShape] | None = None
 
 
 _REGISTRY: dict[str, Dataset] = {}

@@ -69,6 +69,32 @@ class ShardSampler(Sampler[int]):
         return iter(shard[self.start :].tolist())
 
 
+class OwnShardSampler(Sampler[int]):
+    """For a dataset that holds only this rank's rows: an epoch's order of its ``num_local``
+    positions, of which the first ``per_rank`` (the same count on every rank, for the equal
+    batch shapes the all-gather needs). ``start`` skips the first ones (mid-epoch resume).
+
+    The order depends on (seed, rank, epoch); the left-out positions change each epoch.
+    """
+
+    def __init__(self, num_local: int, per_rank: int, *, rank: int, seed: int, epoch: int,
+                 start: int = 0) -> None:
+        if not 0 < per_rank <= num_local:
+            raise ValueError(f"{per_rank} rows per rank cannot come from {num_local} held rows")
+        self.num_local = num_local
+        self.per_rank = per_rank
+        self.seed = mix_seed(seed, rank)
+        self.epoch = epoch
+        self.start = start
+
+    def __len__(self) -> int:
+        return max(0, self.per_rank - self.start)
+
+    def __iter__(self) -> Iterator[int]:
+        order = epoch_permutation(self.num_local, self.seed, self.epoch)[: self.per_rank]
+        return iter(order[self.start :].tolist())
+
+
 def make_loader(
     dataset: Dataset[Any],
     *,
@@ -102,13 +128,15 @@ def make_loader(
         set_epoch(epoch)
     if skip_batches < 0:
         raise ValueError(f"skip_batches must be >= 0, got {skip_batches}")
-    sampler = ShardSampler(
-        len(dataset),
-        rank=rank,
-        world_size=world_size,
-        seed=seed,
-        epoch=epoch,
-        start=skip_batches * batch_size,
+    # A dataset holding only this rank's rows (a streamed file) says how many it holds and
+    # how many each rank takes; the others hold every row and take a shard of them.
+    own: tuple[int, int] | None = getattr(dataset, "own_shard", None)
+    sampler: Sampler[int] = (
+        OwnShardSampler(own[0], own[1], rank=rank, seed=seed, epoch=epoch,
+                        start=skip_batches * batch_size)
+        if own is not None
+        else ShardSampler(len(dataset), rank=rank, world_size=world_size, seed=seed,
+                          epoch=epoch, start=skip_batches * batch_size)
     )
     return DataLoader(
         dataset,

@@ -15,17 +15,24 @@ Settings: ``data.path`` (the training pairs), ``data.eval_path`` (held-out pairs
   0). A row with fewer draws the rest from other rows' documents;
 * ``query_column``/``positive_column``: the sides' columns when the file names them otherwise;
 * ``build: pysource``: write the code-search pairs (``dist-contrast data pysource``) into
-  ``data.path``'s folder on first use, when the files are missing.
+  ``data.path``'s folder on first use, when the files are missing;
+* ``stream: true``: each of W workers reads and holds only its shard of ``data.path`` (a
+  parquet file's row groups, every W-th line of JSONL or CSV) and shuffles within it; the
+  featurizer is fitted on the training texts streamed from the file (the same on every
+  worker), and only worker 0 reads the held-out rows. No process holds the whole file (the
+  driver checks it row by row). Without it every worker holds every row and the epoch's
+  order is one shuffle of them all.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -40,7 +47,7 @@ from dist_contrast.data.seeding import mix_seed
 _NEGATIVE_STREAM, _SPLIT_STREAM = 0x4E454753, 0x50535054  # "NEGS", "PSPT"
 # A text row counts as this many float32 features in the driver's memory estimate (~2 KiB).
 NOMINAL_ROW_SHAPE = (512,)
-OPTIONS = frozenset({"hard_negatives", "query_column", "positive_column", "build"})
+OPTIONS = frozenset({"hard_negatives", "query_column", "positive_column", "build", "stream"})
 MIN_ROWS = 4
 
 
@@ -170,6 +177,43 @@ class PairDataset(ContrastiveDataset):
         }
 
 
+class OwnShardPairDataset(PairDataset):
+    """One worker's shard of a streamed pairs file (``data.params.stream``): only its rows.
+
+    Positions (what the loader fetches) are local, ``0 .. len(rows)``; an item's ``index``
+    is its id among all the file's training rows (what a memory bank keys on), and
+    ``len()`` counts all of those. ``own_shard`` = (rows held, rows each rank takes per
+    epoch) tells the loader to draw from the held rows only. ``texts`` streams every
+    training text of the file (the featurizer is the same on every worker).
+    """
+
+    def __init__(self, rows: PairRows, seed: int, hard_negatives: int, *, ids: list[int],
+                 total: int, per_rank: int, texts: Callable[[], Iterator[str]]) -> None:
+        super().__init__(rows, seed, hard_negatives)
+        self.ids = ids
+        self.total = total
+        self.own_shard = (len(rows), per_rank)
+        self._texts = texts
+
+    def __len__(self) -> int:
+        return self.total
+
+    def _check(self, indices: Sequence[int] | Tensor) -> Tensor:
+        ids = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= len(self.rows)):
+            raise IndexError(f"positions must lie in [0, {len(self.rows)}) (the held shard)")
+        return ids
+
+    def texts(self) -> Iterator[str]:  # type: ignore[override]
+        return self._texts()
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        items = super().__getitems__(indices)
+        for item in items:
+            item["index"] = self.ids[item["index"]]
+        return items
+
+
 # --------------------------------------------------------------------------- the dataset
 
 
@@ -224,35 +268,146 @@ def _hard_negatives(cfg: DataConfig, rows: PairRows) -> int:
     return int(value)
 
 
+def _held_out(cfg: DataConfig, seed: int, num_rows: int) -> np.ndarray:
+    """The rows of ``data.path`` (0-based, sorted) held out for evaluation: none with
+    ``data.eval_path``, else a seeded choice of ``data.num_test``/``test_fraction`` rows."""
+    if cfg.eval_path is not None:
+        return np.zeros(0, dtype=np.int64)
+    from dist_contrast.data.build import held_out_rows
+
+    assert cfg.path is not None
+    num_test = held_out_rows(cfg, num_rows, cfg.path)
+    rng = np.random.default_rng(mix_seed(seed, _SPLIT_STREAM))
+    return np.sort(rng.choice(num_rows, size=num_test, replace=False)).astype(np.int64)
+
+
 def _split(cfg: DataConfig, seed: int) -> tuple[PairRows, PairRows]:
     assert cfg.path is not None
     rows = _read(cfg, cfg.path)
     if cfg.eval_path is not None:
         return rows, _read(cfg, cfg.eval_path)
-    from dist_contrast.data.build import held_out_rows
-
-    num_test = held_out_rows(cfg, len(rows), cfg.path)
-    order = list(range(len(rows)))
-    random.Random(mix_seed(seed, _SPLIT_STREAM)).shuffle(order)
-    return rows.take(sorted(order[num_test:])), rows.take(sorted(order[:num_test]))
+    held = set(_held_out(cfg, seed, len(rows)).tolist())
+    return (rows.take([r for r in range(len(rows)) if r not in held]),
+            rows.take(sorted(held)))
 
 
-def _build(cfg: DataConfig, seed: int, _: Preprocessing | None = None) -> Any:
+def _bundle(train: PairDataset, test: PairRows | None, cfg: DataConfig, seed: int) -> Any:
     from dist_contrast.data.build import DataBundle
 
-    _ensure_files(cfg)
-    train, test = _split(cfg, seed)
     empty = torch.zeros((0, *NOMINAL_ROW_SHAPE))
     return DataBundle(
-        train=PairDataset(train, seed, _hard_negatives(cfg, train)),
+        train=train,
         eval_train=(empty, None),
         eval_test=(empty, None),
         input_shape=NOMINAL_ROW_SHAPE,
         num_classes=None,
         preprocessing=Preprocessing.identity(NOMINAL_ROW_SHAPE),
         raw_example=empty,
-        retrieval=retrieval_split(test, cfg.max_eval_test, seed),
+        retrieval=None if test is None else retrieval_split(test, cfg.max_eval_test, seed),
     )
+
+
+def _build(cfg: DataConfig, seed: int, _: Preprocessing | None = None) -> Any:
+    _ensure_files(cfg)
+    train, test = _split(cfg, seed)
+    return _bundle(PairDataset(train, seed, _hard_negatives(cfg, train)), test, cfg, seed)
+
+
+def _in_range(held: np.ndarray, rows: range) -> int:
+    """How many of the sorted ``held`` rows lie in ``rows``."""
+    inside = (held >= rows.start) & (held < rows.stop) & ((held - rows.start) % rows.step == 0)
+    return int(np.count_nonzero(inside))
+
+
+def _rows_where(pairs: PairsFile, keep: Callable[[np.ndarray], np.ndarray], rank: int = 0,
+                world_size: int = 1) -> Iterator[tuple[PairRows, np.ndarray]]:
+    """Batches of shard ``rank``'s rows for which ``keep(file rows)`` is true, with their
+    file rows; one batch in memory at a time."""
+    for batch in pairs.batches(8192, rank=rank, world_size=world_size):
+        rows = np.asarray(batch.row, dtype=np.int64)
+        kept = np.flatnonzero(keep(rows)).tolist()
+        part = PairRows(batch.query, batch.positive, batch.negatives, batch.id).take(kept)
+        yield part, rows[kept]
+
+
+def _is_held(held: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    def test(rows: np.ndarray) -> np.ndarray:
+        at = np.minimum(np.searchsorted(held, rows), max(len(held) - 1, 0))
+        return (held[at] == rows) if len(held) else np.zeros(len(rows), dtype=bool)
+    return test
+
+
+def _streamed_texts(pairs: PairsFile, held: np.ndarray) -> Callable[[], Iterator[str]]:
+    """Every training text of ``pairs`` (queries, positives, negatives), read as a stream."""
+    is_held = _is_held(held)
+
+    def texts() -> Iterator[str]:
+        for part, _ in _rows_where(pairs, lambda rows: ~is_held(rows)):
+            for query, positive, negatives in zip(part.query, part.positive, part.negatives,
+                                                  strict=True):
+                yield query
+                yield positive
+                yield from negatives
+    return texts
+
+
+def _build_shard(cfg: DataConfig, seed: int, rank: int, world_size: int) -> Any:
+    """Worker ``rank``'s shard of a streamed pairs file (``data.params.stream``); the whole
+    data, as :func:`_build` gives it, otherwise."""
+    if not cfg.params.get("stream"):
+        return _build(cfg, seed)
+    assert cfg.path is not None
+    _ensure_files(cfg)
+    pairs = _file(cfg, cfg.path)
+    num_rows = pairs.count_rows()
+    held = _held_out(cfg, seed, num_rows)
+    shards = [pairs.shard(r, world_size, num_rows) for r in range(world_size)]
+    per_rank = min(len(shard) - _in_range(held, shard) for shard in shards)
+    if per_rank < 1:
+        raise DataError(cfg.path, f"{num_rows} rows leave no training row for one of "
+                        f"{world_size} workers", "add pairs or use fewer workers")
+    is_held = _is_held(held)
+    rows = PairRows([], [], [], [] if pairs.layout.id is not None else None)
+    ids: list[int] = []
+    for part, file_rows in _rows_where(pairs, lambda r: ~is_held(r), rank, world_size):
+        rows.query.extend(part.query)
+        rows.positive.extend(part.positive)
+        rows.negatives.extend(part.negatives)
+        if rows.ids is not None and part.ids is not None:
+            rows.ids.extend(part.ids)
+        # The id among training rows: the file row less the held-out rows before it.
+        ids.extend((file_rows - np.searchsorted(held, file_rows)).tolist())
+    test: PairRows | None = None
+    if rank == 0:  # the evaluator's: worker 0 alone reads the held-out rows
+        if cfg.eval_path is not None:
+            test = _read(cfg, cfg.eval_path)
+        else:
+            test = PairRows([], [], [], None)
+            for part, _ in _rows_where(pairs, is_held):
+                test.query.extend(part.query)
+                test.positive.extend(part.positive)
+                test.negatives.extend(part.negatives)
+    train = OwnShardPairDataset(rows, seed, _hard_negatives(cfg, rows), ids=ids,
+                                total=num_rows - len(held), per_rank=per_rank,
+                                texts=_streamed_texts(pairs, held))
+    return _bundle(train, test, cfg, seed)
+
+
+def _validate(cfg: DataConfig, seed: int) -> DataShape:
+    """Every row of the files checked as a stream (one line at the first mistake); the
+    training rows. Nothing is held: the driver never reads a pairs file into memory."""
+    assert cfg.path is not None
+    _ensure_files(cfg)
+    rows = _file(cfg, cfg.path).validate()
+    if rows < MIN_ROWS:
+        raise DataError(cfg.path, f"only {rows} rows, need at least {MIN_ROWS}",
+                        "add pairs (some are held out for evaluation)")
+    if cfg.eval_path is not None:
+        eval_rows = _file(cfg, cfg.eval_path).validate()
+        if eval_rows < 1:
+            raise DataError(cfg.eval_path, "the file holds no rows", "write the pairs into it")
+        return DataShape(rows, NOMINAL_ROW_SHAPE)
+    return DataShape(rows - len(_held_out(cfg, seed, rows)), NOMINAL_ROW_SHAPE)
 
 
 def _shape(cfg: DataConfig) -> DataShape:
@@ -272,6 +427,9 @@ def _check(cfg: DataConfig) -> None:
     if build not in (None, "pysource"):
         raise ValueError(f"data.params.build={build!r} is unknown; the one builder is "
                          "'pysource'")
+    stream = cfg.params.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise ValueError(f"data.params.stream must be true or false, got {stream!r}")
     negatives = cfg.params.get("hard_negatives")
     if negatives is not None and (not isinstance(negatives, int) or negatives < 0):
         raise ValueError(f"data.params.hard_negatives must be a whole number >= 0, got "
@@ -291,4 +449,6 @@ register_dataset("pairs", Dataset(
     options=OPTIONS,
     check=_check,
     text=True,
+    build_shard=_build_shard,
+    validate=_validate,
 ))

@@ -108,16 +108,22 @@ def make_plan(cfg: Config, *, local: bool) -> RunPlan:
 
 def summarize_data(cfg: Config) -> DataSummary:
     """Build the data as a worker will (a user mistake: one line) and summarise it."""
-    from dist_contrast.data import DataError, build_data
+    from dist_contrast.data import DataError, build_data, validate_data
 
     try:
-        bundle = build_data(cfg.data, seed=cfg.experiment.seed)
+        # A dataset that checks its rows as a stream (text pairs) is never held here.
+        checked = validate_data(cfg.data, seed=cfg.experiment.seed)
+        if checked is not None:
+            size, shape, dtype, classes = checked.rows, tuple(checked.input_shape), "float32", None
+        else:
+            bundle = build_data(cfg.data, seed=cfg.experiment.seed)
+            size, shape = len(bundle.train), tuple(bundle.input_shape)
+            dtype = str(bundle.eval_train[0].dtype).removeprefix("torch.")
+            classes = bundle.num_classes
     except DataError as exc:
         raise UserError(str(exc)) from None
-    size, shape = len(bundle.train), tuple(bundle.input_shape)
-    dtype = str(bundle.eval_train[0].dtype).removeprefix("torch.")
-    return DataSummary(size, shape, bundle.num_classes, dtype,
-                       _training_data(cfg, size, shape, dtype, bundle.num_classes))
+    return DataSummary(size, shape, classes, dtype,
+                       _training_data(cfg, size, shape, dtype, classes))
 
 
 def check_objective_data(cfg: Config, data: DataSummary) -> None:

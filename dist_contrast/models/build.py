@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from torch import nn
@@ -18,6 +19,10 @@ from dist_contrast.models.text import BowBody, TextEncoder, TextTower
 
 if TYPE_CHECKING:
     from dist_contrast.models.transformer import TransformerBody
+
+# Texts a subword tokenizer is trained on at most (its trainer holds them; a bag counts
+# words as they stream and sees every text).
+TOKENIZER_SAMPLE_TEXTS = 2_000_000
 
 
 def build_model(
@@ -108,7 +113,7 @@ def build_text_model(cfg: ModelConfig) -> TextEncoder:
     )
 
 
-def fit_featurizer(encoder: nn.Module, cfg: ModelConfig, texts: Sequence[str]) -> None:
+def fit_featurizer(encoder: nn.Module, cfg: ModelConfig, texts: Iterable[str]) -> None:
     """Give a text encoder the featurizer of ``cfg`` fitted on ``texts`` (the training
     queries and documents; deterministic, so every rank fits the same one). Nothing for
     other encoders."""
@@ -127,5 +132,7 @@ def fit_featurizer(encoder: nn.Module, cfg: ModelConfig, texts: Sequence[str]) -
     if cfg.pretrained is not None or cfg.tokenizer_path is not None:
         tokenizer = TextTokenizer.from_folder(str(cfg.pretrained or cfg.tokenizer_path))
     else:
-        tokenizer = TextTokenizer.train(texts, kind=cfg.tokenizer, vocab_size=cfg.vocab_size)
+        # The trainer holds its texts: a streamed file's are capped to its first ones.
+        sample = itertools.islice(texts, TOKENIZER_SAMPLE_TEXTS)
+        tokenizer = TextTokenizer.train(sample, kind=cfg.tokenizer, vocab_size=cfg.vocab_size)
     encoder.set_featurizer(TokenizerFeaturizer(tokenizer))

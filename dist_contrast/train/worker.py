@@ -246,7 +246,8 @@ def build_worker(cfg: Config, channel: Any = None, run_id: str | None = None) ->
     """Data, model, DeepSpeed engine, pools and the (rank-0) tracker of one rank; ``channel``
     takes rank 0's progress updates (``put_nowait``; None: none are sent)."""
     torch.manual_seed(cfg.experiment.seed)
-    data = build_data(cfg.data, seed=cfg.experiment.seed)
+    data = build_data(cfg.data, seed=cfg.experiment.seed, rank=dist.rank(),
+                      world_size=dist.world_size())
     mark("data")
     encoder = build_model(cfg.model, data.input_shape)
     texts = getattr(data.train, "texts", None)

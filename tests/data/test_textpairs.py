@@ -11,7 +11,12 @@ import pytest
 
 from dist_contrast.data import DataConfig, build_data, make_loader
 from dist_contrast.data.errors import DataError
-from dist_contrast.data.textpairs import PairDataset, PairRows, retrieval_split
+from dist_contrast.data.textpairs import (
+    OwnShardPairDataset,
+    PairDataset,
+    PairRows,
+    retrieval_split,
+)
 from tests.data.helpers import write_text_pairs
 
 
@@ -105,3 +110,90 @@ def test_bad_settings_are_one_line(tmp_path: Path) -> None:
     tiny = write_text_pairs(tmp_path / "tiny.jsonl", 3)
     with pytest.raises(DataError, match="only 3 rows"):
         build_data(_config(tiny))
+
+
+def _as_parquet(jsonl: Path, row_group_size: int) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    path = jsonl.with_suffix(".parquet")
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=row_group_size)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_a_streamed_file_gives_each_worker_only_its_shard(tmp_path: Path, suffix: str) -> None:
+    """``stream: true`` on 3 workers: each holds its shard's training rows alone, every
+    training row is held by exactly one, the ids are those of the training rows, the
+    held-out rows (worker 0's retrieval task) are those the whole-file build holds out, and
+    every worker fits its featurizer on the same texts, those of the whole-file build."""
+    path = write_text_pairs(tmp_path / "pairs.jsonl", 101, negatives=2)
+    if suffix == ".parquet":
+        path = _as_parquet(path, row_group_size=16)
+    whole = build_data(_config(path, num_test=20), seed=3)
+    config = _config(path, num_test=20, params={"stream": True})
+    shards = [build_data(config, seed=3, rank=r, world_size=3) for r in range(3)]
+    assert isinstance(whole.train, PairDataset)
+    held = [(whole.train.rows.query[i], whole.train.rows.positive[i]) for i in range(81)]
+    seen: dict[int, tuple[str, str]] = {}
+    for bundle in shards:
+        train = bundle.train
+        assert isinstance(train, OwnShardPairDataset) and len(train) == 81
+        assert len(train.rows) <= 34  # a third of the file's 101 rows, less held-out ones
+        assert train.own_shard == (len(train.rows), min(len(s.train.rows) for s in shards))
+        for position, row_id in enumerate(train.ids):
+            assert row_id not in seen
+            seen[row_id] = (train.rows.query[position], train.rows.positive[position])
+    assert [seen[i] for i in range(81)] == held  # ids in order are the training rows
+    assert shards[0].retrieval == whole.retrieval
+    assert shards[1].retrieval is None and shards[2].retrieval is None
+    for bundle in shards:
+        assert sorted(bundle.train.texts()) == sorted(whole.train.texts())
+
+
+def test_a_streamed_shard_loads_equal_batches_of_its_own_rows(tmp_path: Path) -> None:
+    path = write_text_pairs(tmp_path / "pairs.jsonl", 90, negatives=1)
+    config = _config(path, num_test=10, params={"stream": True})
+    counts, indices = [], []
+    for rank in range(2):
+        train = build_data(config, seed=0, rank=rank, world_size=2).train
+        assert isinstance(train, OwnShardPairDataset)
+        loader = make_loader(train, batch_size=8, rank=rank, world_size=2, seed=0, epoch=1)
+        batches = list(loader)
+        counts.append(len(batches))
+        for batch in batches:
+            for k, row_id in enumerate(batch["index"].tolist()):
+                position = train.ids.index(row_id)
+                assert batch["view1"][k] == train.rows.query[position]
+            indices.extend(batch["index"].tolist())
+        resumed = make_loader(train, batch_size=8, rank=rank, world_size=2, seed=0, epoch=1,
+                              skip_batches=2)
+        assert [b["index"].tolist() for b in resumed] == [
+            b["index"].tolist() for b in batches[2:]]
+    assert counts[0] == counts[1]  # the all-gather needs the same steps on every worker
+    assert len(indices) == len(set(indices)) and set(indices) <= set(range(80))
+
+
+def test_the_driver_checks_a_pairs_file_without_holding_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The driver's summary streams the file (its mistakes are still one line there) and
+    never builds the rows."""
+    from dist_contrast.config import load_config
+    from dist_contrast.data import textpairs
+    from dist_contrast.driver.plan import summarize_data
+    from dist_contrast.errors import UserError
+
+    def never(*_: object) -> None:
+        raise AssertionError("the driver built the rows")
+
+    monkeypatch.setattr(textpairs, "_read", never)
+    path = write_text_pairs(tmp_path / "pairs.jsonl", 50)
+    cfg = load_config("configs/codesearch.yaml", [f"data.path={path}", "data.eval_path=null",
+                                                  "data.num_test=10", "data.params={}"])
+    summary = summarize_data(cfg)
+    assert summary.train_size == 40 and summary.num_classes is None
+    with path.open("a") as out:
+        out.write('{"anchor": "q", "positive": ""}\n')
+    with pytest.raises(UserError, match="line 51"):
+        summarize_data(cfg)
