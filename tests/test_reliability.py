@@ -29,7 +29,9 @@ BASE = [
     "checkpoint.every_steps=10", "optimizer.warmup_steps=5",
 ]
 
-pytestmark = pytest.mark.ray
+# One pytest-xdist process for the module: its reference run is trained once (make test runs
+# --dist loadgroup).
+pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("reliability")]
 CLI = Cli()
 
 

@@ -30,6 +30,9 @@ TINY = [
     "eval.max_samples=300",
 ]
 EXPERIMENT = "dist-contrast"
+# One pytest-xdist process for the module: the session's Ray head and MLflow server are
+# started once (make test runs --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("services")
 
 
 @dataclass
