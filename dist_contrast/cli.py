@@ -479,8 +479,11 @@ def _data(args: argparse.Namespace) -> int:
         rows = pairs.validate()
         layout = pairs.layout
         negatives = ", ".join(c.name for c in layout.negatives) or "none"
+        widths = pairs.feature_widths()
+        kinds = "".join(f"; the {side} side holds feature rows of {width} numbers (set "
+                        f"model.{side}_features={width})" for side, width in widths.items())
         print(f"{args.path}: {rows:,} rows of {pairs.format}; query {layout.query.name!r}, "
-              f"positive {layout.positive.name!r}, negatives: {negatives}")
+              f"positive {layout.positive.name!r}, negatives: {negatives}{kinds}")
         return 0
     from dist_contrast.data.pysource import build_pysource, describe_result
 
@@ -506,7 +509,7 @@ def _print_summary(summary: object) -> None:
         print(f"  kNN accuracy, raw input         : {raw:.4f}")
     if "eval/linear_probe_acc" in m:
         print(f"  linear probe accuracy           : {m['eval/linear_probe_acc']:.4f}")
-    text = "eval/bm25_mrr_at_10" in m  # a text run: retrieval beside BM25
+    text = "eval/mrr_at_10" in m  # a text run: retrieval (beside BM25 when both sides are text)
     if text:
         _print_retrieval(m)
     for key in ("eval/alignment", "eval/uniformity", "train/loss"):

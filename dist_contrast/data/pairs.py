@@ -15,7 +15,11 @@ Column names (the layouts of sentence-transformers and of Tevatron/DPR):
 * optional: ``id`` (or ``query_id``) and ``label``.
 
 A list holds texts, or objects with a ``text`` and an optional ``title`` (a passage: its text
-is ``title + " " + text``). Every mistake is one :class:`DataError` line naming the file, the
+is ``title + " " + text``). Either side may hold numeric feature rows instead of texts (two
+modalities, as CLIP pairs text with images): a JSON array or a parquet list of numbers where a
+text would be (a list of such rows in a list column), every row of a side the same width; the
+side's values are then :class:`FeatureRow` s. A CSV cell holds
+text only. Every mistake is one :class:`DataError` line naming the file, the
 row (``line N`` of JSONL or CSV, 1-based, the CSV header being line 1; ``row N`` of parquet)
 and the fix.
 """
@@ -31,6 +35,8 @@ from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
+
+import numpy as np
 
 from dist_contrast.data.errors import DataError
 
@@ -52,9 +58,34 @@ Format = Literal["jsonl", "csv", "parquet"]
 Label = int | float | str | bool
 
 
+class FeatureRow(bytes):
+    """One numeric feature row: its float32 bytes (compact, hashable and comparable, so a
+    corpus of rows de-duplicates as one of texts does). The text encoders take such rows."""
+
+    @classmethod
+    def of(cls, values: Any) -> FeatureRow:
+        return cls(np.asarray(values, dtype=np.float32).tobytes())
+
+    @property
+    def width(self) -> int:
+        return len(self) // 4
+
+    @property
+    def vector(self) -> np.ndarray:
+        """Shape: [width] float32."""
+        return np.frombuffer(self, dtype=np.float32)
+
+    def __repr__(self) -> str:
+        return f"FeatureRow({self.width} numbers)"
+
+
+#: One side's value in a row: a text, or a numeric feature row.
+Item = str | FeatureRow
+
+
 @dataclass(frozen=True)
 class Column:
-    """One column of a side: a text per row, or a list of texts/passages per row."""
+    """One column of a side: a text (or feature row) per row, or a list of them per row."""
 
     name: str
     kind: Kind
@@ -92,9 +123,9 @@ class PairBatch:
     Shape: every list has the batch's length; ``negatives[i]`` holds row i's negatives.
     """
 
-    query: list[str] = field(default_factory=list)
-    positive: list[str] = field(default_factory=list)
-    negatives: list[list[str]] = field(default_factory=list)
+    query: list[Item] = field(default_factory=list)
+    positive: list[Item] = field(default_factory=list)
+    negatives: list[list[Item]] = field(default_factory=list)
     id: list[str] | None = None
     label: list[Label] | None = None
     row: list[int] = field(default_factory=list)
@@ -154,6 +185,15 @@ class PairsFile:
         if rows == 0:
             raise DataError(self.path, "the file holds no rows", "write the pairs into it")
         return rows
+
+    def feature_widths(self) -> dict[str, int]:
+        """The sides (``query``, ``document``) that hold numeric feature rows, and their width,
+        as the first row has them (:meth:`validate` holds every row to it)."""
+        for batch in self.batches(1):
+            return {side: value.width for side, value in
+                    (("query", batch.query[0]), ("document", batch.positive[0]))
+                    if isinstance(value, FeatureRow)}
+        return {}
 
     def count_rows(self) -> int:
         """The rows of the file: the metadata's count for parquet, a scan for JSONL and CSV."""
@@ -265,6 +305,8 @@ class _RowChecker:
         self.path = path
         self.layout = layout
         self.types: dict[str, str] = {}  # the first id/label type seen, for "mixed types"
+        # Each side's kind as the first row has it: "text" or a feature row's width.
+        self.kinds: dict[str, str | int] = {}
         self.rows = 0
 
     def empty_batch(self) -> PairBatch:
@@ -273,14 +315,16 @@ class _RowChecker:
 
     def add(self, batch: PairBatch, row: int, where: str, record: dict[str, Any]) -> None:
         layout = self.layout
-        query = self._text(where, layout.query.name, self._value(where, record, layout.query.name))
+        query = self._item(where, layout.query.name,
+                           self._value(where, record, layout.query.name), "query")
         positive = self._side(where, layout.positive, record)[0]
-        negatives = [text for column in layout.negatives
-                     for text in self._side(where, column, record)]
-        for text in negatives:
-            if text.strip() == positive.strip():
+        negatives = [item for column in layout.negatives
+                     for item in self._side(where, column, record)]
+        for item in negatives:
+            if _same(item, positive):
                 raise DataError(self.path, f"{where}: a negative equals the row's own positive",
-                                "remove it: a hard negative must be a different text")
+                                "remove it: a hard negative must be a different "
+                                f"{'text' if isinstance(item, str) else 'row'}")
         batch.query.append(query)
         batch.positive.append(positive)
         batch.negatives.append(negatives)
@@ -297,10 +341,11 @@ class _RowChecker:
                             f"give every row a {name!r} (the first row has one)")
         return record[name]
 
-    def _side(self, where: str, column: Column, record: dict[str, Any]) -> list[str]:
+    def _side(self, where: str, column: Column, record: dict[str, Any]) -> list[Item]:
+        """A document column's values: one text or row, or a list column's."""
         value = self._value(where, record, column.name)
         if column.kind == "text":
-            return [self._text(where, column.name, value)]
+            return [self._item(where, column.name, value, "document")]
         if not isinstance(value, list):
             raise DataError(self.path, f"{where}: {column.name!r} is {_kind(value)}, not a list",
                             f"give {column.name!r} as a list of texts or of "
@@ -311,7 +356,29 @@ class _RowChecker:
                             "give at least one positive passage per row, or drop the row")
         return texts
 
-    def _passage(self, where: str, name: str, item: Any) -> str:
+    def _item(self, where: str, name: str, value: Any, side: str) -> Item:
+        """A text, or a numeric feature row; every row's ``side`` holds the same kind."""
+        item: Item
+        if _is_numbers(value):
+            vector = np.asarray(value, dtype=np.float64)
+            if not np.isfinite(vector).all() or np.abs(vector).max() > np.finfo(np.float32).max:
+                raise DataError(self.path, f"{where}: {name!r} holds NaN, infinity or a number "
+                                "beyond float32", "give finite numbers in every feature row")
+            item = FeatureRow.of(vector)
+        else:
+            item = self._text(where, name, value)
+        kind: str | int = "text" if isinstance(item, str) else item.width
+        first = self.kinds.setdefault(side, kind)
+        if kind != first:
+            raise DataError(self.path, f"{where}: {name!r} is {_kind_words(kind)} and the "
+                            f"rows before hold {_kind_words(first)} on the {side} side",
+                            f"give every row's {side} side the same kind: text, or feature "
+                            "rows of one width")
+        return item
+
+    def _passage(self, where: str, name: str, item: Any) -> Item:
+        if _is_numbers(item):
+            return self._item(where, f"{name}[]", item, "document")
         if isinstance(item, dict):
             if "text" not in item:
                 raise DataError(self.path, f"{where}: an entry of {name!r} has no 'text'",
@@ -321,7 +388,7 @@ class _RowChecker:
             if title is None or title == "":
                 return text
             return self._text(where, f"{name}[].title", title) + TITLE_SEPARATOR + text
-        return self._text(where, f"{name}[]", item)
+        return self._item(where, f"{name}[]", item, "document")
 
     def _text(self, where: str, name: str, value: Any) -> str:
         if isinstance(value, str):
@@ -350,6 +417,23 @@ class _RowChecker:
                             f" here, {first} in the rows before)",
                             f"give every row's {name!r} the same type")
         return value
+
+
+def _is_numbers(value: Any) -> bool:
+    """A non-empty list of numbers (booleans are not numbers here): a feature row."""
+    return (isinstance(value, list) and bool(value)
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value))
+
+
+def _kind_words(kind: str | int) -> str:
+    return "text" if kind == "text" else f"a feature row of {kind} numbers"
+
+
+def _same(a: Item, b: Item) -> bool:
+    """Whether a negative repeats the positive (texts compared without their outer spaces)."""
+    if isinstance(a, str) and isinstance(b, str):
+        return a.strip() == b.strip()
+    return a == b
 
 
 def _scalar_kind(value: Any) -> str:
@@ -514,6 +598,15 @@ def _check_parquet_type(path: str, name: str, arrow_type: Any, layout: PairsLayo
             t = t.value_type
         return bool(pa.types.is_string(t) or pa.types.is_large_string(t))
 
+    def is_list(t: Any) -> bool:
+        return bool(pa.types.is_list(t) or pa.types.is_large_list(t)
+                    or pa.types.is_fixed_size_list(t))
+
+    def is_row(t: Any) -> bool:  # a list of numbers
+        value = getattr(t, "value_type", None)
+        return is_list(t) and value is not None and bool(
+            pa.types.is_integer(value) or pa.types.is_floating(value))
+
     if name == layout.id:
         ok = is_text(arrow_type) or pa.types.is_integer(arrow_type)
         wanted = "strings or integers"
@@ -523,13 +616,13 @@ def _check_parquet_type(path: str, name: str, arrow_type: Any, layout: PairsLayo
         wanted = "numbers, strings or booleans"
     elif any(c.name == name and c.kind == "list" for c in (layout.positive, *layout.negatives)):
         value = getattr(arrow_type, "value_type", None)
-        listed = pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type)
-        ok = listed and value is not None and (
-            is_text(value) or (pa.types.is_struct(value) and value.get_field_index("text") >= 0))
-        wanted = "lists of texts or of {text, title} structs"
+        ok = is_list(arrow_type) and value is not None and (
+            is_text(value) or (pa.types.is_struct(value) and value.get_field_index("text") >= 0)
+            or is_row(value))
+        wanted = "lists of texts, of {text, title} structs or of feature rows (lists of numbers)"
     else:
-        ok = is_text(arrow_type)
-        wanted = "texts"
+        ok = is_text(arrow_type) or is_row(arrow_type)
+        wanted = "texts or feature rows (lists of numbers)"
     if not ok:
         raise DataError(path, f"column {name!r} has type {arrow_type}, not {wanted}",
                         f"store {name!r} as {wanted}")

@@ -39,6 +39,8 @@ class DataShape:
 
     rows: int  # all rows, training and held-out
     input_shape: tuple[int, ...]  # one row as the encoder takes it
+    # Paired data: the sides ("query", "document") of numeric feature rows, and their width.
+    feature_widths: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from torch import Tensor
 from dist_contrast.data.config import DataConfig
 from dist_contrast.data.dataset import ContrastiveDataset
 from dist_contrast.data.errors import DataError
-from dist_contrast.data.pairs import PairsFile, open_pairs
+from dist_contrast.data.pairs import Item, PairsFile, open_pairs
 from dist_contrast.data.preprocess import Preprocessing
 from dist_contrast.data.registry import Dataset, DataShape, Provenance, register_dataset
 from dist_contrast.data.seeding import mix_seed
@@ -55,9 +55,9 @@ MIN_ROWS = 4
 class PairRows:
     """Rows of a pairs file in memory. Shape: every list one entry per row."""
 
-    query: list[str]
-    positive: list[str]
-    negatives: list[list[str]]
+    query: list[Item]
+    positive: list[Item]
+    negatives: list[list[Item]]
     ids: list[str] | None
 
     def __len__(self) -> int:
@@ -78,24 +78,29 @@ class RetrievalSplit:
     (positives and file negatives) once.
     """
 
-    queries: list[str]
-    corpus: list[str]
+    queries: list[Item]
+    corpus: list[Item]
     relevant: list[frozenset[int]]
+
+    @property
+    def is_text(self) -> bool:
+        """Both sides are text (BM25 needs words on both)."""
+        return all(isinstance(side[0], str) for side in (self.queries, self.corpus) if side)
 
 
 def retrieval_split(rows: PairRows, max_queries: int | None, seed: int) -> RetrievalSplit:
     """The retrieval task of held-out ``rows`` (at most ``max_queries`` queries, a seeded
     subset; every document stays in the corpus)."""
-    position: dict[str, int] = {}
-    corpus: list[str] = []
+    position: dict[Item, int] = {}
+    corpus: list[Item] = []
 
-    def place(text: str) -> int:
+    def place(text: Item) -> int:
         if text not in position:
             position[text] = len(corpus)
             corpus.append(text)
         return position[text]
 
-    relevant_by_query: dict[str, set[int]] = {}
+    relevant_by_query: dict[Item, set[int]] = {}
     for query, positive, negatives in zip(rows.query, rows.positive, rows.negatives,
                                           strict=True):
         relevant_by_query.setdefault(query, set()).add(place(positive))
@@ -131,12 +136,14 @@ class PairDataset(ContrastiveDataset):
         return len(self.rows)
 
     def texts(self) -> list[str]:
-        """Every training text (queries, positives, negatives): what a featurizer is fit on."""
-        return [*self.rows.query, *self.rows.positive,
-                *(text for negatives in self.rows.negatives for text in negatives)]
+        """Every training text (queries, positives, negatives; not a side's feature rows):
+        what a featurizer is fit on."""
+        return [text for text in (*self.rows.query, *self.rows.positive,
+                                  *(item for negatives in self.rows.negatives
+                                    for item in negatives)) if isinstance(text, str)]
 
     def views(self, indices: Sequence[int] | Tensor, epoch: int) -> tuple[Any, Any]:
-        """Queries and their positives. Shape: [n] -> (n texts, n texts)."""
+        """Queries and their positives. Shape: [n] -> (n items, n items)."""
         ids = self._check(indices).tolist()
         return [self.rows.query[i] for i in ids], [self.rows.positive[i] for i in ids]
 
@@ -147,7 +154,7 @@ class PairDataset(ContrastiveDataset):
     def labels(self, indices: Sequence[int] | Tensor) -> Tensor:
         return torch.full((len(self._check(indices)),), -1, dtype=torch.int64)
 
-    def negatives(self, index: int, epoch: int) -> list[str]:
+    def negatives(self, index: int, epoch: int) -> list[Item]:
         """Row ``index``'s ``hard_negatives`` negatives at ``epoch``."""
         if self.hard_negatives == 0:
             return []
@@ -345,9 +352,9 @@ def _streamed_texts(pairs: PairsFile, held: np.ndarray) -> Callable[[], Iterator
         for part, _ in _rows_where(pairs, lambda rows: ~is_held(rows)):
             for query, positive, negatives in zip(part.query, part.positive, part.negatives,
                                                   strict=True):
-                yield query
-                yield positive
-                yield from negatives
+                for item in (query, positive, *negatives):
+                    if isinstance(item, str):  # a side of feature rows has no words
+                        yield item
     return texts
 
 
@@ -398,16 +405,29 @@ def _validate(cfg: DataConfig, seed: int) -> DataShape:
     training rows. Nothing is held: the driver never reads a pairs file into memory."""
     assert cfg.path is not None
     _ensure_files(cfg)
-    rows = _file(cfg, cfg.path).validate()
+    pairs = _file(cfg, cfg.path)
+    rows = pairs.validate()
     if rows < MIN_ROWS:
         raise DataError(cfg.path, f"only {rows} rows, need at least {MIN_ROWS}",
                         "add pairs (some are held out for evaluation)")
+    widths = pairs.feature_widths()
     if cfg.eval_path is not None:
-        eval_rows = _file(cfg, cfg.eval_path).validate()
+        held = _file(cfg, cfg.eval_path)
+        eval_rows = held.validate()
         if eval_rows < 1:
             raise DataError(cfg.eval_path, "the file holds no rows", "write the pairs into it")
-        return DataShape(rows, NOMINAL_ROW_SHAPE)
-    return DataShape(rows - len(_held_out(cfg, seed, rows)), NOMINAL_ROW_SHAPE)
+        if held.feature_widths() != widths:
+            raise DataError(cfg.eval_path, f"its sides hold {_sides_words(held)}, and "
+                            f"data.path's hold {_sides_words(pairs)}",
+                            "give both files the same kind on each side")
+        return DataShape(rows, NOMINAL_ROW_SHAPE, widths)
+    return DataShape(rows - len(_held_out(cfg, seed, rows)), NOMINAL_ROW_SHAPE, widths)
+
+
+def _sides_words(pairs: PairsFile) -> str:
+    widths = pairs.feature_widths()
+    return ", ".join(f"{side}: " + (f"feature rows of {widths[side]} numbers" if side in widths
+                                    else "text") for side in ("query", "document"))
 
 
 def _shape(cfg: DataConfig) -> DataShape:

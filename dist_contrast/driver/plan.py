@@ -114,6 +114,7 @@ def summarize_data(cfg: Config) -> DataSummary:
         # A dataset that checks its rows as a stream (text pairs) is never held here.
         checked = validate_data(cfg.data, seed=cfg.experiment.seed)
         if checked is not None:
+            check_feature_sides(cfg, checked.feature_widths)
             size, shape, dtype, classes = checked.rows, tuple(checked.input_shape), "float32", None
         else:
             bundle = build_data(cfg.data, seed=cfg.experiment.seed)
@@ -124,6 +125,23 @@ def summarize_data(cfg: Config) -> DataSummary:
         raise UserError(str(exc)) from None
     return DataSummary(size, shape, classes, dtype,
                        _training_data(cfg, size, shape, dtype, classes))
+
+
+def check_feature_sides(cfg: Config, widths: dict[str, int]) -> None:
+    """The model's sides take what the data's sides hold: text, or feature rows of the width
+    ``model.<side>_features`` names (``widths``: the data's sides of feature rows)."""
+    for side in ("query", "document"):
+        wanted, found = getattr(cfg.model, f"{side}_features", None), widths.get(side)
+        if wanted == found:
+            continue
+        if found is None:
+            raise UserError(f"model.{side}_features={wanted}, but the {side} side of "
+                            f"data.path is text; drop model.{side}_features")
+        fix = f"set model.{side}_features={found}" + (
+            " and model.towers=separate" if cfg.model.towers == "shared" else "")
+        held = "" if wanted is None else f", not model.{side}_features={wanted}"
+        raise UserError(f"the {side} side of data.path holds feature rows of {found} "
+                        f"numbers{held}; {fix}")
 
 
 def check_objective_data(cfg: Config, data: DataSummary) -> None:

@@ -99,17 +99,24 @@ def build_text_model(cfg: ModelConfig) -> TextEncoder:
     """Query and document towers (one shared network, or two) of ``cfg.name``, without a
     featurizer yet. Shape: forward(texts [n], side) -> [n, cfg.embedding_dim]."""
     sides = ("shared",) if cfg.towers == "shared" else ("query", "document")
-    towers = {}
+    widths = {side: width for side in ("query", "document")
+              if (width := getattr(cfg, f"{side}_features")) is not None}
+    towers: dict[str, TextTower] = {}
     feature_dim = 0
     for side in sides:
-        body = _text_body(cfg)
-        feature_dim = int(body.out_dim)
-        towers[side] = TextTower(body, _head(cfg, feature_dim))
+        if side not in widths:
+            body = _text_body(cfg)
+            feature_dim = int(body.out_dim)
+            towers[side] = TextTower(body, _head(cfg, feature_dim))
+    for side, width in widths.items():  # numeric feature rows: an MLP of the text body's width
+        mlp = MLPBackbone((width,), feature_dim, cfg.num_layers, cfg.batch_norm, cfg.dropout)
+        towers[side] = TextTower(mlp, _head(cfg, feature_dim))
     return TextEncoder(
-        towers,
+        {side: towers[side] for side in sides},
         max_lengths={"query": cfg.query_max_length, "document": cfg.document_max_length},
         feature_dim=feature_dim, embedding_dim=cfg.embedding_dim,
         featurizer_kind="bow" if cfg.name == "bow" else "tokenizer",
+        feature_widths=widths,
     )
 
 

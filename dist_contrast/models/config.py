@@ -13,7 +13,8 @@ ModelName = Literal["mlp", "cnn", "bow", "transformer"]
 #: The encoders of text (query and document towers over raw strings; data.name=pairs).
 TEXT_MODELS: frozenset[str] = frozenset({"bow", "transformer"})
 # Fields only the text encoders read, and those only the transformer reads.
-_TEXT_FIELDS = ("towers", "query_max_length", "document_max_length", "vocab_size")
+_TEXT_FIELDS = ("towers", "query_max_length", "document_max_length", "vocab_size",
+                "query_features", "document_features")
 _BOW_FIELDS = ("hash_buckets", "word_ngrams", "char_ngrams")
 _TRANSFORMER_FIELDS = ("pretrained", "pooling", "num_heads", "tokenizer", "tokenizer_path")
 
@@ -51,6 +52,12 @@ class ModelConfig(Section):
     query_max_length: int = Field(default=96, gt=0, description="text: ids kept of a query")
     document_max_length: int = Field(default=512, gt=0,
                                      description="text: ids kept of a document")
+    query_features: int | None = Field(
+        default=None, gt=0, description="text: the width of the queries' numeric feature rows "
+        "(a side of feature rows has an MLP tower); None: the queries are text")
+    document_features: int | None = Field(
+        default=None, gt=0, description="text: the width of the documents' numeric feature "
+        "rows; None: the documents are text")
     vocab_size: int = Field(default=50_000, ge=16,
                             description="text: words (bow) or subword tokens (transformer)")
     # bow
@@ -87,6 +94,14 @@ class ModelConfig(Section):
                         type(self).model_fields[field].default):
                     raise ValueError(f"model.{field} applies only to model.name="
                                      f"{' or '.join(repr(o) for o in sorted(owners))}")
+        featured = [side for side in ("query", "document")
+                    if getattr(self, f"{side}_features") is not None]
+        if len(featured) == 2:
+            raise ValueError("model.query_features and model.document_features are both set: "
+                             "at least one side must be text")
+        if featured and self.towers == "shared":
+            raise ValueError(f"model.{featured[0]}_features needs model.towers=separate (a "
+                             "side of feature rows has a tower of its own, an MLP)")
         if self.name == "transformer" and self.hidden_dim % self.num_heads:
             raise ValueError(f"model.hidden_dim={self.hidden_dim} must be a multiple of "
                              f"model.num_heads={self.num_heads}")

@@ -14,6 +14,11 @@ Bodies:
   retrieval paper starts from.
 * ``transformer``: a Hugging Face model with mean or CLS pooling
   (:mod:`dist_contrast.models.transformer`).
+
+A side may instead take numeric feature rows (``model.query_features`` or
+``model.document_features``: their width), as CLIP pairs text with images: that side's tower
+is an MLP over the row, of the text body's width, and its inputs are rows of numbers (a float
+tensor, an array, lists of numbers, or each row's float32 bytes).
 """
 
 from __future__ import annotations
@@ -21,12 +26,38 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol, cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 Side = Literal["query", "document"]
 SIDES: tuple[Side, ...] = ("query", "document")
+
+
+def feature_matrix(rows: Any, width: int, what: str) -> Tensor:
+    """Rows of numbers as a float32 matrix: a tensor, an array, lists of numbers, or each row's
+    float32 bytes (the pairs data's ``FeatureRow``). Shape: [n] rows -> [n, width].
+
+    Raises ``ValueError`` (one line) for text, ragged rows or another width."""
+    if isinstance(rows, Tensor):
+        matrix = rows.float()
+    else:
+        items = list(rows)
+        if any(isinstance(item, str) for item in items):
+            raise ValueError(f"{what} takes rows of {width} numbers, not text")
+        try:
+            matrix = torch.from_numpy(np.stack(
+                [np.frombuffer(item, dtype=np.float32) if isinstance(item, bytes) else
+                 np.asarray(item, dtype=np.float32) for item in items])
+                if items else np.zeros((0, width), dtype=np.float32))
+        except (ValueError, TypeError):
+            raise ValueError(f"{what} takes rows of {width} numbers each; the rows given are "
+                             "not all lists of numbers of one length") from None
+    if matrix.dim() != 2 or matrix.shape[1] != width:
+        raise ValueError(f"{what} takes rows of {width} numbers, got shape "
+                         f"{tuple(matrix.shape)}")
+    return matrix
 
 
 class Featurizer(Protocol):
@@ -77,7 +108,8 @@ class TextEncoder(nn.Module):
     """Query and document towers over raw strings (see the module docstring).
 
     ``towers``: ``{"shared": tower}`` (one network for both sides) or ``{"query": ...,
-    "document": ...}``. ``max_lengths``: the ids kept per side. ``featurizer`` may be set
+    "document": ...}``. ``max_lengths``: the ids kept per side. ``feature_widths``: the sides
+    that take numeric feature rows, and their width. ``featurizer`` may be set
     later (:meth:`set_featurizer`, e.g. after fitting it on the training text); it is saved
     in the state dict.
 
@@ -94,11 +126,15 @@ class TextEncoder(nn.Module):
         embedding_dim: int,
         featurizer: Featurizer | None = None,
         featurizer_kind: str = "bow",
+        feature_widths: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
         if set(towers) not in ({"shared"}, set(SIDES)):
             raise ValueError(f"towers must be 'shared' or 'query' and 'document', got "
                              f"{sorted(towers)}")
+        self.feature_widths = dict(feature_widths or {})
+        if self.feature_widths and "shared" in towers:
+            raise ValueError("a side of feature rows needs towers of its own, not a shared one")
         self.towers = nn.ModuleDict(towers)
         self.max_lengths = dict(max_lengths)
         self.feature_dim = feature_dim
@@ -118,25 +154,37 @@ class TextEncoder(nn.Module):
     def set_featurizer(self, featurizer: Featurizer) -> None:
         self.featurizer = featurizer
 
-    def ids(self, texts: Sequence[str] | Tensor, side: Side) -> Tensor:
-        """The ids of ``texts`` for ``side`` on the module's device (ids are passed through).
+    def takes_text(self, side: Side) -> bool:
+        """False for a side of numeric feature rows."""
+        return side not in self.feature_widths
 
-        Shape: [n] -> [n, max_lengths[side]] int64.
+    def ids(self, texts: Sequence[Any] | Tensor, side: Side) -> Tensor:
+        """The ids of ``texts`` for ``side`` on the module's device (ids are passed through);
+        for a side of feature rows, the rows as a float32 matrix.
+
+        Shape: [n] -> [n, max_lengths[side]] int64, or [n, feature_widths[side]] float32.
         """
+        if not self.takes_text(side):
+            weight = next(self.tower(side).parameters())  # its device and dtype (bf16 too)
+            width = self.feature_widths[side]
+            return feature_matrix(texts, width, f"the {side} tower").to(weight.device,
+                                                                        weight.dtype)
         if isinstance(texts, Tensor):
             return texts
         if self.featurizer is None:
             raise RuntimeError("the text encoder has no featurizer yet (set_featurizer)")
         if isinstance(texts, str):
             raise TypeError("pass a list of texts, not one string")
+        if not all(isinstance(text, str) for text in texts):
+            raise ValueError(f"the {side} tower takes texts, not rows of numbers")
         device = next(self.parameters()).device
         return self.featurizer.encode(list(texts), self.max_lengths[side]).to(device)
 
-    def encode(self, texts: Sequence[str] | Tensor, side: Side = "query") -> Tensor:
+    def encode(self, texts: Sequence[Any] | Tensor, side: Side = "query") -> Tensor:
         """Body features before the head (not normalised)."""
         return self.tower(side).body(self.ids(texts, side))
 
-    def forward(self, texts: Sequence[str] | Tensor, side: Side = "query") -> Tensor:
+    def forward(self, texts: Sequence[Any] | Tensor, side: Side = "query") -> Tensor:
         projected = self.tower(side)(self.ids(texts, side))
         # Normalised in float32, as ContrastiveEncoder does (bf16 loses digits in the sum).
         return F.normalize(projected.float(), dim=-1).to(projected.dtype)

@@ -13,6 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ class Hit:
     row: int
     score: float
     id: str | None
-    text: str
+    text: str  # a feature row's: "[N numbers]"
 
 
 def checkpoint_of(source: str) -> str:
@@ -64,7 +65,7 @@ def corpus_column(path: Path, column: str | None) -> str:
 
 
 def corpus_embeddings(encoder: TextEncoder, checkpoint: str, corpus: Path, column: str,
-                      texts: list[str], *, progress: bool | None = None) -> tuple[np.ndarray, bool]:
+                      texts: list[Any], *, progress: bool | None = None) -> tuple[np.ndarray, bool]:
     """The document tower's embeddings of ``texts`` and whether they came from the cache
     beside ``checkpoint`` (written there, whole or not at all, when they did not).
 
@@ -88,7 +89,7 @@ def corpus_embeddings(encoder: TextEncoder, checkpoint: str, corpus: Path, colum
     return vectors, False
 
 
-def search(encoder: TextEncoder, corpus_vectors: np.ndarray, texts: list[str],
+def search(encoder: TextEncoder, corpus_vectors: np.ndarray, texts: list[Any],
            ids: list[str | None], queries: list[str], k: int) -> list[list[Hit]]:
     """Each query's ``k`` best corpus rows by cosine similarity, best first."""
     if k < 1:
@@ -98,12 +99,16 @@ def search(encoder: TextEncoder, corpus_vectors: np.ndarray, texts: list[str],
     ranking = dense_search(embedded, corpus_vectors, min(k, len(texts)))
     results = []
     for row_ids, row_scores in zip(ranking.ids, ranking.scores, strict=True):
-        results.append([Hit(int(r), float(s), ids[r], texts[r])
+        results.append([Hit(int(r), float(s), ids[r], _shown(texts[r]))
                         for r, s in zip(row_ids, row_scores, strict=True) if r >= 0])
     return results
 
 
-def corpus_texts(path: str | Path, column: str | None) -> tuple[list[str], list[str | None], str]:
+def _shown(item: Any) -> str:
+    return item if isinstance(item, str) else f"[{len(item)} numbers]"
+
+
+def corpus_texts(path: str | Path, column: str | None) -> tuple[list[Any], list[str | None], str]:
     """The corpus' texts, ids and text column. Raises ``UserError`` for a bad file."""
     corpus = Path(path)
     if corpus.suffix.lower() not in (".txt", ".jsonl"):

@@ -3,8 +3,9 @@
 A text run's checkpoint holds both towers and the featurizer it was trained with (the bag's
 vocabulary or the tokenizer, in the module's state), so a checkpoint folder is all that is
 needed to embed new queries or a new corpus. INPUT is a ``.txt`` file (one text per line) or a
-``.jsonl`` file (one object per line, the text in ``--column``, default ``text``); OUTPUT is a
-``.npy`` array [N, D] float32, row i for text i, written whole or not at all.
+``.jsonl`` file (one object per line, the text in ``--column``, default ``text``; for a side of
+numeric feature rows, the column holds a list of numbers); OUTPUT is a ``.npy`` array [N, D]
+float32, row i for text i, written whole or not at all.
 """
 
 from __future__ import annotations
@@ -116,14 +117,15 @@ def check_text_paths(input_path: str | Path, output_path: str | Path, *,
         raise UserError(f"the folder of OUTPUT '{target}' does not exist; create it first")
 
 
-def read_texts(path: str | Path, column: str = "text") -> list[str]:
+def read_texts(path: str | Path, column: str = "text") -> list[Any]:
     """The texts of a .txt file (each line, its newline dropped) or of a .jsonl file (each
-    non-blank line's ``column``). Raises ``UserError`` naming the line for a bad one."""
+    non-blank line's ``column``: a text, or a feature row as a list of numbers). Raises
+    ``UserError`` naming the line for a bad one."""
     return read_texts_and_ids(path, column)[0]
 
 
 def read_texts_and_ids(path: str | Path, column: str = "text"
-                       ) -> tuple[list[str], list[str | None]]:
+                       ) -> tuple[list[Any], list[str | None]]:
     """:func:`read_texts` and each .jsonl row's ``id`` (None where it has none, and for every
     line of a .txt file), read in one pass."""
     source = Path(path)
@@ -133,10 +135,10 @@ def read_texts_and_ids(path: str | Path, column: str = "text"
         raise UserError(f"INPUT '{source}' is not UTF-8 text; convert it first") from None
     except OSError as exc:
         raise UserError(f"cannot read INPUT '{source}' ({exc.strerror}); check the path") from None
-    texts: list[str] = []
+    texts: list[Any] = []
     ids: list[str | None] = []
     if source.suffix.lower() == ".txt":
-        texts, ids = lines, [None] * len(lines)
+        texts, ids = list(lines), [None] * len(lines)
     else:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
@@ -149,7 +151,7 @@ def read_texts_and_ids(path: str | Path, column: str = "text"
     return texts, ids
 
 
-def _text_of(source: Path, number: int, line: str, column: str) -> tuple[str, str | None]:
+def _text_of(source: Path, number: int, line: str, column: str) -> tuple[Any, str | None]:
     try:
         row: Any = json.loads(line)
     except ValueError:
@@ -160,14 +162,16 @@ def _text_of(source: Path, number: int, line: str, column: str) -> tuple[str, st
         raise UserError(f"INPUT '{source}' line {number} has no column '{column}' (it has "
                         f"{found}); name the text's column with --column")
     value = row[column]
-    if not isinstance(value, str):
+    numbers = isinstance(value, list) and bool(value) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+    if not isinstance(value, str) and not numbers:
         raise UserError(f"INPUT '{source}' line {number}: '{column}' is "
-                        f"{type(value).__name__}, not text")
+                        f"{type(value).__name__}, not text (or a feature row of numbers)")
     return value, str(row["id"]) if "id" in row else None
 
 
 def embed_texts(
-    encoder: TextEncoder, texts: list[str], side: Side, output_path: str | Path, *,
+    encoder: TextEncoder, texts: list[Any], side: Side, output_path: str | Path, *,
     representation: bool = False, batch_size: int = 256, overwrite: bool = False,
     progress: bool | None = None,
 ) -> int:
@@ -187,7 +191,7 @@ def embed_texts(
 
 @torch.inference_mode()
 def embedding_array(
-    encoder: TextEncoder, texts: list[str], side: Side, *, representation: bool = False,
+    encoder: TextEncoder, texts: list[Any], side: Side, *, representation: bool = False,
     batch_size: int = 256, progress: bool | None = None,
 ) -> np.ndarray:
     """``side``'s embeddings (or body representations) of ``texts``, ``batch_size`` at a time.
@@ -199,6 +203,12 @@ def embedding_array(
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     apply = encoder.encode if representation else encoder
+    try:  # the side's kind (text or feature rows of its width), checked on the first row
+        encoder.ids(texts[:1], side)
+    except ValueError as exc:
+        column = ("a text per line, or --column naming a text" if encoder.takes_text(side)
+                  else "--column naming a column of feature rows (lists of numbers)")
+        raise UserError(f"INPUT cannot be embedded: {exc}; give {column}") from None
     parts = []
     with _progress_bar(len(texts), progress) as advance:
         for start in range(0, len(texts), batch_size):

@@ -54,17 +54,20 @@ class RetrievalEvaluator:
     def bm25(self) -> Ranking:
         """BM25's ranking of the corpus for every query (computed once)."""
         if self._bm25 is None:
-            index = BM25Index(self.split.corpus)
-            self._bm25 = index.search(self.split.queries, self.depth)
+            index = BM25Index([str(text) for text in self.split.corpus])
+            self._bm25 = index.search([str(text) for text in self.split.queries], self.depth)
         return self._bm25
 
     def baseline(self) -> dict[str, float]:
-        """BM25's metrics (``eval/bm25_*``): what the dense encoder is measured against."""
+        """BM25's metrics (``eval/bm25_*``): what the dense encoder is measured against;
+        none when a side holds feature rows (BM25 needs words on both sides)."""
+        if not self.split.is_text:
+            return {}
         return self._metrics(self.bm25(), "bm25_")
 
     @torch.no_grad()
-    def embed(self, encoder: nn.Module, texts: Sequence[str], side: str) -> np.ndarray:
-        """Shape: [n] texts -> [n, D] float32."""
+    def embed(self, encoder: nn.Module, texts: Sequence[Any], side: str) -> np.ndarray:
+        """Shape: [n] texts (or feature rows) -> [n, D] float32."""
         was_training = encoder.training
         encoder.eval()
         parts = [encoder(list(texts[i : i + self.batch]), side=side).float().cpu()
@@ -81,11 +84,12 @@ class RetrievalEvaluator:
         if nonfinite > 0 or not np.isfinite(corpus).all():
             return {"eval/nonfinite_embeddings": max(nonfinite, 1e-9)}
         dense = dense_search(queries, corpus, self.depth)
-        hybrid = score_fusion([dense, self.bm25()], self.depth)
-        rrf = reciprocal_rank_fusion([dense, self.bm25()], self.depth)
-        return {**self._metrics(dense, ""), **self._metrics(hybrid, "hybrid_"),
-                **self._metrics(rrf, "rrf_"),
-                "eval/retrieval_queries": float(len(self.split.queries)),
+        metrics = self._metrics(dense, "")
+        if self.split.is_text:
+            hybrid = score_fusion([dense, self.bm25()], self.depth)
+            rrf = reciprocal_rank_fusion([dense, self.bm25()], self.depth)
+            metrics |= {**self._metrics(hybrid, "hybrid_"), **self._metrics(rrf, "rrf_")}
+        return {**metrics, "eval/retrieval_queries": float(len(self.split.queries)),
                 "eval/retrieval_corpus": float(len(self.split.corpus))}
 
 

@@ -2,7 +2,9 @@
 
 The model is an MLflow ``pyfunc`` whose input is a column of texts (``text``; a list of
 strings works too) and whose ``side`` parameter picks the tower (``query``, the default, or
-``document``); its output is the unit-norm embeddings, float32 ``[n, embedding_dim]``. The
+``document``); its output is the unit-norm embeddings, float32 ``[n, embedding_dim]``. A side
+of numeric feature rows takes them in a ``features`` column (a list of numbers each; a 2-D
+array or a list of lists works too). The
 featurizer (the bag's vocabulary, or the trained or loaded tokenizer) is inside the encoder's
 state, so the model needs nothing but itself to turn text into embeddings. Its artifacts are
 the float32 state dict (tensors, and the featurizer as plain lists and strings, read with
@@ -24,7 +26,7 @@ import torch
 
 from dist_contrast.config import Config
 from dist_contrast.models import build_model
-from dist_contrast.models.text import SIDES, TextEncoder
+from dist_contrast.models.text import SIDES, Side, TextEncoder
 from dist_contrast.train.model import (
     MODEL_NAME,
     RECORD_FILE,
@@ -61,23 +63,38 @@ def build_text_encoder(config: Config, state: dict[str, Any]) -> TextEncoder:
     return encoder.float().eval()
 
 
+def inputs_of(encoder: TextEncoder, model_input: Any, side: str) -> Any:
+    """What ``side``'s tower takes from a pyfunc input: texts (:func:`texts_of`), or for a
+    side of feature rows a DataFrame's ``features`` column (or its only column), a 2-D array
+    or a list of rows."""
+    if encoder.takes_text(side):  # type: ignore[arg-type]  # predict checks the side
+        return texts_of(model_input)
+    if getattr(model_input, "columns", None) is None:
+        return model_input
+    rows = _column(model_input, "features", f"the {side} side's feature rows")
+    return [np.asarray(row, dtype=np.float32) for row in rows]
+
+
 def texts_of(model_input: Any) -> list[str]:
     """The texts of a pyfunc input: a DataFrame (its ``text`` column, or its only column), a
     Series, a list or array of strings, or one string."""
     if isinstance(model_input, str):
         return [model_input]
-    columns = getattr(model_input, "columns", None)
-    if columns is not None:
-        names = list(columns)
-        if "text" in names:
-            model_input = model_input["text"]
-        elif len(names) == 1:
-            model_input = model_input[names[0]]
-        else:
-            raise ValueError(f"give the texts in a column named 'text' (got columns {names})")
+    if getattr(model_input, "columns", None) is not None:
+        model_input = _column(model_input, "text", "the texts")
     texts = [str(t) for t in (model_input.tolist() if hasattr(model_input, "tolist")
                               else model_input)]
     return texts
+
+
+def _column(frame: Any, name: str, what: str) -> Any:
+    """A DataFrame's column ``name``, or its only column."""
+    names = list(frame.columns)
+    if name in names:
+        return frame[name]
+    if len(names) == 1:
+        return frame[names[0]]
+    raise ValueError(f"give {what} in a column named {name!r} (got columns {names})")
 
 
 class TextEncoderModel(PythonModel):  # type: ignore[misc,valid-type]
@@ -100,13 +117,13 @@ class TextEncoderModel(PythonModel):  # type: ignore[misc,valid-type]
         side = (params or {}).get("side", "query")
         if side not in SIDES:
             raise ValueError(f"params side must be one of {SIDES}, got {side!r}")
-        return embed(self.encoder, texts_of(model_input), side)
+        return embed(self.encoder, inputs_of(self.encoder, model_input, side), side)
 
 
 @torch.inference_mode()
-def embed(encoder: TextEncoder, texts: Sequence[str], side: str,
+def embed(encoder: TextEncoder, texts: Sequence[Any], side: str,
           batch_size: int = 256) -> np.ndarray:
-    """Shape: [n] texts -> [n, embedding_dim] float32."""
+    """Shape: [n] texts (or feature rows) -> [n, embedding_dim] float32."""
     parts = [encoder(list(texts[i : i + batch_size]), side=side).float().cpu().numpy()
              for i in range(0, len(texts), batch_size)]
     if not parts:
@@ -123,10 +140,15 @@ def log_text_encoder(
     import mlflow
     from mlflow.models import Model, ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+    from mlflow.types.schema import Array
 
     encoder, config = trained.encoder, trained.config
+    inputs: list[ColSpec | TensorSpec] = [ColSpec("string", "text")]
+    if encoder.feature_widths:  # one side takes texts, the other feature rows
+        inputs = [ColSpec("string", "text", required=False),
+                  ColSpec(Array("double"), "features", required=False)]
     signature = ModelSignature(
-        inputs=Schema([ColSpec("string", "text")]),
+        inputs=Schema(inputs),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, encoder.embedding_dim))]),
         params=ParamSchema([ParamSpec("side", "string", "query")]),
     )
@@ -159,7 +181,8 @@ ST_FOLDER = "sentence_transformer"
 def export_sentence_transformer_folders(trained: TrainedTextEncoder, folder: Path) -> list[Path]:
     """A transformer encoder's towers as folders that ``SentenceTransformer(path)`` loads and
     that embed as the towers do: ``folder/sentence_transformer`` for a shared tower,
-    ``..._query`` and ``..._document`` for two. Nothing for a bag-of-n-grams encoder.
+    ``..._query`` and ``..._document`` for two (the text tower's alone beside a side of
+    feature rows). Nothing for a bag-of-n-grams encoder.
     Raises ``ValueError`` for a head sentence-transformers cannot hold (BatchNorm)."""
     from dist_contrast.models.text import TokenizerFeaturizer
     from dist_contrast.models.transformer import TransformerBody
@@ -171,11 +194,13 @@ def export_sentence_transformer_folders(trained: TrainedTextEncoder, folder: Pat
         return []
     written = []
     for name in encoder.towers:
-        tower = encoder.tower("query" if name in ("shared", "query") else "document")
+        side: Side = "query" if name in ("shared", "query") else "document"
+        tower = encoder.tower(side)
         body = tower.body
+        if not encoder.takes_text(side):  # a side of feature rows: an MLP, not a text model
+            continue
         if not isinstance(body, TransformerBody):
             return []
-        side = "query" if name in ("shared", "query") else "document"
         target = folder / (ST_FOLDER if name == "shared" else f"{ST_FOLDER}_{name}")
         export_sentence_transformers(body, tower.head, featurizer.tokenizer,
                                      encoder.max_lengths[side], target)

@@ -49,3 +49,39 @@ def write_text_pairs(path: Path, rows: int, *, seed: int = 0, negatives: int = 0
                 row["negatives"] = [document(rng.sample(words, 4)) for _ in range(negatives)]
             out.write(json.dumps(row) + "\n")
     return path
+
+
+def write_feature_pairs(path: Path, rows: int, *, width: int = 16, seed: int = 0,
+                        negatives: int = 0) -> Path:
+    """A JSONL or parquet file (by ``path``'s suffix) of ``rows`` learnable (text, feature row)
+    pairs, as CLIP pairs captions with images: each query is four words of a 400-word made-up
+    vocabulary, and its document is a row of ``width`` numbers, the sum of its words' fixed
+    random vectors plus a little noise (the vectors are the same in every file). With
+    ``negatives``, each row's ``negatives`` holds the rows of other words."""
+    import json
+
+    import numpy as np
+
+    vectors = np.random.default_rng(12345).normal(size=(400, width))
+    rng = np.random.default_rng(seed)
+
+    def document(words: np.ndarray) -> list[float]:
+        row = vectors[words].sum(axis=0) + rng.normal(scale=0.1, size=width)
+        return [round(float(v), 5) for v in row]
+
+    records: list[dict[str, object]] = []
+    for _ in range(rows):
+        words = rng.choice(400, size=4, replace=False)
+        row: dict[str, object] = {"anchor": " ".join(f"w{i:03d}x" for i in words),
+                                  "positive": document(words)}
+        if negatives:
+            row["negatives"] = [document(rng.choice(400, size=4, replace=False))
+                                for _ in range(negatives)]
+        records.append(row)
+    if path.suffix == ".parquet":
+        import pandas as pd
+
+        pd.DataFrame(records).to_parquet(path)
+    else:
+        path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path

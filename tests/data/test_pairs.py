@@ -14,7 +14,7 @@ import pytest
 
 from dist_contrast.cli import main
 from dist_contrast.data.errors import DataError
-from dist_contrast.data.pairs import PairBatch, PairsFile, open_pairs
+from dist_contrast.data.pairs import FeatureRow, PairBatch, PairsFile, open_pairs
 
 
 def _jsonl(path: Path, rows: list[Any]) -> Path:
@@ -329,3 +329,67 @@ def test_cli_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     error = capsys.readouterr().err.strip()
     assert error.startswith("dist-contrast: error:") and "\n" not in error
     assert str(bad) in error and "line 1" in error
+
+
+# --- numeric feature rows on one side ----------------------------------------------------------
+
+
+def test_feature_rows_in_jsonl_and_parquet(tmp_path: Path) -> None:
+    rows = [{"anchor": "a red cat", "positive": [0.5, 1, -2], "negatives": [[1, 2, 3]]},
+            {"anchor": "a dog", "positive": [0.25, 0, 4], "negatives": [[0, 0, 1], [1, 1, 1]]}]
+    parquet = _parquet(tmp_path / "p.parquet", {
+        "anchor": [r["anchor"] for r in rows],
+        "positive": pa.array([r["positive"] for r in rows], pa.list_(pa.float32())),
+        "negatives": [r["negatives"] for r in rows]})
+    for path in (_jsonl(tmp_path / "p.jsonl", rows), parquet):
+        pairs = open_pairs(path)
+        assert pairs.validate() == 2 and pairs.feature_widths() == {"document": 3}
+        batch = _all(pairs)
+        assert batch.query == ["a red cat", "a dog"]
+        assert all(isinstance(item, FeatureRow) for item in batch.positive)
+        assert batch.positive[0].vector.tolist() == [0.5, 1.0, -2.0]
+        assert [[n.vector.tolist() for n in row] for row in batch.negatives] == [
+            [[1, 2, 3]], [[0, 0, 1], [1, 1, 1]]]
+
+
+def test_cli_check_names_a_side_of_feature_rows(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    path = _jsonl(tmp_path / "p.jsonl", [{"anchor": "a cat", "positive": [1, 2, 3]}])
+    assert main(["data", "check", str(path)]) == 0
+    assert ("the document side holds feature rows of 3 numbers (set "
+            "model.document_features=3)") in capsys.readouterr().out
+
+
+def test_feature_rows_on_the_query_side(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "p.jsonl", [{"query": [1, 2], "positive": "a text"}])
+    assert open_pairs(path).feature_widths() == {"query": 2}
+
+
+def test_a_side_of_text_then_a_feature_row(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "p.jsonl", [{"query": "q1", "positive": [1.0, 2.0]},
+                                         {"query": "q2", "positive": "p2"}])
+    _refused(path, "line 2: 'positive' is text and the rows before hold a feature row of 2 "
+             "numbers on the document side", "the same kind")
+
+
+def test_feature_rows_of_another_width(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "p.jsonl", [{"query": "q1", "positive": [1.0, 2.0],
+                                          "negative": [2.0, 2.0]},
+                                         {"query": "q2", "positive": [1.0, 2.0],
+                                          "negative": [1.0, 2.0, 3.0]}])
+    _refused(path, "line 2: 'negative' is a feature row of 3 numbers and the rows before hold "
+             "a feature row of 2 numbers", "feature rows of one width")
+
+
+def test_a_non_finite_feature_row(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"query": "q1", "positive": [1.0, NaN]}\n')
+    _refused(path, "line 1: 'positive' holds NaN, infinity or a number beyond float32",
+             "finite numbers")
+    _refused(_jsonl(tmp_path / "big.jsonl", [{"query": "q", "positive": [1e39]}]),
+             "beyond float32", "finite numbers")
+
+
+def test_a_feature_row_negative_equal_to_its_positive(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "p.jsonl", [{"query": "q", "positive": [1, 2], "negative": [1.0, 2]}])
+    _refused(path, "line 1: a negative equals the row's own positive", "a different row")

@@ -197,3 +197,32 @@ def test_the_driver_checks_a_pairs_file_without_holding_it(
         out.write('{"anchor": "q", "positive": ""}\n')
     with pytest.raises(UserError, match="line 51"):
         summarize_data(cfg)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_feature_rows_on_the_document_side(tmp_path: Path, stream: bool) -> None:
+    """Documents that are rows of numbers: batches carry them as ``FeatureRow`` s, the
+    featurizer sees only the texts, the held-out corpus de-duplicates rows, and the eval file
+    must hold the same kinds."""
+    from dist_contrast.data.pairs import FeatureRow
+    from tests.data.helpers import write_feature_pairs
+
+    path = write_feature_pairs(tmp_path / "pairs.jsonl", 60, width=4, negatives=1)
+    bundle = build_data(_config(path, num_test=10, params={"stream": stream}), seed=0,
+                        rank=0, world_size=2 if stream else 1)
+    batch = bundle.train.collate(bundle.train.__getitems__([0, 1, 2]))
+    assert all(isinstance(item, str) for item in batch["view1"])
+    assert all(isinstance(item, FeatureRow) and item.width == 4
+               for item in (*batch["view2"], *batch["negatives"]))
+    texts = list(bundle.train.texts())
+    assert texts and all(isinstance(text, str) and text.startswith("w") for text in texts)
+    assert bundle.retrieval is not None and not bundle.retrieval.is_text
+    # The corpus: each held-out positive and file negative once (10 + 10 distinct rows).
+    assert len(bundle.retrieval.queries) == 10 and len(bundle.retrieval.corpus) == 20
+    assert bundle.retrieval.relevant == [frozenset({2 * i}) for i in range(10)]
+    text_file = write_text_pairs(tmp_path / "text.jsonl", 20)
+    with pytest.raises(DataError, match="its sides hold query: text, document: text, and "
+                       "data.path's hold query: text, document: feature rows of 4 numbers"):
+        from dist_contrast.data import validate_data
+
+        validate_data(_config(path, eval_path=str(text_file)), seed=0)

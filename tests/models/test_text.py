@@ -93,3 +93,56 @@ def test_settings_of_another_encoder_are_refused(fields: dict[str, object],
                                                  fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         ModelConfig(**fields)
+
+
+# --- a side of numeric feature rows ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["bow", "transformer"])
+def test_a_side_of_feature_rows_has_an_mlp_tower_of_the_text_width(name: str) -> None:
+    fields: dict[str, object] = {"towers": "separate", "document_features": 5}
+    if name == "transformer":
+        fields |= {"name": "transformer", "num_heads": 2, "num_layers": 1, "vocab_size": 64}
+    encoder = _encoder(**fields)
+    rows = torch.randn(4, 5)
+    out = encoder(rows, side="document")
+    assert out.shape == (4, 8)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(4))
+    assert encoder.encode(rows, "document").shape == encoder.encode(TEXTS[:4], "query").shape
+    # Lists of numbers, arrays and float32 bytes are the same rows.
+    as_bytes = [row.numpy().tobytes() for row in rows]
+    torch.testing.assert_close(encoder(as_bytes, side="document"), out)
+    torch.testing.assert_close(encoder(rows.tolist(), side="document"), out)
+    assert not encoder.takes_text("document") and encoder.takes_text("query")
+    # Gradients reach the MLP from the rows' embeddings.
+    encoder(rows, side="document").sum().backward()
+    assert encoder.tower("document").body.net[1].weight.grad is not None
+
+
+def test_a_side_is_fed_its_own_kind_in_one_line() -> None:
+    encoder = _encoder(towers="separate", query_features=3)
+    with pytest.raises(ValueError, match="the query tower takes rows of 3 numbers, not text"):
+        encoder(TEXTS[:2], side="query")
+    with pytest.raises(ValueError, match=r"takes rows of 3 numbers, got shape \(2, 4\)"):
+        encoder(torch.zeros(2, 4), side="query")
+    with pytest.raises(ValueError, match="not all lists of numbers of one length"):
+        encoder([[1, 2, 3], [1, 2]], side="query")
+    with pytest.raises(ValueError, match="the document tower takes texts, not rows of numbers"):
+        encoder([[1.0, 2.0, 3.0]], side="document")
+
+
+def test_feature_rows_follow_the_towers_dtype() -> None:
+    encoder = _encoder(towers="separate", document_features=3).to(torch.bfloat16)
+    assert encoder([[1.0, 2.0, 3.0]], side="document").dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"name": "bow", "document_features": 4},
+     "model.document_features needs model.towers=separate"),
+    ({"name": "bow", "towers": "separate", "query_features": 4, "document_features": 4},
+     "at least one side must be text"),
+    ({"name": "mlp", "document_features": 4}, "model.document_features applies only to"),
+])
+def test_feature_settings_are_checked(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**fields)
