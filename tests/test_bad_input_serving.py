@@ -169,7 +169,9 @@ def test_embeds_checkpoint_errors_speak_of_embed_not_of_resuming(
 
 
 def test_ctrl_c_in_embed_says_so_and_leaves_nothing(trained: Checkpoints, tmp_path: Path) -> None:
-    rows = np.tile(trained.features, (400, 1))  # ~100k rows one at a time: long enough
+    # ~1M rows one at a time: tens of seconds, so the interrupt lands mid-way even on a busy
+    # machine (100k rows took a second or two with one OpenMP thread, and ended first).
+    rows = np.tile(trained.features, (4000, 1))
     np.save(tmp_path / "in.npy", rows)
     environ = {**os.environ, "DS_ACCELERATOR": "cpu", "MLFLOW_TRACKING_URI": ""}
     proc = subprocess.Popen(
