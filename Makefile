@@ -40,13 +40,15 @@ demo: $(VENV)/.installed
 # The whole suite in one run on three pytest-xdist processes: a Ray test spends most of its time
 # waiting on processes it started, so the CPU-bound Ray-free tests fill the gaps. A module
 # whose tests share a trained run or the session's services is one xdist group (loadgroup).
-# One OpenMP thread per process: several test processes share few cores, and threads that
-# spin-wait for each other's cores slow everything (make check: 5 min 17 s -> 4 min 43 s).
+# make check: one OpenMP thread per process; several test processes share few cores, and
+# threads that spin-wait for each other's cores slowed it (5 min 17 s -> 4 min 43 s). Not in
+# make test: two fresh-clone runs with it took 19-21 min against 17.5 without (noisy; the Ray
+# runs' own processes are not helped by it).
 SUITE_ENV := OMP_NUM_THREADS=1
 test: $(VENV)/.installed-test $(TOOLS)/bin/checkov
 	$(BIN)/ruff check --no-cache dist_contrast tests benchmarks
 	$(BIN)/mypy
-	$(SUITE_ENV) $(BIN)/python -m pytest -q -ra --durations=15 -n 3 --dist loadgroup
+	$(BIN)/python -m pytest -q -ra --durations=15 -n 3 --dist loadgroup
 
 check: $(VENV)/.installed-test
 	$(BIN)/ruff check --no-cache dist_contrast tests benchmarks

@@ -177,7 +177,10 @@ def test_ctrl_c_in_embed_says_so_and_leaves_nothing(trained: Checkpoints, tmp_pa
     proc = subprocess.Popen(
         [sys.executable, "-m", "dist_contrast.cli", "embed", trained.path("fp32"), "in.npy",
          "-o", "out.npy", "--batch-size", "1"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ)
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ,
+        # Ctrl-C as a terminal delivers it: a test process that ran Ray or DeepSpeed before
+        # may ignore SIGINT, and a child would inherit that and never see the interrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".out.npy.*.partial")) and time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()

@@ -348,17 +348,24 @@ def test_system_metrics_are_logged_while_sampling(
     uri = _uri(tmp_path)
     ensure_experiment(uri, "exp", None)
     tracker = MlflowTracker(uri, "exp", run_name="r1")
+    client = mlflow.MlflowClient(tracking_uri=uri)
+
+    def steps() -> list[int]:
+        return [m.step for m in client.get_metric_history(tracker.run_id or "",
+                                                          "system/cpu_utilization_percentage")]
+
     tracker.start_system_metrics()
-    time.sleep(1.5)
+    # Until two samples are logged (1.5 s on a quiet machine; a loaded one samples later).
+    deadline = time.monotonic() + 60
+    while len(steps()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.25)
     tracker.stop_system_metrics()
     tracker.stop_system_metrics()  # idempotent
-    client = mlflow.MlflowClient(tracking_uri=uri)
     metrics = client.get_run(tracker.run_id or "").data.metrics
     for key in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"):
         assert key in metrics
-    steps = [m.step for m in client.get_metric_history(tracker.run_id or "",
-                                                       "system/cpu_utilization_percentage")]
-    assert steps == list(range(len(steps))) and len(steps) >= 2
+    logged = steps()
+    assert logged == list(range(len(logged))) and len(logged) >= 2
     NullTracker().start_system_metrics()  # other ranks: nothing
 
 
