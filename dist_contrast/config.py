@@ -84,7 +84,16 @@ class LossConfig(Section):
     tile_size: int | None = Field(default=None, gt=0)
     # CLIP's loss: query -> document plus document -> query over the global batch, halved.
     symmetric: bool = False
+    # Where each query's positive comes from: ``key`` (the other view's key, from the query
+    # encoder or the momentum encoder) or ``memory`` (the instance's own memory-bank entry, a
+    # constant target, as in InstDisc). None: the loss's own (NCE: memory; the others: key).
+    positive: Literal["key", "memory"] | None = None
     params: dict[str, float | int | bool | str] = Field(default_factory=dict)
+
+    @property
+    def positive_source(self) -> str:
+        """``loss.positive``, or the loss's default."""
+        return self.positive or get_objective(self.name).positives[0]
 
     @model_validator(mode="after")
     def _check(self) -> LossConfig:
@@ -108,6 +117,14 @@ class LossConfig(Section):
         if self.symmetric and not get_objective(self.name).in_batch:
             raise ValueError(f"loss.symmetric needs a loss over the batch's keys (info_nce, "
                              f"simple, hard_info_nce, hard_simple), not loss.name={self.name}")
+        takes = get_objective(self.name).positives
+        if self.positive is not None and self.positive not in takes:
+            raise ValueError(f"loss.positive={self.positive} is not possible for "
+                             f"loss.name={self.name} (its positive: {' or '.join(takes)})")
+        if self.symmetric and self.positive_source == "memory":
+            raise ValueError("loss.symmetric compares documents with the batch's queries, and "
+                             "a bank entry is no document of the batch; drop loss.positive=memory "
+                             "or loss.symmetric")
         if self.tile_size is not None and "tile_size" not in options:
             raise ValueError(f"loss.tile_size does not apply to loss.name={self.name}")
         if self.temperature_mode == "cosine" and self.temperature_final is None:
@@ -176,6 +193,8 @@ class TrainerConfig(Section):
 
 class EvalConfig(Section):
     every_steps: int = Field(default=200, ge=1)
+    # Also evaluate the untrained encoder, at step 0: where a trajectory starts.
+    at_start: bool = False
     knn_k: int = Field(default=200, ge=1)
     knn_temperature: float = Field(default=0.07, gt=0.0)
     max_samples: int = Field(default=5000, ge=10)
@@ -220,7 +239,8 @@ class Config(Section):
         """What the objective reads from the negative sources (their checks and memory)."""
         objective = get_objective(self.loss.name)
         return LossNeeds(self.loss.name, needs_noise=objective.needs_noise,
-                         sharded_pool=objective.sharded_pool)
+                         sharded_pool=objective.sharded_pool,
+                         positive_from_memory=self.loss.positive_source == "memory")
 
     def _check_loss_sources(self) -> None:
         """The objective's declared needs against the configured negative sources (each
@@ -244,6 +264,13 @@ class Config(Section):
             raise ValueError(
                 f"data.name={self.data.name} yields text pairs; use a text encoder: "
                 "model.name=bow or model.name=transformer"
+            )
+        if (self.loss.positive == "memory" and self.negatives.in_batch
+                and get_objective(self.loss.name).in_batch):
+            raise ValueError(
+                "loss.positive=memory takes each query's positive from the bank, so the batch "
+                "holds no keys to be in-batch negatives; drop 'batch' from negatives.sources "
+                "(the bank gives the negatives)"
             )
         if self.loss.symmetric and not self.negatives.in_batch:
             raise ValueError("loss.symmetric compares documents with the batch's queries: "

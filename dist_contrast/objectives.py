@@ -29,7 +29,7 @@ class ObjectiveInputs:
     Shape:
         query: [B, D] local queries (with gradient). key: [K, D] candidate positives (the
         gathered global batch's keys, or the bank entries of the local instances for objectives
-        with ``positive_from_bank``). positive_index: [B] each query's positive row in key.
+        with ``positive_from_memory``). positive_index: [B] each query's positive row in key.
         labels: [B] and key_labels: [K], given to objectives with ``needs_labels``.
         negatives: the step's negatives record (pools, mined, noise; see
         :class:`~dist_contrast.negatives.base.Negatives`). normalizer: NCE's Z.
@@ -57,7 +57,12 @@ class Objective:
 
     - ``needs_labels``: same-label samples are positives (supervised); the trainer passes labels.
     - ``needs_noise``: InstDisc's NCE; the bank draws noise per query, the trainer keeps Z.
-    - ``positive_from_bank``: the positive is the instance's own bank entry (before the update).
+    - ``positives``: where the positive can come from, the default first: ``key`` (the other
+      view's key, from the query encoder or the momentum encoder) or ``memory`` (the instance's
+      own bank entry, before the update: InstDisc's v_i). ``loss.positive`` picks one.
+    - ``penalty``: the relative penalty over exactly the negatives the loss counts (its masks,
+      and a hard loss's truncation), ``penalty(inputs, tau, **options) -> r [B, N]``, rows
+      summing to 1 over the entries the loss sees and 0 elsewhere; None: not defined.
     - ``in_batch``: the other keys of the global batch can be negatives (``batch`` source).
     - ``sharded_pool``: accepts a sharded pool's log-sum-exp instead of the pool itself.
     - ``tiled``: takes ``loss.tile_size``.
@@ -69,11 +74,17 @@ class Objective:
     options: frozenset[str] = frozenset()
     needs_labels: bool = False
     needs_noise: bool = False
-    positive_from_bank: bool = False
+    positives: tuple[str, ...] = ("key",)
     in_batch: bool = False
     sharded_pool: bool = False
     tiled: bool = False
     uses_temperature: bool = True
+    penalty: ObjectiveFunction | None = None
+
+    @property
+    def positive_from_memory(self) -> bool:
+        """The positive is always the bank entry (NCE): no other is possible."""
+        return self.positives == ("memory",)
 
 
 _REGISTRY: dict[str, Objective] = {}
@@ -162,8 +173,9 @@ def _pool_kwargs(inputs: ObjectiveInputs) -> dict[str, Any]:
 
 
 def _hard_defaults(params: dict[str, Any]) -> dict[str, Any]:
-    # Wang & Liu's explicit hard sampling keeps each anchor's 4,096 nearest (4,095 negatives).
-    return {"top_k": 4095, **params} if "quantile" not in params else params
+    # Wang & Liu's explicit hard sampling takes each anchor's 4,096 most similar samples as its
+    # negatives (the source article on the paper).
+    return {"top_k": 4096, **params} if "quantile" not in params else params
 
 
 def _info_nce(inputs: ObjectiveInputs, tau: Tensor | float, **p: Any) -> Tensor:
@@ -236,25 +248,43 @@ def _supcon(inputs: ObjectiveInputs, tau: Tensor | float, **p: Any) -> Tensor:
     return losses.supcon_loss(inputs.query, inputs.key, query_ids, key_ids, temperature=tau, **p)
 
 
+def _penalty(*, softmax: bool, hard: bool) -> ObjectiveFunction:
+    """The relative penalty of a pool loss over the negatives it counts: InfoNCE's softmax
+    at τ, or the simple losses' equal weight λ on each; a hard loss keeps its truncated set."""
+    def run(inputs: ObjectiveInputs, tau: Tensor | float, **p: Any) -> Tensor:
+        kwargs = _pool_kwargs(inputs)
+        boundary = _hard_defaults({k: p[k] for k in ("top_k", "quantile") if k in p})
+        return losses.relative_penalty_seen(
+            inputs.query, inputs.key, kwargs.pop("negatives"), temperature=tau,
+            softmax=softmax, in_batch=p.get("in_batch", True),
+            **(boundary if hard else {}), **kwargs,
+        )
+    return run
+
+
 def _pool_objective(
-    compute: ObjectiveFunction, *options: str, sharded: bool = False, tau: bool = True
+    compute: ObjectiveFunction, *options: str, sharded: bool = False, tau: bool = True,
+    hard: bool = False,
 ) -> Objective:
-    """A loss over the pools: in-batch keys, shared pool, mined negatives; tiled."""
+    """A loss over the pools: in-batch keys, shared pool, mined negatives; tiled. Its
+    positive is the other view's key or, with ``loss.positive=memory``, the bank entry."""
     return Objective(compute, frozenset(options), in_batch=True, tiled=True, sharded_pool=sharded,
-                     uses_temperature=tau)
+                     uses_temperature=tau, positives=("key", "memory"),
+                     penalty=_penalty(softmax=tau, hard=hard))
 
 
 def _nce_objective(weighting: str, *options: str) -> Objective:
     """InstDisc's NCE: bank noise, the normaliser Z, the bank entry as the positive."""
     return Objective(_nce(weighting), frozenset(options), needs_noise=True,
-                     positive_from_bank=True)
+                     positives=("memory",))
 
 
 for _name, _objective in {
     "info_nce": _pool_objective(_info_nce, sharded=True),
     "simple": _pool_objective(_simple, "lam", tau=False),
-    "hard_info_nce": _pool_objective(_hard_info_nce, "top_k", "quantile"),
-    "hard_simple": _pool_objective(_hard_simple, "lam", "top_k", "quantile", tau=False),
+    "hard_info_nce": _pool_objective(_hard_info_nce, "top_k", "quantile", hard=True),
+    "hard_simple": _pool_objective(_hard_simple, "lam", "top_k", "quantile", tau=False,
+                                   hard=True),
     "nce": _nce_objective("none"),
     "nce_focal": _nce_objective("focal", "focal_gamma", "focal_alpha"),
     "nce_ghm": _nce_objective("ghm", "ghm_bins"),

@@ -16,6 +16,7 @@ from dist_contrast.analysis.geometry import (
 from dist_contrast.analysis.penalty import (
     negative_similarities,
     penalty_entropy,
+    penalty_summary,
     relative_penalty,
     sample_relative_penalty,
     top_k_penalty_share,
@@ -31,6 +32,7 @@ __all__ = [
     "mean_pairwise_similarity",
     "negative_similarities",
     "penalty_entropy",
+    "penalty_summary",
     "relative_penalty",
     "sample_relative_penalty",
     "tolerance",

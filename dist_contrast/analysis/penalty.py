@@ -103,3 +103,28 @@ def sample_relative_penalty(
         columns = torch.randperm(count, generator=generator)[:max_points]
         s, r = s[:, columns], r[:, columns]
     return s, r
+
+
+def penalty_summary(penalty: Tensor, top_k: int) -> dict[str, float]:
+    """The penalty metrics of a relative penalty given per negative (an objective's own, over
+    the entries its loss counts; 0 elsewhere): mean entropy H(r_i) in nats, its maximum
+    log n_i (n_i the entries counted), the share on the k largest, and n_i's mean. Queries that
+    count no negative are left out.
+
+    Shape:
+        penalty: [B, N], rows summing to 1 or all 0. Returns plain floats.
+    """
+    r = penalty.detach().double()
+    counted = (r > 0).sum(dim=1)
+    rows = counted > 0
+    if not bool(rows.any()):
+        return {}
+    r, counted = r[rows], counted[rows]
+    entropy = -(torch.where(r > 0, r * torch.log(r.clamp(min=1e-300)), 0.0)).sum(dim=1)
+    share = r.topk(min(top_k, r.shape[1]), dim=1).values.sum(dim=1)
+    return {
+        "penalty_entropy": float(entropy.mean()),
+        "penalty_entropy_max": float(torch.log(counted.double()).mean()),
+        f"top{top_k}_penalty_share": float(share.mean()),
+        "negatives_counted": float(counted.double().mean()),
+    }

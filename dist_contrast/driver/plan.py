@@ -145,8 +145,13 @@ def check_feature_sides(cfg: Config, widths: dict[str, int]) -> None:
 
 
 def check_objective_data(cfg: Config, data: DataSummary) -> None:
-    """A supervised objective needs labelled data: refuse it on data without labels."""
+    """A supervised objective needs labelled data: refuse it on data without labels. Each
+    configured negative source's settings against the training rows."""
     from dist_contrast.objectives import get_objective
+
+    problem = cfg.negatives.data_problem(data.train_size)
+    if problem is not None:
+        raise UserError(problem)
 
     if get_objective(cfg.loss.name).needs_labels and data.num_classes is None:
         raise UserError(

@@ -1,7 +1,12 @@
 """Contrastive losses as pure functions of tensors (no distribution, no state, no config)."""
 
 from dist_contrast.losses._common import PoolTerms
-from dist_contrast.losses.hard import hard_info_nce, hard_simple_loss, negative_boundary
+from dist_contrast.losses.hard import (
+    hard_info_nce,
+    hard_simple_loss,
+    negative_boundary,
+    relative_penalty_seen,
+)
 from dist_contrast.losses.info_nce import info_nce
 from dist_contrast.losses.metric import (
     batch_hard_triplet_loss,
@@ -49,6 +54,7 @@ __all__ = [
     "partials_lse",
     "pool_partials",
     "proximal_regularizer",
+    "relative_penalty_seen",
     "simple_loss",
     "supcon_loss",
     "triplet_loss",

@@ -1,6 +1,6 @@
 """Hard contrastive losses (Wang & Liu): only negatives at or above a per-anchor boundary count.
 
-The boundary is the K-th largest similarity of the anchor's negatives (``top_k``, K = 4095 in
+The boundary is the K-th largest similarity of the anchor's negatives (``top_k``, K = 4096 in
 the paper) or a similarity quantile of them (``quantile``). Negatives below it are truncated:
 they are removed like masked entries, so they contribute nothing and get exactly zero gradient.
 The boundary itself is a selection, computed without gradient.
@@ -78,7 +78,7 @@ def hard_simple_loss(
     """The simple loss ``−s_ii + λ Σ_j s_ij`` over each anchor's hardest negatives only.
 
     The boundary is as in :func:`hard_info_nce` (Wang & Liu's explicit hard negative sampling,
-    e.g. ``top_k=4095``).
+    e.g. ``top_k=4096``).
 
     Shape:
         as :func:`dist_contrast.losses.simple_loss`. Returns a 0-dim loss.
@@ -153,3 +153,65 @@ def negative_boundary(
                 best = merged.topk(min(width, merged.shape[1]), dim=1).values
         boundary = best.gather(1, (kept - 1).clamp(min=0)[:, None]).squeeze(1)
         return torch.where(kept > 0, boundary, torch.full_like(boundary, math.inf))
+
+
+def relative_penalty_seen(
+    query: Tensor,
+    key: Tensor,
+    negatives: Tensor | None = None,
+    *,
+    temperature: Temperature,
+    softmax: bool = True,
+    top_k: int | None = None,
+    quantile: float | None = None,
+    in_batch: bool = True,
+    query_negatives: Tensor | None = None,
+    negative_mask: Tensor | None = None,
+    positive_index: Tensor | None = None,
+    query_negative_mask: Tensor | None = None,
+    key_mask: Tensor | None = None,
+) -> Tensor:
+    """Each query's relative penalty over exactly the negatives a pool loss counts.
+
+    The columns are the entries in the order the losses join them (the keys with in-batch
+    negatives, the shared pool, the per-query pool); an entry the loss does not count (masked,
+    the query's positive, or below a hard loss's boundary when ``top_k``/``quantile`` is
+    given) gets 0. ``softmax``:
+    InfoNCE's share ``exp(s_ij/τ) / Σ_k exp(s_ik/τ)`` over the counted entries; otherwise the
+    simple losses' equal weight ``1/n_i`` on each (their gradient is λ on every negative), with
+    the boundary found in similarity units as those losses find it. A query that counts no
+    negative gets a row of zeros. No gradient.
+
+    Shape:
+        as :func:`hard_info_nce`. Returns [B, N] float32 (float64 for float64 inputs), N the
+        columns of all sources.
+    """
+    terms = PoolTerms.build(
+        query, key, negatives, in_batch=in_batch, query_negatives=query_negatives,
+        negative_mask=negative_mask, tile_size=None, positive_index=positive_index,
+        query_negative_mask=query_negative_mask, key_mask=key_mask,
+    )
+    dtype = compute_dtype(query)
+    tau = (temperature_tensor(temperature, query) if softmax
+           else torch.ones((), dtype=dtype, device=query.device))
+    hard = top_k is not None or quantile is not None
+    threshold = (negative_boundary(query, terms, tau=tau, top_k=top_k, quantile=quantile,
+                                   tile_keys=softmax) if hard else None)
+    with torch.no_grad():
+        scaled_query = query.detach().to(dtype) / tau.detach()
+        blocks = []
+        for pool, mask, exclude_index, _ in terms.sources(tile_keys=softmax):
+            logits = tile_logits(scaled_query, pool)
+            blocks.append(drop_excluded_(logits, mask, exclude_index, 0, pool.shape[-2],
+                                         threshold))
+        if not blocks:
+            return torch.zeros(query.shape[0], 0, dtype=dtype, device=query.device)
+        logits = torch.cat(blocks, dim=1)
+        counted = torch.isfinite(logits)
+        if softmax:
+            shift = torch.where(counted, logits, -math.inf).amax(dim=1, keepdim=True)
+            weights = torch.where(counted, torch.exp(logits - shift.clamp(min=-1e30)), 0.0)
+        else:
+            weights = counted.to(dtype)
+        total = weights.sum(dim=1, keepdim=True)
+        return torch.where(total > 0, weights / total.clamp(min=torch.finfo(dtype).tiny), 0.0)

@@ -44,6 +44,9 @@ class BankConfig(Section):
     # Use the whole bank as the shared pool of an InfoNCE loss (non-parametric softmax with an
     # exact denominator). Only sensible for small datasets: the pool is [n, D] per step.
     as_pool: bool = False
+    # K > 0: each query also gets K bank entries drawn uniformly at random (distinct, never its
+    # own) as negatives of its own: the random-K control of the hard losses' K nearest.
+    random_k: int = Field(default=0, ge=0)
 
 
 def last_occurrence(ids: Tensor) -> Tensor:
@@ -80,12 +83,16 @@ class MemoryBank:
         as_pool: bool = False,
         proximal: float = 0.0,
         normalizer_every: int = 0,
+        random_k: int = 0,
         seed: int = 0,
         noise_seed: int | None = None,
         device: torch.device | str = "cpu",
     ) -> None:
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"bank momentum must be in [0, 1), got {momentum}")
+        if (problem := _random_k_check(random_k, size)) is not None:
+            raise ValueError(problem)
+        self.random_k = random_k
         self.size = size
         self.dim = dim
         self.momentum = momentum
@@ -115,6 +122,25 @@ class MemoryBank:
         ids = ids.to(self.vectors.device)
         return self.vectors[ids], ids
 
+    def random_entries(self, ids: Tensor, count: int) -> Tensor:
+        """``count`` distinct entries per query, uniform over the bank without the query's own.
+
+        Each row ranks the entries by a uniform random score with the own entry last, and
+        keeps the ``count`` first: a uniformly random subset. Rows go in chunks of at most
+        ~4M scores, so memory stays bounded on a large bank.
+
+        Shape: ids [B] -> entry ids [B, count] int64.
+        """
+        rows = ids.detach().cpu().long()
+        chunk = max(1, (1 << 22) // self.size)
+        picked = []
+        for start in range(0, len(rows), chunk):
+            own = rows[start : start + chunk]
+            scores = torch.rand(len(own), self.size, generator=self.noise_generator)
+            scores[torch.arange(len(own)), own] = 2.0  # above every draw: never chosen
+            picked.append(scores.topk(count, dim=1, largest=False).indices)
+        return torch.cat(picked).to(self.vectors.device)
+
     def negatives(self, query: Tensor, ids: Tensor, labels: Tensor | None) -> Negatives:
         """NCE noise for the local queries; with ``as_pool`` also the whole bank as the pool.
 
@@ -124,6 +150,9 @@ class MemoryBank:
         noise = self.noise(query.shape[0])[0] if self.noise_samples > 0 else None
         written = self.write_step >= 0
         metrics = {"bank/written_fraction": float(written.float().mean())}
+        if self.random_k > 0:
+            drawn = self.vectors[self.random_entries(ids, self.random_k)]
+            return Negatives(query_negatives=drawn, noise=noise, metrics=metrics)
         if not self.as_pool:
             return Negatives(noise=noise, metrics=metrics)
         # The query's own entry is a (stale) positive, never a negative.
@@ -210,26 +239,40 @@ def _build(settings: BankConfig, context: SourceContext) -> MemoryBank:
         as_pool=settings.as_pool,
         proximal=settings.proximal,
         normalizer_every=settings.normalizer_every,
+        random_k=settings.random_k,
         seed=context.seed,
         noise_seed=context.seed + 1 + context.rank,
         device=context.device,
     )
 
 
+def _random_k_check(random_k: int, train_size: int) -> str | None:
+    if random_k < train_size:
+        return None
+    return (f"negatives.bank.random_k={random_k} needs fewer than the {train_size:,} training "
+            f"rows (a query's own entry is never drawn); set it below {train_size:,}")
+
+
 def _as_pool_needs_the_bank(settings: BankConfig, context: CheckContext) -> None:
-    if settings.as_pool and not context.configured(NAME):
-        raise ValueError("negatives.bank.as_pool=true needs 'bank' in negatives.sources")
+    for key, on in (("as_pool=true", settings.as_pool),
+                    (f"random_k={settings.random_k}", settings.random_k > 0)):
+        if on and not context.configured(NAME):
+            raise ValueError(f"negatives.bank.{key} needs 'bank' in negatives.sources")
+    if settings.as_pool and settings.random_k > 0:
+        raise ValueError("negatives.bank.as_pool=true gives every entry and random_k="
+                         f"{settings.random_k} a random few; keep one")
 
 
 def _alone_feeds_only_noise(settings: BankConfig, context: CheckContext) -> None:
     loss = context.loss
-    if loss is None or loss.needs_noise or settings.as_pool:
+    if loss is None or loss.needs_noise or settings.as_pool or settings.random_k > 0:
         return
     if list(context.negatives.sources) == [NAME]:
         others = "/".join(name for name in source_names() if name != NAME)
         raise ValueError(
             f"negatives.sources=[bank] gives {loss.name} no negatives (the bank feeds "
-            f"NCE noise); set negatives.bank.as_pool=true or add {others}"
+            f"NCE noise); set negatives.bank.as_pool=true or negatives.bank.random_k, or add "
+            f"{others}"
         )
 
 
@@ -244,10 +287,12 @@ def _memory(settings: BankConfig, context: MemoryContext) -> list[MemoryTerm]:
 
 
 def _per_query(settings: BankConfig, context: MemoryContext) -> tuple[int, str] | None:
-    """NCE noise, drawn only when the loss reads it."""
-    if not context.loss.needs_noise:
-        return None
-    return settings.noise_samples, "negatives.bank.noise_samples"
+    """NCE noise, drawn only when the loss reads it, and the random-K negatives."""
+    if context.loss.needs_noise:
+        return settings.noise_samples + settings.random_k, "negatives.bank.noise_samples"
+    if settings.random_k > 0:
+        return settings.random_k, "negatives.bank.random_k"
+    return None
 
 
 def _resume_check(
@@ -267,8 +312,10 @@ def _resume_check(
 register_source(NAME, SourceSpec(
     key=NAME, build=_build, settings=BankConfig, title="the memory bank",
     checks=(_as_pool_needs_the_bank, _alone_feeds_only_noise), draws_noise=True,
+    keeps_instances=True,
     shared_pool=lambda settings: "negatives.bank.as_pool=true" if settings.as_pool else None,
     memory=_memory, per_query=_per_query, resume_check=_resume_check,
+    data_check=lambda settings, train_size: _random_k_check(settings.random_k, train_size),
     describe=lambda settings, context: "memory bank ("
     + (f"{context.rows:,} keys)" if context.rows else "one key per row)"),
 ))

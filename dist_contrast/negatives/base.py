@@ -71,9 +71,10 @@ class NegativeSource(Protocol):
 @runtime_checkable
 class InstanceMemory(Protocol):
     """A source that keeps one entry per dataset instance (InstDisc's memory bank): what the
-    trainer reads of it beyond its negatives. An objective with ``positive_from_bank`` takes
-    ``entries(ids)`` as the positives; ``penalty`` is added to the loss (None: nothing); the
-    NCE normaliser Z is re-estimated every ``normalizer_every`` steps (0: once)."""
+    trainer reads of it beyond its negatives. An objective whose positive is the memory
+    (``loss.positive=memory``) takes ``entries(ids)`` as the positives; ``penalty`` is added
+    to the loss (None: nothing); the NCE normaliser Z is re-estimated every
+    ``normalizer_every`` steps (0: once)."""
 
     normalizer_every: int
 

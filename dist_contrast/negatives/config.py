@@ -112,6 +112,14 @@ class NegativesConfig(Section):
                 f"{' or '.join(source_spec(name).title for name in providers)}; add "
                 f"{' or '.join(repr(name) for name in providers)} to negatives.sources"
             )
+        if loss.positive_from_memory:
+            keepers = [name for name in source_names() if source_spec(name).keeps_instances]
+            if not any(name in self.sources for name in keepers):
+                raise ValueError(
+                    f"loss.positive=memory reads each instance's own entry in "
+                    f"{' or '.join(source_spec(name).title for name in keepers)}; add "
+                    f"{' or '.join(repr(name) for name in keepers)} to negatives.sources"
+                )
         self._run_source_checks(CheckContext(self, loss))
 
     def _run_source_checks(self, context: CheckContext) -> None:
@@ -119,6 +127,17 @@ class NegativesConfig(Section):
             spec = source_spec(name)
             for check in spec.checks:
                 check(self.settings_of(name), context)
+
+    def data_problem(self, train_size: int) -> str | None:
+        """What is wrong with a configured source's settings for ``train_size`` training rows
+        (one line naming the setting and the fix), or None."""
+        for name in self.sources:
+            spec = source_spec(name)
+            if spec.data_check is not None:
+                problem = spec.data_check(self.settings_of(name), train_size)
+                if problem is not None:
+                    return problem
+        return None
 
     def settings_of(self, name: str) -> Any:
         """The settings section of source ``name`` (None when it has none)."""

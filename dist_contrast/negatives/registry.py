@@ -60,6 +60,8 @@ class LossNeeds:
     needs_noise: bool = False
     # It can join a pool sharded across workers through the pool's log-sum-exp.
     sharded_pool: bool = False
+    # Its positive is each instance's own entry in a source that keeps one (``loss.positive``).
+    positive_from_memory: bool = False
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,9 @@ class SourceSpec:
 
     - ``title``: what the source is, in messages ("the memory bank").
     - ``draws_noise``: it draws the noise an NCE objective reads.
+    - ``keeps_instances``: it keeps one entry per dataset instance (an
+      :class:`~dist_contrast.negatives.base.InstanceMemory`), which an objective may take as
+      the positive (``loss.positive=memory``).
     - ``shared_pool(settings)``: when it gives the step's shared pool, what says so
       ("'queue'", "negatives.bank.as_pool=true"); else None. At most one configured source may.
     - ``memory(settings, context)``: the memory it holds per worker, as :class:`MemoryTerm`.
@@ -143,6 +148,8 @@ class SourceSpec:
       ``("negatives.<key>.layout=sharded", sharded_settings)``, or None.
     - ``resume_check(settings, state, context)``: what is wrong with a checkpoint's state of
       this source for this config (one clause, "has a queue of 10 keys, ..."), or None.
+    - ``data_check(settings, train_size)``: what is wrong with the settings for a training
+      set of ``train_size`` rows (one line naming the setting and the fix), or None.
     - ``describe(settings, context)``: the source in a run's description ("queue (65,536
       keys, replicated)"); default: its title.
     """
@@ -154,11 +161,13 @@ class SourceSpec:
     checks: tuple[SourceCheck, ...] = ()
     title: str = ""
     draws_noise: bool = False
+    keeps_instances: bool = False
     shared_pool: Callable[[Any], str | None] | None = None
     memory: Callable[[Any, MemoryContext], list[MemoryTerm]] | None = None
     per_query: Callable[[Any, MemoryContext], tuple[int, str] | None] | None = None
     sharding: Callable[[Any, LossNeeds], tuple[str, Section] | None] | None = None
     resume_check: Callable[[Any, dict[str, Any], ResumeContext], str | None] | None = None
+    data_check: Callable[[Any, int], str | None] | None = None
     describe: Callable[[Any, DescribeContext], str] | None = None
 
 

@@ -50,7 +50,7 @@ def run_worker(loop_config: dict[str, Any], train: Any) -> None:
 
     channel = loop_config.get("channel")
     worker = _resume_or_build(cfg, loop_config, train, channel)
-    worker.reporter.start()
+    worker.reporter.start(worker.step.engine.module)
     mark("reporter_start")
     if worker.run(train, should_stop=_stop_poller(channel)):
         # Every rank: the weights are gathered.

@@ -118,21 +118,46 @@ class Evaluator:
         first, second = self._pair_embeddings(encoder)
         results = {
             "eval/alignment": float(alignment(first, second)),
-            "eval/uniformity": float(uniformity(test_embedding)),
             **self._separation_and_collapse(first, second, test_embedding),
+            **self._class_metrics(encoder, test_embedding,
+                                  probe=step == self.cfg.trainer.max_steps),
         }
-        if self.has_labels:
-            assert self.queries[1] is not None and self.memory[1] is not None
-            memory_embedding = self.embed(encoder, self.memory[0])
-            results["eval/knn_acc"] = self._knn(memory_embedding, test_embedding)
-            results["eval/tolerance"] = float(tolerance(test_embedding, self.queries[1]))
-            if self.cfg.eval.linear_probe and step == self.cfg.trainer.max_steps:
-                results["eval/linear_probe_acc"] = float(
-                    linear_probe_accuracy(
-                        memory_embedding, self.memory[1], test_embedding, self.queries[1]
-                    )
-                )
+        if _has_batch_norm(encoder):
+            # The same metrics with BatchNorm statistics of the clean training inputs in place
+            # of the running statistics of the augmented views the encoder trained on.
+            clean = _with_clean_statistics(encoder, self.memory[0], self.device)
+            clean_test = self.embed(clean, self.queries[0])
+            results |= {key.replace("eval/", "eval/clean_bn/"): value for key, value in
+                        self._class_metrics(clean, clean_test, probe=False).items()}
         self._last_test_embedding = test_embedding
+        return results
+
+    def _class_metrics(
+        self, encoder: nn.Module, test_embedding: torch.Tensor, *, probe: bool
+    ) -> dict[str, float]:
+        """Uniformity (ours: lower = more uniform; and Wang & Liu's sign: higher = more
+        uniform) and, with labels, kNN accuracy, tolerance, tolerance less the mean cosine
+        similarity (classes together rather than everything together) and at ``probe`` the
+        linear probe."""
+        spread = float(uniformity(test_embedding))
+        results = {"eval/uniformity": spread, "eval/uniformity_paper": -spread}
+        if not self.has_labels:
+            return results
+        assert self.queries[1] is not None and self.memory[1] is not None
+        memory_embedding = self.embed(encoder, self.memory[0])
+        together = float(tolerance(test_embedding, self.queries[1]))
+        results |= {
+            "eval/knn_acc": self._knn(memory_embedding, test_embedding),
+            "eval/tolerance": together,
+            "eval/tolerance_minus_mean": together
+            - float(mean_pairwise_similarity(test_embedding)),
+        }
+        if self.cfg.eval.linear_probe and probe:
+            results["eval/linear_probe_acc"] = float(
+                linear_probe_accuracy(
+                    memory_embedding, self.memory[1], test_embedding, self.queries[1]
+                )
+            )
         return results
 
     def _separation_and_collapse(
@@ -182,6 +207,29 @@ class Evaluator:
             labels=self.queries[1],
         )
         log_figure(tracker, figure, "embeddings.png")
+
+
+def _has_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def _with_clean_statistics(
+    encoder: nn.Module, inputs: torch.Tensor, device: torch.device
+) -> nn.Module:
+    """A copy of ``encoder`` whose BatchNorm layers hold the mean and variance of ``inputs``
+    (clean, un-augmented rows; ``eval.max_samples`` of them, in one pass) instead of running
+    averages over the training views. The encoder itself is untouched."""
+    import copy
+
+    clean = copy.deepcopy(encoder)
+    norms = [m for m in clean.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average: the statistics of all the rows
+    clean.train()
+    clean(inputs.to(device, next(clean.parameters()).dtype))
+    return clean.eval()
 
 
 def log_figure(tracker: Any, figure: Any, filename: str) -> None:

@@ -79,9 +79,10 @@ class Reporter:
     def is_log_step(self, step: int) -> bool:
         return step % self.cfg.trainer.log_every == 0 or step == self.cfg.trainer.max_steps
 
-    def start(self) -> None:
+    def start(self, model: nn.Module | None = None) -> None:
         """Where the run's history stops, and the raw-input baseline if the run has none yet
-        (the driver has logged the params and the config)."""
+        (the driver has logged the params and the config); with ``eval.at_start`` a fresh run
+        also evaluates ``model`` before its first step, at step 0."""
         if not self.active:
             return
         if self.cfg.tracking.system_metrics:
@@ -96,6 +97,11 @@ class Reporter:
             baseline = self.evaluator.raw_baseline()
             self.tracker.log_metrics(baseline, step=0)
             self.last_metrics.update(baseline)
+        if (self.evaluator is not None and model is not None and self.cfg.eval.at_start
+                and self.logged_through == 0):
+            untrained = self.evaluator.evaluate(model, 0)
+            self.tracker.log_metrics(untrained, step=0)
+            self._remember(0, untrained)
 
     def step_done(self, step: int, metrics: dict[str, float], window: dict[str, float] | None,
                   model: nn.Module) -> None:

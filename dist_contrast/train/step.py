@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from dist_contrast import dist
-from dist_contrast.analysis import negative_similarities, training_diagnostics
+from dist_contrast.analysis import negative_similarities, penalty_summary, training_diagnostics
 from dist_contrast.config import Config
 from dist_contrast.losses import NormalizerEstimator
 from dist_contrast.negatives import MomentumEncoder, NegativePool, Negatives
@@ -234,13 +234,13 @@ class TrainStep:
         tau: torch.Tensor, step: int,
     ) -> ObjectiveInputs:
         objective = self.objective
-        if objective.positive_from_bank:
+        if self.cfg.loss.positive_source == "memory":
             # InstDisc's datum is (f_i, v_i): the query against its own bank entry, a constant
             # written on earlier visits (before this step's update). A positive that is a
             # current feature with gradient lets both views collapse onto one point that
             # outruns the stale noise entries; the other view's key only refreshes the bank.
             memory = self.pool.instance_memory if self.pool is not None else None
-            assert memory is not None  # the config guarantees it (the objective needs noise)
+            assert memory is not None  # the config guarantees it (loss.positive=memory)
             positives = memory.entries(ids).to(query.dtype)
             positive_index = torch.arange(len(ids), device=self.device)
         else:
@@ -314,7 +314,11 @@ class TrainStep:
         labels: torch.Tensor | None, step: int,
     ) -> dict[str, float]:
         """How τ spreads the penalty over this batch's negatives (docs/science.md#diagnostics);
-        a sample of it is kept for the end-of-run figure. Observes only: no grad, no global RNG."""
+        a sample of it is kept for the end-of-run figure. Observes only: no grad, no global RNG.
+
+        The penalty entropy and top-k share are over exactly the negatives the loss counts
+        (its masks, a hard loss's truncated set; the simple losses weigh each alike) when the
+        objective declares its penalty; otherwise over the other keys and the pool."""
         negatives = inputs.negatives
         pool = None if negatives.pool_is_sharded else negatives.pool
         positive_index = self._local_positive_rows(len(inputs.query))
@@ -323,6 +327,9 @@ class TrainStep:
                 inputs.query.detach(), keys.detach(), pool, tau.detach(), labels=labels,
                 top_k=self.cfg.eval.penalty_top_k, positive_index=positive_index,
             )
+            if self.objective.penalty is not None and not negatives.pool_is_sharded:
+                penalty = self.objective.penalty(inputs, tau.detach(), **self.loss_params)
+                values.update(penalty_summary(penalty, self.cfg.eval.penalty_top_k))
             _, negative_sims = negative_similarities(inputs.query, keys, pool,
                                                      positive_index=positive_index)
             self.penalty_snapshots.offer(step, negative_sims, tau)

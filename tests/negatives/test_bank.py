@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -101,3 +102,45 @@ def test_gathered_update_keeps_banks_identical_on_two_workers():
     assert torch.equal(vectors0, vectors1) and torch.equal(labels0, labels1)
     assert torch.equal(steps0, steps1)
     assert steps0.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
+
+
+def test_random_entries_are_distinct_never_the_anchor_and_uniform():
+    bank = MemoryBank(20, 4, random_k=5, seed=0)
+    ids = torch.tensor([0, 3, 19, 3])
+    counts = torch.zeros(20)
+    for _ in range(400):
+        drawn = bank.random_entries(ids, 5)
+        assert drawn.shape == (4, 5)
+        for row, anchor in zip(drawn, ids, strict=True):
+            assert len(set(row.tolist())) == 5  # no duplicates
+            assert int(anchor) not in row.tolist()  # never the anchor's own entry
+        counts += torch.bincount(drawn[1], minlength=20).float()  # anchor 3
+    # Anchor 3's 2,000 draws spread evenly over the 19 other entries (expected 105.3 each).
+    assert counts[3] == 0
+    others = torch.cat([counts[:3], counts[4:]])
+    chi2 = float(((others - 2000 / 19) ** 2 / (2000 / 19)).sum())
+    assert chi2 < 43.8  # the 0.999 quantile of chi-square with 18 degrees of freedom
+
+
+def test_random_k_negatives_are_the_drawn_entries_and_the_draw_resumes():
+    bank = MemoryBank(30, 4, random_k=6, seed=1, noise_seed=7)
+    ids = torch.tensor([2, 9])
+    state = bank.state_dict()
+    first = bank.negatives(torch.zeros(2, 4), ids, None)
+    assert first.query_negatives is not None and first.query_negatives.shape == (2, 6, 4)
+    assert first.pool is None
+    bank.load_state_dict(state)
+    again = bank.negatives(torch.zeros(2, 4), ids, None)
+    assert again.query_negatives is not None
+    torch.testing.assert_close(again.query_negatives, first.query_negatives)
+    # Every drawn row is a bank entry other than the anchor's.
+    for row, anchor in zip(first.query_negatives, ids, strict=True):
+        sims = row @ bank.vectors.T
+        matched = sims.argmax(dim=1)
+        torch.testing.assert_close(bank.vectors[matched], row)
+        assert int(anchor) not in matched.tolist()
+
+
+def test_random_k_must_be_below_the_rows():
+    with pytest.raises(ValueError, match="random_k=10 needs fewer than the 10 training rows"):
+        MemoryBank(10, 4, random_k=10)

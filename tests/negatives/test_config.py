@@ -60,6 +60,9 @@ def test_full_combination_validates():
             {"sources": ["queue", "bank"], "momentum_encoder": True, "bank": {"as_pool": True}},
             "keep one",
         ),
+        ({"bank": {"random_k": -1}}, "random_k"),
+        ({"bank": {"random_k": 8}}, "needs 'bank' in negatives.sources"),
+        ({"sources": ["bank"], "bank": {"random_k": 8, "as_pool": True}}, "keep one"),
     ],
 )
 def test_invalid_configs_name_the_key(raw, message):
@@ -86,3 +89,34 @@ def test_the_loss_declarations_are_checked_against_the_sources():
     with pytest.raises(ValueError, match="layout=replicated or info_nce"):
         _with_loss("simple", sources=["batch", "queue"], momentum_encoder=True,
                    queue={"layout": "sharded"})
+
+
+def _with_positive(loss: str, positive: str, **negatives: object) -> Config:
+    return Config.model_validate({"loss": {"name": loss, "positive": positive},
+                                  "negatives": negatives})
+
+
+def test_the_positive_from_the_bank_is_checked_against_the_loss_and_the_sources():
+    cfg = _with_positive("hard_info_nce", "memory", sources=["bank"], bank={"as_pool": True})
+    assert cfg.loss.positive_source == "memory" and cfg.loss_needs().positive_from_memory
+    assert _with_loss("nce", sources=["bank"]).loss.positive_source == "memory"
+    assert _with_loss("info_nce").loss.positive_source == "key"
+    _with_positive("simple", "memory", sources=["bank"], bank={"random_k": 8})
+    with pytest.raises(ValueError, match="loss.positive=memory reads .* add 'bank'"):
+        _with_positive("info_nce", "memory", sources=["batch", "queue"], momentum_encoder=True)
+    with pytest.raises(ValueError, match="drop 'batch' from negatives.sources"):
+        _with_positive("info_nce", "memory", sources=["batch", "bank"], bank={"as_pool": True})
+    with pytest.raises(ValueError, match="loss.positive=key is not possible for loss.name=nce"):
+        _with_positive("nce", "key", sources=["bank"])
+    with pytest.raises(ValueError, match="positive=memory is not possible for loss.name=margin"):
+        _with_positive("margin", "memory", sources=["bank"])
+    with pytest.raises(ValueError, match="loss.symmetric"):
+        Config.model_validate({"loss": {"name": "info_nce", "positive": "memory",
+                                        "symmetric": True},
+                               "negatives": {"sources": ["bank"], "bank": {"as_pool": True}}})
+
+
+def test_random_k_alone_gives_the_pool_losses_negatives():
+    _with_loss("info_nce", sources=["bank"], bank={"random_k": 16})
+    with pytest.raises(ValueError, match="random_k"):
+        _with_loss("info_nce", sources=["bank"])
