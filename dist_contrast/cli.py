@@ -214,8 +214,11 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
             "Group the FINISHED runs of EXPERIMENT_NAME (or the children of PARENT_RUN_ID) into "
             "grid points whose params differ only in experiment.seed; write a table (mean ± "
             "std over seeds), figures against τ, the uniformity-tolerance plane, the train/loss "
-            "curves and one self-contained report.html to --out. A parent run also gets them "
-            "as artifacts under compare/."
+            "curves (and, for eval metrics logged at several steps, their trajectories), "
+            "runs.csv (one row per run) and one self-contained report.html to --out. With "
+            "--claims, each claim of the file is tested over seeds (Welch's t) and claims.md "
+            "gets a verdict per claim. A parent run also gets the files as artifacts under "
+            "compare/."
         ),
     )
     compare.add_argument("target", metavar="EXPERIMENT_NAME|PARENT_RUN_ID",
@@ -225,6 +228,10 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     compare.add_argument("--metric", metavar="NAME",
                          help="the accuracy plotted against τ (default eval/knn_acc, or "
                               "eval/mrr_at_10 for text runs)")
+    compare.add_argument("--claims", metavar="FILE",
+                         help="a YAML file of claims, each a metric and two grid points "
+                              "(higher, lower) selected by their params; each gets Welch's t "
+                              "test over seeds and a verdict (see docs/tau_study/README.md)")
     compare.add_argument("--tracking-uri", metavar="URI",
                          help="the MLflow store (default MLFLOW_TRACKING_URI, else "
                               "sqlite:///mlflow.db here)")
@@ -239,8 +246,10 @@ def _compare(args: argparse.Namespace) -> int:
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # keep the table readable
     done = compare(args.target, args.tracking_uri or default_tracking_uri(), out=args.out,
-                   metric=args.metric)
+                   metric=args.metric, claims=args.claims)
     print(done.table, end="")
+    if done.claims is not None:
+        print(f"\n{done.claims}", end="")
     print(f"{len(done.groups)} grid points; wrote {', '.join(p.name for p in done.files)} "
           f"to {args.out}")
     if done.parent_id:

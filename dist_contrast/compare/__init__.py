@@ -1,27 +1,43 @@
-"""``dist-contrast compare``: one table, four figures and one HTML report over the finished
-runs of an experiment or a sweep's parent run, grouped into grid points (seeds pooled)."""
+"""``dist-contrast compare``: one table, the figures, a record of every run, the claims' tests
+(``--claims``) and one HTML report over the finished runs of an experiment or a sweep's parent
+run, grouped into grid points (seeds pooled)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dist_contrast.compare.runs import Group, default_metric, group_runs, load_runs
 from dist_contrast.errors import UserError
 
+if TYPE_CHECKING:
+    from dist_contrast.compare.claims import ClaimResult
+
+
+#: Eval metrics drawn against the step when runs logged them at two steps or more.
+TRAJECTORY_METRICS = ("eval/knn_acc", "eval/uniformity", "eval/tolerance")
+
 
 @dataclass(frozen=True)
 class Comparison:
-    """What a comparison wrote: the grid points, the table and the files."""
+    """What a comparison wrote: the grid points, the table, the claims' table (None without
+    ``--claims``) and the files."""
 
     groups: list[Group]
     table: str
     files: list[Path]
     parent_id: str | None
+    claims: str | None = None
+    results: list[ClaimResult] = field(default_factory=list)
 
 
-def _figures(groups: list[Group], metric: str, out: Path, tracking_uri: str) -> list[Path]:
+def _figures(
+    groups: list[Group], metric: str, out: Path, tracking_uri: str,
+    loss_histories: Mapping[str, Sequence[tuple[int, float]]],
+) -> list[Path]:
     import matplotlib.pyplot as plt
 
     from dist_contrast.compare import figures
@@ -38,8 +54,15 @@ def _figures(groups: list[Group], metric: str, out: Path, tracking_uri: str) -> 
         made["uniformity_tolerance"] = figures.plot_uniformity_tolerance(groups)
     if logged("diag/penalty_entropy"):
         made["penalty_entropy_vs_tau"] = figures.plot_against_tau(groups, "diag/penalty_entropy")
-    made["train_loss"] = figures.plot_loss_curves(
-        groups, metric_histories(run_ids, "train/loss", tracking_uri))
+    made["train_loss"] = figures.plot_loss_curves(groups, loss_histories)
+    for name in TRAJECTORY_METRICS:
+        if not logged(name):
+            continue
+        histories = metric_histories(run_ids, name, tracking_uri)
+        # A metric evaluated only at the end has one point per run: no trajectory to draw.
+        if any(len({step for step, _ in points}) >= 2 for points in histories.values()):
+            made[f"trajectory_{name.replace('/', '_')}"] = figures.plot_trajectory(
+                groups, histories, name)
     paths = []
     for name, figure in made.items():
         path = out / f"{name}.png"
@@ -68,21 +91,28 @@ def check_out(folder: Path) -> None:
 
 def compare(
     target: str, tracking_uri: str, out: str | Path = "comparison",
-    metric: str | None = None,
+    metric: str | None = None, claims: str | Path | None = None,
 ) -> Comparison:
     """Compare the FINISHED runs ``target`` names (an experiment name or a parent run id):
-    write ``comparison.md``, the PNGs and ``report.html`` to ``out`` and, for a parent run,
-    log them as its artifacts under ``compare/``. ``metric`` is plotted against τ (default:
-    ``eval/knn_acc``, or ``eval/mrr_at_10`` for text runs)."""
+    write ``comparison.md``, ``runs.csv`` (one row per run), the PNGs and ``report.html`` to
+    ``out`` and, for a parent run, log them as its artifacts under ``compare/``. ``metric`` is
+    plotted against τ (default: ``eval/knn_acc``, or ``eval/mrr_at_10`` for text runs). With
+    ``claims`` (a YAML file, see :mod:`dist_contrast.compare.claims`) each claim is tested over
+    seeds and ``claims.md`` is written too; a bad file or selector is a UserError before any
+    file is written."""
+    from dist_contrast.compare.claims import evaluate, markdown_claims, read_claims
+    from dist_contrast.compare.record import write_runs_csv
     from dist_contrast.compare.report import html_report, markdown_table
-    from dist_contrast.compare.runs import log_to_parent
+    from dist_contrast.compare.runs import log_to_parent, metric_histories
 
     folder = Path(out)
     check_out(folder)  # before MLflow is read: a wrong --out is one line, in no time
+    wanted = read_claims(claims) if claims is not None else []  # the same for a bad file
     runs, parent_id = load_runs(target, tracking_uri)
     groups = group_runs(runs)
     if metric is None:
         metric = default_metric(groups)
+    results = evaluate(wanted, groups) if wanted else []  # a bad selector: nothing written
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # e.g. a folder that went away or lost its rights since the check
@@ -90,10 +120,19 @@ def compare(
                         "give a folder you can write to") from None
     table = markdown_table(groups)
     (folder / "comparison.md").write_text(f"# Comparison of {target}\n\n{table}")
-    pngs = _figures(groups, metric, folder, tracking_uri)
+    files = [folder / "comparison.md"]
+    claims_table = None
+    if claims is not None:
+        claims_table = markdown_claims(results)
+        (folder / "claims.md").write_text(f"# Claims about {target}\n\n{claims_table}")
+        files.append(folder / "claims.md")
+    loss_histories = metric_histories([r.run_id for g in groups for r in g.runs], "train/loss",
+                                      tracking_uri)
+    files.append(write_runs_csv(folder / "runs.csv", groups, loss_histories))
+    pngs = _figures(groups, metric, folder, tracking_uri, loss_histories)
     report = folder / "report.html"
-    report.write_text(html_report(f"Comparison of {target}", groups, pngs))
-    files = [folder / "comparison.md", *pngs, report]
+    report.write_text(html_report(f"Comparison of {target}", groups, pngs, results))
+    files += [*pngs, report]
     if parent_id is not None:
         log_to_parent(parent_id, files, tracking_uri)
-    return Comparison(groups, table, files, parent_id)
+    return Comparison(groups, table, files, parent_id, claims_table, results)

@@ -1,8 +1,10 @@
-"""The comparison's figures: a metric against τ per loss, the uniformity–tolerance plane and
-the training-loss curves. Pure: groups in, matplotlib figures out."""
+"""The comparison's figures: a metric against τ per loss, the uniformity–tolerance plane, the
+training-loss curves and an eval metric's trajectory over the steps. Pure: groups (and metric
+histories) in, matplotlib figures out."""
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -97,6 +99,52 @@ def plot_loss_curves(
     axis.set_xlabel("step")
     axis.set_ylabel("train/loss")
     axis.set_title("train/loss of every run")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def seed_band(
+    runs: Sequence[str], histories: Mapping[str, Sequence[tuple[int, float]]]
+) -> list[tuple[int, float, float]]:
+    """(step, mean, std) over the runs that logged a value at each step (std 0 where one did):
+    a grid point's trajectory. A step a run logged twice (a resumed run) counts once."""
+    at: dict[int, list[float]] = {}
+    for run_id in runs:
+        for step, value in dict(histories.get(run_id, [])).items():
+            at.setdefault(step, []).append(value)
+    band = []
+    for step in sorted(at):
+        values = at[step]
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        band.append((step, statistics.fmean(values), spread))
+    return band
+
+
+def plot_trajectory(
+    groups: Sequence[Group], histories: Mapping[str, Sequence[tuple[int, float]]], metric: str
+) -> Any:
+    """``metric`` against the step, one line per grid point: the mean over seeds, with a band of
+    ± one sample std."""
+    figure, axis = plt.subplots(figsize=(6.4, 4.4))
+    colours = plt.get_cmap("tab10")
+    labels = {id(g): label for label, members in _series(groups).items() for g in members}
+    for index, group in enumerate(groups):
+        band = seed_band([r.run_id for r in group.runs], histories)
+        if not band:
+            continue
+        colour = colours(index % 10)
+        steps = [s for s, _, _ in band]
+        means = [m for _, m, _ in band]
+        tau = f" τ={group.tau:g}" if group.tau is not None else ""
+        # Past ten points the colours repeat: the line style tells them apart.
+        axis.plot(steps, means, marker="o", markersize=3, linewidth=1.2, color=colour,
+                  linestyle=("-", "--", ":")[index // 10 % 3], label=f"{labels[id(group)]}{tau}")
+        axis.fill_between(steps, [m - s for _, m, s in band], [m + s for _, m, s in band],
+                          color=colour, alpha=0.2, linewidth=0)
+    axis.set_xlabel("step")
+    axis.set_ylabel(metric)
+    axis.set_title(f"{metric} during training (mean ± std over seeds)")
     axis.legend(fontsize=7)
     figure.tight_layout()
     return figure

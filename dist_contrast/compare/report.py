@@ -1,4 +1,5 @@
-"""The comparison as text: the markdown table and the self-contained HTML report."""
+"""The comparison as text: the markdown table and the self-contained HTML report (the table,
+the claims, the figures)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ import html
 from collections.abc import Sequence
 from pathlib import Path
 
+from dist_contrast.compare.claims import RULE, ClaimResult, claim_rows
 from dist_contrast.compare.runs import LOSS, RETRIEVAL_METRICS, TABLE_METRICS, TAU, Group, labels
+
+
+def table_metrics(groups: Sequence[Group]) -> list[str]:
+    """The table's metric columns: :data:`TABLE_METRICS`, then the retrieval metrics some run
+    has."""
+    retrieval = [m for m in RETRIEVAL_METRICS if any(g.stat(m) is not None for g in groups)]
+    return [*TABLE_METRICS, *retrieval]
 
 
 def table_rows(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
@@ -17,8 +26,7 @@ def table_rows(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
     collapsed."""
     named = labels(groups)
     setting = any(named[id(g)] != g.loss for g in groups)
-    retrieval = [m for m in RETRIEVAL_METRICS if any(g.stat(m) is not None for g in groups)]
-    metrics = [*TABLE_METRICS, *retrieval]
+    metrics = table_metrics(groups)
     header = ["τ", "loss", *(["setting"] if setting else []), "runs", *metrics,
               "eval/collapsed"]
     rows = []
@@ -43,7 +51,10 @@ def markdown_table(groups: Sequence[Group]) -> str:
 
 
 def _html_table(groups: Sequence[Group]) -> str:
-    header, rows = table_rows(groups)
+    return _html_rows(*table_rows(groups))
+
+
+def _html_rows(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
@@ -56,9 +67,19 @@ table{border-collapse:collapse;font-size:0.85em}td,th{border:1px solid #ccc;padd
 th{background:#f3f3f3}img{max-width:100%;margin:1em 0;display:block}"""
 
 
-def html_report(title: str, groups: Sequence[Group], figures: Sequence[Path]) -> str:
-    """One HTML page that opens from a file with no server: the table, then every figure
-    embedded as a base64 ``data:`` URI."""
+def _html_claims(claims: Sequence[ClaimResult] | None) -> str:
+    if not claims:
+        return ""
+    rule = html.escape(RULE).replace("**", "")
+    return f"<h2>claims</h2>\n<p>{rule}</p>\n{_html_rows(*claim_rows(claims))}\n"
+
+
+def html_report(
+    title: str, groups: Sequence[Group], figures: Sequence[Path],
+    claims: Sequence[ClaimResult] | None = None,
+) -> str:
+    """One HTML page that opens from a file with no server: the table, the claims (if any),
+    then every figure embedded as a base64 ``data:`` URI."""
     images = "\n".join(
         f"<h2>{html.escape(path.stem)}</h2>\n<img alt=\"{html.escape(path.stem)}\" "
         f"src=\"data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}\">"
@@ -69,5 +90,5 @@ def html_report(title: str, groups: Sequence[Group], figures: Sequence[Path]) ->
         f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}"
         f"</title><style>{STYLE}</style></head><body>\n<h1>{html.escape(title)}</h1>\n"
         f"<p>{len(groups)} grid points, {runs} runs; mean ± sample std over seeds (n).</p>\n"
-        f"{_html_table(groups)}\n{images}\n</body></html>\n"
+        f"{_html_table(groups)}\n{_html_claims(claims)}{images}\n</body></html>\n"
     )

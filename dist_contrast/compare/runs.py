@@ -90,10 +90,14 @@ class Group:
         sources = {Path(r.tags[CONFIG_TAG]).stem for r in self.runs if CONFIG_TAG in r.tags}
         return sources.pop() if len(sources) == 1 else self.loss
 
-    def stat(self, metric: str) -> Stat | None:
-        """The metric's final values over this group's runs (runs without it left out)."""
+    def values(self, metric: str) -> list[float]:
+        """The metric's final finite values over this group's runs (runs without it left out)."""
         values = [r.metrics.get(metric) for r in self.runs]
-        return summarise([v for v in values if v is not None and math.isfinite(v)])
+        return [v for v in values if v is not None and math.isfinite(v)]
+
+    def stat(self, metric: str) -> Stat | None:
+        """Mean ± std of the metric's final values over this group's runs."""
+        return summarise(self.values(metric))
 
     @property
     def collapsed(self) -> bool:
@@ -124,6 +128,14 @@ def labels(groups: Sequence[Group]) -> dict[int, str]:
             values = " ".join(f"{k.rsplit('.', 1)[-1]}={group.params.get(k)}" for k in extra)
             named[id(group)] = f"{arm} {values}".strip()
     return named
+
+
+def point_labels(groups: Sequence[Group]) -> dict[int, str]:
+    """A name per group (by ``id``) that tells every grid point apart: its label and τ
+    (``contrastive τ=0.2``; no τ for a loss without one)."""
+    named = labels(groups)
+    return {id(g): f"{named[id(g)]}{f' τ={g.tau:g}' if g.tau is not None else ''}"
+            for g in groups}
 
 
 def _float(text: str | None) -> float | None:
