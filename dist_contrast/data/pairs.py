@@ -359,7 +359,7 @@ class _RowChecker:
     def _item(self, where: str, name: str, value: Any, side: str) -> Item:
         """A text, or a numeric feature row; every row's ``side`` holds the same kind."""
         item: Item
-        if _is_numbers(value):
+        if is_feature_row(value):
             vector = np.asarray(value, dtype=np.float64)
             if not np.isfinite(vector).all() or np.abs(vector).max() > np.finfo(np.float32).max:
                 raise DataError(self.path, f"{where}: {name!r} holds NaN, infinity or a number "
@@ -377,7 +377,7 @@ class _RowChecker:
         return item
 
     def _passage(self, where: str, name: str, item: Any) -> Item:
-        if _is_numbers(item):
+        if is_feature_row(item):
             return self._item(where, f"{name}[]", item, "document")
         if isinstance(item, dict):
             if "text" not in item:
@@ -419,7 +419,7 @@ class _RowChecker:
         return value
 
 
-def _is_numbers(value: Any) -> bool:
+def is_feature_row(value: Any) -> bool:
     """A non-empty list of numbers (booleans are not numbers here): a feature row."""
     return (isinstance(value, list) and bool(value)
             and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value))

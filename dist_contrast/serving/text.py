@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from dist_contrast.config import Config
+from dist_contrast.data.pairs import is_feature_row
 from dist_contrast.errors import UserError
 from dist_contrast.models import build_model
 from dist_contrast.models.text import SIDES, Side, TextEncoder
@@ -162,9 +163,7 @@ def _text_of(source: Path, number: int, line: str, column: str) -> tuple[Any, st
         raise UserError(f"INPUT '{source}' line {number} has no column '{column}' (it has "
                         f"{found}); name the text's column with --column")
     value = row[column]
-    numbers = isinstance(value, list) and bool(value) and all(
-        isinstance(v, int | float) and not isinstance(v, bool) for v in value)
-    if not isinstance(value, str) and not numbers:
+    if not isinstance(value, str) and not is_feature_row(value):
         raise UserError(f"INPUT '{source}' line {number}: '{column}' is "
                         f"{type(value).__name__}, not text (or a feature row of numbers)")
     return value, str(row["id"]) if "id" in row else None

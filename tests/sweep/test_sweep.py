@@ -120,10 +120,20 @@ def test_a_sweep_runs_its_grid_goes_on_past_a_failure_resumes_and_compares(
 
     # compare on the parent: the FINISHED children only; table, figures, one HTML file with
     # the images inside.
+    # With a claim over the two points: its difference ± SE, Welch's t and a verdict.
+    claims = tmp_path / "claims.yaml"
+    claims.write_text(yaml.safe_dump({"claims": [{
+        "name": "small-tau", "says": "τ = 0.1 beats τ = 0.5.", "metric": "eval/knn_acc",
+        "higher": {"loss.temperature": 0.1}, "lower": {"loss.temperature": 0.5}}]}))
     out = tmp_path / "report"
-    compared = CLI.run("compare", parent.info.run_id, "--out", out, cwd=tmp_path, timeout=300)
+    compared = CLI.run("compare", parent.info.run_id, "--out", out, "--claims", claims,
+                       cwd=tmp_path, timeout=300)
     assert compared.returncode == 0, compared.stderr[-3000:]
     assert "2 grid points" in compared.stdout
+    (row,) = [line for line in (out / "claims.md").read_text().splitlines()
+              if line.startswith("| small-tau")]
+    assert " ± " in row and re.search(r"holds|reversed|not resolved at n = 2", row), row
+    assert "small-tau" in compared.stdout
     table = (out / "comparison.md").read_text()
     for tau in ("0.1", "0.5"):
         knn = [c.data.metrics["eval/knn_acc"] for c in good

@@ -11,22 +11,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dist_contrast.config import Config
-from dist_contrast.data import build_data, make_loader
-from dist_contrast.losses import NormalizerEstimator
-from dist_contrast.models import build_model
-from dist_contrast.negatives import build_negative_pool
+from dist_contrast.data import make_loader
 from dist_contrast.objectives import ObjectiveInputs
 from dist_contrast.train import step as step_module
 from dist_contrast.train.step import TrainStep
-from dist_contrast.train.worker import ContrastiveModel, build_temperature
-from tests.train.test_worker_nce import _Engine
+from tests.train.test_worker_nce import make_step
 
 TAU = 0.2
 
 
 def _step(loss: dict[str, Any], bank: dict[str, Any]) -> tuple[TrainStep, Any]:
-    cfg = Config.model_validate({
+    step, data = make_step({
         "data": {"name": "synthetic", "num_samples": 120, "dim": 16, "signal_dim": 4},
         "model": {"name": "mlp", "hidden_dim": 16, "num_layers": 1, "embedding_dim": 8},
         "loss": {"temperature": TAU, **loss},
@@ -34,14 +29,6 @@ def _step(loss: dict[str, Any], bank: dict[str, Any]) -> tuple[TrainStep, Any]:
         "trainer": {"num_workers": 1, "batch_size": 16, "max_steps": 100},
         "eval": {"penalty_top_k": 3},
     })
-    torch.manual_seed(0)
-    data = build_data(cfg.data, seed=0)
-    model = ContrastiveModel(build_model(cfg.model, data.input_shape), build_temperature(cfg))
-    pool = build_negative_pool(cfg.negatives, dataset_size=len(data.train), dim=8, rank=0,
-                               world_size=1, seed=0)
-    step = TrainStep(cfg=cfg, engine=_Engine(model), momentum_encoder=None, pool=pool,
-                     dataset_size=len(data.train), has_labels=data.num_classes is not None,
-                     normalizer=NormalizerEstimator(0))
     batch = next(iter(make_loader(data.train, batch_size=16, rank=0, world_size=1, seed=0,
                                   epoch=0)))
     return step, batch

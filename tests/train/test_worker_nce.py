@@ -69,23 +69,29 @@ class _Stepper:
         return metrics
 
 
+def make_step(raw: dict[str, Any], normalizer_every: int = 0) -> tuple[TrainStep, Any]:
+    """The trainer's step for the config ``raw`` on the stand-in engine, and its data."""
+    cfg = Config.model_validate(raw)
+    torch.manual_seed(0)
+    data = build_data(cfg.data, seed=0)
+    model = ContrastiveModel(build_model(cfg.model, data.input_shape), build_temperature(cfg))
+    pool = build_negative_pool(cfg.negatives, dataset_size=len(data.train),
+                               dim=cfg.model.embedding_dim, rank=0, world_size=1, seed=0)
+    step = TrainStep(cfg=cfg, engine=_Engine(model), momentum_encoder=None, pool=pool,
+                     dataset_size=len(data.train), has_labels=data.num_classes is not None,
+                     normalizer=NormalizerEstimator(normalizer_every))
+    return step, data
+
+
 def _worker(normalizer_every: int = 0) -> _Stepper:
-    cfg = Config.model_validate({
+    step, data = make_step({
         "data": {"name": "synthetic", "num_samples": 200, "dim": 16, "signal_dim": 4},
         "model": {"name": "mlp", "hidden_dim": 16, "num_layers": 1, "embedding_dim": 8},
         "loss": {"name": "nce", "temperature": 0.2},
         "negatives": {"sources": ["bank"], "bank": {
             "noise_samples": 5, "momentum": 0.5, "normalizer_every": normalizer_every}},
         "trainer": {"num_workers": 1, "batch_size": 16, "max_steps": 100},
-    })
-    torch.manual_seed(0)
-    data = build_data(cfg.data, seed=0)
-    model = ContrastiveModel(build_model(cfg.model, data.input_shape), build_temperature(cfg))
-    pool = build_negative_pool(cfg.negatives, dataset_size=len(data.train), dim=8, rank=0,
-                               world_size=1, seed=0)
-    step = TrainStep(cfg=cfg, engine=_Engine(model), momentum_encoder=None, pool=pool,
-                     dataset_size=len(data.train), has_labels=data.num_classes is not None,
-                     normalizer=NormalizerEstimator(normalizer_every))
+    }, normalizer_every)
     return _Stepper(step, data)
 
 
