@@ -170,6 +170,10 @@ class TrainerConfig(Section):
     max_failures: int = Field(default=0, ge=0)
     resume_from: OptionalConfigPath = None
     show_worker_logs: bool = False
+    # Seconds the driver waits for news from the workers while they start (each start-up
+    # stage: the worker group, the data/model/engine build, the first step) before it stops
+    # the run with one line naming the stage and the workers' logs; 0 waits forever.
+    start_timeout_s: float = Field(default=900.0, ge=0.0)
     # Consecutive steps with a non-finite loss or gradient (each skipped) before the run stops.
     max_bad_steps: int = Field(default=5, ge=1)
     # Seed everything and use deterministic algorithms only (slower; see the README).

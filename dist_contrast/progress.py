@@ -4,6 +4,11 @@ Rank 0 sends a small dict to the run's :class:`RunChannel` (a Ray actor, which a
 the stop request) every ``trainer.log_every`` steps; a thread on the driver reads it. On a
 terminal the line redraws in place (rich); elsewhere (CI, ``ray job`` logs) a plain line is
 printed at most every few seconds so logs stay readable.
+
+Before the first step, rank 0 also sends the start-up stage it has reached
+(``{"phase": ...}``); the display prints each stage as a line, and :meth:`ProgressDisplay.stalled`
+tells the driver how long the workers have been silent in the current one, so a start that
+hangs ends with a line naming the stage instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -40,17 +45,42 @@ def describe(update: dict[str, Any], started: float, first_step: int) -> str:
 
 
 class ProgressDisplay:
-    """Reads progress updates from a queue on a background thread and shows them."""
+    """Reads progress updates from a queue on a background thread and shows them.
 
-    def __init__(self, queue: Any, total: int, min_interval_s: float = 5.0) -> None:
+    ``phase``: the start-up stage the run is in until the workers send theirs (printed at
+    :meth:`start`)."""
+
+    def __init__(self, queue: Any, total: int, min_interval_s: float = 5.0,
+                 phase: str | None = None) -> None:
         self.queue = queue
         self.total = total
         self.min_interval_s = min_interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
         self._tty = sys.stderr.isatty()
+        self.phase = phase or "starting the workers"
+        self._news_at = time.monotonic()
+        self._stepped = False
+        self._announce = phase is not None
+
+    def stalled(self) -> float:
+        """Seconds since the workers' last start-up news; 0 once they have reported a step."""
+        return 0.0 if self._stepped else time.monotonic() - self._news_at
+
+    def _phase(self, update: dict[str, Any]) -> bool:
+        """Take a start-up stage (printed); False for a step update."""
+        self._news_at = time.monotonic()
+        if "phase" not in update:
+            self._stepped = True
+            return False
+        self.phase = str(update["phase"])
+        print(f"dist-contrast: {self.phase}", file=sys.stderr, flush=True)
+        return True
 
     def start(self) -> None:
+        self._news_at = time.monotonic()
+        if self._announce:
+            print(f"dist-contrast: {self.phase}", file=sys.stderr, flush=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -75,6 +105,8 @@ class ProgressDisplay:
     def _loop_plain(self) -> None:
         started, first_step, last_print = time.monotonic(), None, 0.0
         for update in self._updates():
+            if self._phase(update):
+                continue
             first_step = update["step"] if first_step is None else first_step
             now = time.monotonic()
             if now - last_print >= self.min_interval_s or update["step"] >= update["total"]:
@@ -94,6 +126,9 @@ class ProgressDisplay:
         with Progress(*columns, transient=False) as progress:
             task = progress.add_task("train", total=self.total, info="starting workers…")
             for update in self._updates():
+                if self._phase(update):
+                    progress.update(task, info=self.phase)
+                    continue
                 info = (
                     f"loss {update.get('train/loss', float('nan')):.4f} "
                     f"τ {update.get('train/temperature', float('nan')):.3f} "

@@ -107,7 +107,8 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         "HOME": str(home),
         # A busy shared machine answers slowly; the default is 10 s.
         "MLFLOW_HTTP_REQUEST_TIMEOUT": "120",
-        # The DeepSpeed op compiled once for the real HOME.
+        # A DeepSpeed op JIT-compiled (none by default: train/deepspeed_config.py) is cached once
+        # for the real HOME.
         "TORCH_EXTENSIONS_DIR": str(Path.home() / ".cache" / "torch_extensions"),
     })
     head, head_ready = start_ray_head(base)

@@ -42,7 +42,7 @@ def test_train_runs_on_an_existing_cluster(tmp_path: Path) -> None:
     env = {**os.environ, "HOME": str(home), "DS_ACCELERATOR": "cpu", MARKER: marker}
     for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "MLFLOW_TRACKING_URI"):
         env.pop(key, None)
-    # Share the compiled DeepSpeed op with the real HOME so it is not rebuilt for this test.
+    # Share any JIT-compiled DeepSpeed op with the real HOME so it is not rebuilt for this test.
     extensions = Path.home() / ".cache" / "torch_extensions"
     env["TORCH_EXTENSIONS_DIR"] = str(extensions)
     port = _free_port()

@@ -80,3 +80,25 @@ def test_run_channel_keeps_only_the_newest_updates_when_nobody_reads() -> None:
     kept = channel.drain()
     assert len(kept) == RunChannel.KEEP and kept[-1]["step"] == RunChannel.KEEP + 4
     assert channel.drain() == []
+
+
+def test_start_up_stages_are_printed_and_the_silence_is_counted_until_the_first_step(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    q: queue.Queue = queue.Queue()
+    display = ProgressDisplay(q, total=10, min_interval_s=0.0, phase="starting 2 workers")
+    display.start()
+    time.sleep(0.6)
+    assert display.stalled() >= 0.5 and display.phase == "starting 2 workers"
+    q.put({"phase": "workers up (2): building the engine"})
+    time.sleep(0.7)
+    assert display.stalled() < 1.0  # restarted by the stage's news (1.3 s otherwise)
+    assert display.phase == "workers up (2): building the engine"
+    q.put({"step": 1, "total": 10, "train/loss": 1.0})
+    time.sleep(0.7)
+    assert display.stalled() == 0.0  # stepping: no start-up silence any more
+    display.stop()
+    err = capsys.readouterr().err.splitlines()
+    assert err[:2] == ["dist-contrast: starting 2 workers",
+                       "dist-contrast: workers up (2): building the engine"]
+    assert err[2].startswith("step 1/10")

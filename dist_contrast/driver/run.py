@@ -10,6 +10,7 @@ the workers after the current step with a checkpoint (a second signal stops at o
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from dist_contrast.driver.plan import RunPlan, make_plan
 from dist_contrast.driver.runtime import connect, shutdown_ray, use_gpu
 from dist_contrast.driver.signals import Interrupted, Signals
 from dist_contrast.driver.trainer import TrainLoop, build_trainer
+from dist_contrast.errors import RunFailed
 from dist_contrast.progress import ChannelReader, ProgressDisplay, RunChannel
 from dist_contrast.timing import mark
 from dist_contrast.tracking import ensure_experiment, final_metrics, is_local_store
@@ -107,13 +109,52 @@ def _run_workers(
     channel = ray.remote(num_cpus=0)(RunChannel).remote()
     trainer = build_trainer(cfg, use_gpu(cfg, ray), run_id=run_id, channel=channel,
                             resume_from=plan.resume_source, train_loop=train_loop)
-    display = ProgressDisplay(ChannelReader(ray, channel), total=cfg.trainer.max_steps)
+    display = ProgressDisplay(
+        ChannelReader(ray, channel), total=cfg.trainer.max_steps,
+        phase=f"starting {_workers(cfg.trainer.num_workers)} (Ray Train)",
+    )
     display.start()
     try:
-        signals.run(trainer.fit, on_first=lambda: channel.request.remote())
+        signals.run(trainer.fit, on_first=lambda: channel.request.remote(),
+                    watch=start_watch(display, cfg.trainer.start_timeout_s, _logs_hint(ray)))
     finally:
         display.stop()
         ray.kill(channel)
+
+
+def _workers(count: int) -> str:
+    return f"{count} worker" + ("s" if count != 1 else "")
+
+
+class StartTimeout(RunFailed):
+    """The workers sent no news for ``trainer.start_timeout_s`` while starting."""
+
+
+def start_watch(display: ProgressDisplay, timeout_s: float, logs: str) -> Callable[[], None]:
+    """A check that raises :class:`StartTimeout` once the workers have been silent for
+    ``timeout_s`` seconds in one start-up stage (0: never)."""
+
+    def watch() -> None:
+        silent = display.stalled()
+        if timeout_s and silent > timeout_s:
+            raise StartTimeout(
+                f"the workers sent nothing for {silent:.0f} s while {display.phase!r} "
+                f"(trainer.start_timeout_s={timeout_s:g}); see their logs ({logs}: "
+                "worker-*.err, raylet.err), or raise trainer.start_timeout_s (0 waits forever) "
+                "where the cluster needs longer to start them"
+            )
+
+    return watch
+
+
+def _logs_hint(ray: Any) -> str:
+    """Where the workers' logs are: this machine's Ray session folder for a local runtime."""
+    if cluster_address() is not None:
+        return "`ray logs` or the Ray dashboard of the cluster"
+    try:
+        return str(ray._private.worker._global_node.get_logs_dir_path())
+    except Exception:  # a private API: the default place instead
+        return "/tmp/ray/session_latest/logs"
 
 
 def _interrupted(plan: RunPlan, signum: int, step: float | None) -> Interrupted:

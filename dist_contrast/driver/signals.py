@@ -63,8 +63,10 @@ class Signals:
               file=sys.stderr, flush=True)
         self._on_first()
 
-    def run(self, fit: Callable[[], Any], on_first: Callable[[], Any]) -> Any:
-        """``fit()`` in a thread; signals are handled here meanwhile."""
+    def run(self, fit: Callable[[], Any], on_first: Callable[[], Any],
+            watch: Callable[[], None] | None = None) -> Any:
+        """``fit()`` in a thread; signals are handled here meanwhile, and ``watch()`` is called
+        every 0.2 s (what it raises ends the wait)."""
         outcome: dict[str, Any] = {}
 
         def target() -> None:
@@ -79,6 +81,8 @@ class Signals:
             thread.start()
             while thread.is_alive():
                 thread.join(0.2)
+                if watch is not None and thread.is_alive():
+                    watch()
         finally:
             self._on_first = None
         if "error" in outcome:

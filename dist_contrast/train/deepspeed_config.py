@@ -5,9 +5,27 @@ DeepSpeed lives only in ``dist_contrast.train``.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from dist_contrast.config import Config
+
+#: DeepSpeed's shared-memory all-reduce op for CPU processes on one machine.
+SHM_COMM_OP = "deepspeed_shm_comm"
+
+
+def skip_shm_comm_op() -> None:
+    """Tell DeepSpeed not to build its CPU shared-memory all-reduce op.
+
+    DeepSpeed's CPU backend JIT-compiles that op (C++, about a minute on two cores) the first
+    time a machine or pod starts it, in every worker at once, and uses it only for
+    tensor-parallel inference (``inference_all_reduce``); training's collectives are gloo's.
+    DeepSpeed reads the op's availability from the dict it caches for exactly this.
+    """
+    import deepspeed.ops
+
+    with contextlib.suppress(Exception):
+        deepspeed.ops.__compatible_ops__[SHM_COMM_OP] = False
 
 
 def warmup_steps(cfg: Config) -> int:

@@ -10,6 +10,7 @@ every attempt of the worker group, first or after a restart, logs to that run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -49,13 +50,23 @@ def run_worker(loop_config: dict[str, Any], train: Any) -> None:
         make_deterministic(cfg.experiment.seed)
 
     channel = loop_config.get("channel")
+    _announce(channel, f"workers up ({dist.world_size()}): building the data, the model and the "
+              "DeepSpeed engine")
     worker = _resume_or_build(cfg, loop_config, train, channel)
+    _announce(channel, "DeepSpeed engine ready: the first step")
     worker.reporter.start(worker.step.engine.module)
     mark("reporter_start")
     if worker.run(train, should_stop=_stop_poller(channel)):
         # Every rank: the weights are gathered.
         worker.reporter.finish(worker.trained_encoder(), worker.step.penalty_snapshots)
     mark("worker_done")
+
+
+def _announce(channel: Any, phase: str) -> None:
+    """Rank 0 tells the driver which start-up stage it has reached (best effort)."""
+    if channel is not None and dist.is_rank_zero():
+        with contextlib.suppress(Exception):
+            channel.put.remote({"phase": phase})  # the display prints it
 
 
 def make_deterministic(seed: int) -> None:
@@ -82,7 +93,9 @@ def _stop_poller(channel: Any, every_s: float = 1.0) -> Callable[[], bool]:
         now = time.monotonic()
         if not last["answer"] and now - float(last["asked"]) >= every_s:
             last["asked"] = now
-            last["answer"] = bool(ray.get(channel.is_set.remote()))
+            # Bounded: a channel that does not answer is no stop request; ask again later.
+            with contextlib.suppress(ray.exceptions.GetTimeoutError):
+                last["answer"] = bool(ray.get(channel.is_set.remote(), timeout=30))
         return bool(last["answer"])
 
     return should_stop

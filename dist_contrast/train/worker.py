@@ -185,7 +185,7 @@ def build_engine(cfg: Config, encoder: nn.Module) -> Any:
     """The DeepSpeed engine over encoder + τ (τ gets no weight decay)."""
     import deepspeed
 
-    from dist_contrast.train.deepspeed_config import build_deepspeed_config
+    from dist_contrast.train.deepspeed_config import build_deepspeed_config, skip_shm_comm_op
     from dist_contrast.train.schedule import ResumableCosineLR
 
     model = ContrastiveModel(encoder, build_temperature(cfg))
@@ -201,6 +201,7 @@ def build_engine(cfg: Config, encoder: nn.Module) -> Any:
         # The same schedule, continuous when a resume changes trainer.max_steps.
         params = config.pop("scheduler")["params"]
         lr_scheduler = functools.partial(ResumableCosineLR, **params)
+    skip_shm_comm_op()
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=groups, config=config, lr_scheduler=lr_scheduler
     )

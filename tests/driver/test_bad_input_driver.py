@@ -103,3 +103,40 @@ def test_a_supervised_loss_on_data_without_labels_is_one_line(tmp_path: Path) ->
     assert len(lines) == 1 and "loss.name=supcon" in lines[0] and "labels" in lines[0], lines
     assert seconds < 30
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "results").exists()
+
+
+def _never_starts(loop_config: dict[str, Any]) -> None:
+    """A worker stuck before it reports anything (a hung op build, a rendezvous that never
+    completes)."""
+    time.sleep(600)
+
+
+@pytest.mark.ray
+def test_workers_that_never_start_end_the_run_with_one_line_and_no_ray_process_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psutil
+
+    from dist_contrast.config import load_config
+    from dist_contrast.driver.run import run_training
+    from dist_contrast.errors import UserError
+    from tests.conftest import store_runs
+
+    monkeypatch.chdir(tmp_path)
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the workers import this module's loop
+    cfg = load_config(_file_config(tmp_path, path="good.npy"), ["trainer.start_timeout_s=3"])
+    started = time.monotonic()
+    with pytest.raises(UserError) as caught:
+        run_training(cfg, train_loop=_never_starts)
+    assert time.monotonic() - started < 300
+    line = str(caught.value)
+    assert caught.value.exit_code == 1 and "\n" not in line
+    assert "starting 1 worker (Ray Train)" in line and "trainer.start_timeout_s=3" in line
+    (run,) = store_runs(tmp_path / "mlflow.db")
+    assert run.info.status == "FAILED"
+    ray_processes = [p for p in psutil.Process().children(recursive=True)
+                     if "ray" in " ".join(p.cmdline()).lower()]
+    assert not [p for p in ray_processes if p.is_running() and p.status() != "zombie"]

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from dist_contrast.config import Config
-from dist_contrast.train.deepspeed_config import build_deepspeed_config, warmup_steps
+from dist_contrast.train.deepspeed_config import (
+    SHM_COMM_OP,
+    build_deepspeed_config,
+    warmup_steps,
+)
 
 
 def _cfg(**sections: dict) -> Config:
@@ -103,3 +110,30 @@ def test_sgd_is_sgd_with_its_momentum() -> None:
                                                          "weight_decay": 0.0}}
     # DeepSpeed builds torch's optimiser of that name.
     assert getattr(torch.optim, ds["optimizer"]["type"]) is torch.optim.SGD
+
+
+SHM_PROBE = """
+import os, socket
+import deepspeed
+import deepspeed.comm.comm as ds_comm
+from dist_contrast.train.deepspeed_config import skip_shm_comm_op
+
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
+                  LOCAL_RANK="0")
+skip_shm_comm_op()
+deepspeed.init_distributed(dist_backend="gloo")
+print("op", ds_comm.cdb.shm_comm_op)
+"""
+
+
+def test_deepspeed_starts_on_cpu_without_building_its_shared_memory_op(tmp_path: Path) -> None:
+    extensions = tmp_path / "torch_extensions"
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(extensions)}
+    proc = subprocess.run([sys.executable, "-c", SHM_PROBE], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "op None" in proc.stdout
+    assert not (extensions / SHM_COMM_OP).exists()  # nothing compiled
