@@ -72,6 +72,7 @@ bench: $(VENV)/.installed-test $(LIGHTLY)/.installed
 	$(BIN)/python benchmarks/report.py --write
 	$(BIN)/python benchmarks/miner_share.py
 	$(BIN)/python benchmarks/determinism.py
+	$(BIN)/python benchmarks/grad_cache.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) $(LIGHTLY) results mlruns mlartifacts mlflow.db .pytest_cache .mypy_cache .ruff_cache

@@ -158,6 +158,11 @@ class DeepSpeedConfig(Section):
     gradient_clipping: float = Field(default=1.0, ge=0.0)
 
 
+class GradCacheConfig(Section):
+    # Rows encoded with a graph at once, per worker and side (GradCache: train/grad_cache.py).
+    chunk_size: int = Field(ge=1)
+
+
 class TrainerConfig(Section):
     num_workers: int = Field(default=2, ge=1)
     batch_size: int = Field(default=256, ge=2, description="per worker")
@@ -178,6 +183,8 @@ class TrainerConfig(Section):
     max_bad_steps: int = Field(default=5, ge=1)
     # Seed everything and use deterministic algorithms only (slower; see the README).
     deterministic: bool = False
+    # GradCache: the batch's exact gradient with activations held for one chunk at a time.
+    grad_cache: GradCacheConfig | None = None
 
     def trains_on_gpu(self, gpus: float) -> bool:
         """The GPU-use rule: ``use_gpu``, or with ``auto`` a GPU for every worker among the
@@ -275,6 +282,12 @@ class Config(Section):
                 "loss.positive=memory takes each query's positive from the bank, so the batch "
                 "holds no keys to be in-batch negatives; drop 'batch' from negatives.sources "
                 "(the bank gives the negatives)"
+            )
+        if self.trainer.grad_cache is not None and self.model.batch_norm:
+            raise ValueError(
+                "trainer.grad_cache encodes the batch in chunks, and BatchNorm makes a row's "
+                "embedding depend on the rest of its chunk, so the gradient would not be the "
+                "batch's; set model.batch_norm=false (or drop trainer.grad_cache)"
             )
         if self.loss.symmetric and not self.negatives.in_batch:
             raise ValueError("loss.symmetric compares documents with the batch's queries: "

@@ -94,4 +94,8 @@ def build_deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
         "steps_per_print": 10**9,  # our own progress line replaces DeepSpeed's
         "wall_clock_breakdown": False,
     }
+    if opt.name == "sgd":
+        # DeepSpeed asks for this flag before ZeRO partitions an optimiser it does not own;
+        # torch.optim.SGD keeps no state that ZeRO's flat partitions would break.
+        ds["zero_allow_untested_optimizer"] = True
     return ds

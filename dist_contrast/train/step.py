@@ -4,6 +4,8 @@
     -> gather keys -> negatives -> loss -> engine.backward / engine.step
     -> momentum update -> pool update
 
+With ``trainer.grad_cache`` the forwards run in chunks without a graph and backward re-encodes
+each chunk (:mod:`dist_contrast.train.grad_cache`); everything between sees the same tensors.
 The step reads what the configured objective needs from its registry entry
 (:class:`~dist_contrast.objectives.Objective`), never from its name. DeepSpeed appears here only
 as the ``engine`` (forward, backward, step, LR).
@@ -30,6 +32,7 @@ from dist_contrast.negatives.collective import (
 )
 from dist_contrast.objectives import ObjectiveInputs, compute_objective, get_objective
 from dist_contrast.train.evidence import PenaltySnapshots
+from dist_contrast.train.grad_cache import GradCache
 
 # Tensors, or lists of texts for text pairs ("view1", "view2", "negatives").
 Batch = dict[str, Any]
@@ -57,6 +60,9 @@ class TrainStep:
         self.loss_params = self._loss_params()
         # (s_ij, r_ij) samples of diagnosed batches for the end-of-run figure (rank 0).
         self.penalty_snapshots = PenaltySnapshots(self.cfg.trainer.max_steps)
+        self._grad_cache: GradCache | None = None
+        self._step = 0
+        self._tau = torch.tensor(0.0)
 
     @property
     def device(self) -> torch.device:
@@ -70,9 +76,12 @@ class TrainStep:
         this rank asking the run to stop after this step: whether any rank asked is
         :attr:`stop_agreed` afterwards, decided by the step's one agreement all-reduce."""
         ids = batch["index"].to(self.device)
+        self._step = step
+        chunking = self.cfg.trainer.grad_cache
+        self._grad_cache = GradCache(self.engine, chunking.chunk_size) if chunking else None
         # Labels exist for evaluation; the pools see them only for their label-aware options.
         labels = batch["label"].to(self.device) if self.has_labels else None
-        query = self.engine(self._on_device(batch["view1"]), side="query")  # [B, D], unit norm
+        query = self._encode(self._on_device(batch["view1"]), "query")  # [B, D], unit norm
         # The documents: positives, then the batch's hard negatives from the file (texts).
         documents, extra = self._documents(batch)
         keys = self._global_keys(documents, step)  # [W·B·(1 + m), D]
@@ -81,6 +90,7 @@ class TrainStep:
         key_labels = (dist.all_gather_no_grad(labels)
                       if labels is not None and self.objective.needs_labels else None)
         tau = self.engine.module.temperature(step)
+        self._tau = tau
         negatives = self._negatives(query, ids, labels, tau)
         if extra and "negatives/batch" in negatives.metrics:
             self._count_file_negatives(negatives, keys)
@@ -117,13 +127,13 @@ class TrainStep:
         loss_bad = not bool(torch.isfinite(loss.detach()))
         backward_done = not self.engine.zero_optimization()
         if backward_done:
-            self.engine.backward(loss)
+            self._backward(loss)
             bad, self.stop_agreed = dist.any_ranks([loss_bad or not self._gradients_finite(),
                                                     stop])
         else:
             bad, self.stop_agreed = dist.any_ranks([loss_bad, stop])
             if not bad:
-                self.engine.backward(loss)
+                self._backward(loss)
         if not bad:
             self.engine.step()
             self.bad_in_a_row = 0
@@ -137,6 +147,15 @@ class TrainStep:
         self.bad_in_a_row += 1
         return False
 
+    def _backward(self, loss: torch.Tensor) -> None:
+        """The engine's backward, or GradCache's chunked one (τ's own gradient included)."""
+        if self._grad_cache is None:
+            self.engine.backward(loss)
+            return
+        self._grad_cache.backward(
+            loss, direct=[self._tau],
+            recompute=lambda: [self.engine.module.temperature(self._step)])
+
     def _gradients_finite(self) -> bool:
         """Whether this rank's gradients (in ``.grad``, without ZeRO) are finite."""
         return gradients_finite(self.engine.module.parameters())
@@ -149,6 +168,13 @@ class TrainStep:
             self.engine.zero_grad()
 
     # ------------------------------------------------------------------ forward pieces
+
+    def _encode(self, inputs: Any, side: str) -> torch.Tensor:
+        """The trained encoder's embeddings of ``inputs`` on ``side``: with their graph, or
+        GradCache's leaves (encoded in chunks without one)."""
+        if self._grad_cache is None:
+            return self.engine(inputs, side=side)
+        return self._grad_cache.encode(inputs, side)
 
     def _on_device(self, inputs: Any) -> Any:
         """Tensors go to the engine's device; texts stay as they are (the encoder featurizes)."""
@@ -199,7 +225,7 @@ class TrainStep:
 
     def _key_forward(self, view2: Any, step: int) -> torch.Tensor:
         if self.momentum_encoder is None:
-            return self.engine(view2, side="document")
+            return self._encode(view2, "document")
         with torch.no_grad():
             if not isinstance(view2, torch.Tensor):  # texts: no BatchNorm to shuffle for
                 return self.momentum_encoder(view2, side="document")

@@ -1,5 +1,5 @@
-"""benchmarks/determinism.py --quick runs end to end and prints its table (a smoke test, not a
-timing)."""
+"""benchmarks/determinism.py --quick and benchmarks/grad_cache.py run end to end and print
+their tables (smoke tests, not timings)."""
 
 from __future__ import annotations
 
@@ -20,3 +20,23 @@ def test_determinism_benchmark_quick_run() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith("| synthetic.yaml")]
     assert len(rows) == 1 and rows[0].rstrip().endswith("× |")
+
+
+def test_grad_cache_benchmark_runs_end_to_end_and_writes_its_table(tmp_path: Path) -> None:
+    """A small run: the plain step at 32 rows (within the budget), GradCache at 32 and 256; the
+    table, both ratios, the JSON and the figure."""
+    import json
+
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "grad_cache.py"), "--budget-mib", "80",
+         "--max-batch", "32", "--multiples", "8", "--chunk", "16", "--steps", "1",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, check=False, cwd=ROOT,
+        env={**os.environ, "DS_ACCELERATOR": "cpu"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "GradCache's step memory at 8×" in done.stdout and "(target ≤ 1.30)" in done.stdout
+    summary = json.loads((tmp_path / "grad_cache.json").read_text())
+    cached = sorted(p["batch"] for p in summary["points"] if p["chunk"])
+    assert cached == [32, 256] and summary["largest_plain"] == 32
+    assert (tmp_path / "grad_cache.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,6 +1,7 @@
-"""The step's one agreement all-reduce, with two real gloo processes and real DeepSpeed engines:
-a non-finite loss on one rank skips the step on both (no update, no pool write), a stop asked
-by rank 0 alone is seen by both, and the pools get the global batch's ids and labels."""
+"""The step's one agreement all-reduce, with two real gloo processes and real DeepSpeed engines
+(with and without GradCache): a non-finite loss on one rank skips the step on both (no update,
+no pool write), a stop asked by rank 0 alone is seen by both, and the pools get the global
+batch's ids and labels."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ NAN_STEP = 2  # the second step's loss is NaN on rank 1 only
 STOP_STEP = 3  # rank 0 alone asks to stop at the third step
 
 
-def _agreement_run(zero_stage: int) -> dict[str, Any]:
+def _agreement_run(zero_stage: int, chunk: int | None = None) -> dict[str, Any]:
     from dist_contrast import dist
     from dist_contrast.config import load_config
     from dist_contrast.data import build_data, make_loader
@@ -36,6 +37,7 @@ def _agreement_run(zero_stage: int) -> dict[str, Any]:
         "data.num_samples=400", "model.hidden_dim=16", "model.embedding_dim=8",
         "trainer.num_workers=2", "trainer.batch_size=16", f"trainer.max_steps={STEPS}",
         "negatives.sources=[batch,bank]", f"deepspeed.zero_stage={zero_stage}",
+        *([f"trainer.grad_cache={{chunk_size: {chunk}}}"] if chunk else []),
     ])
     torch.manual_seed(0)
     data = build_data(cfg.data, seed=0)
@@ -60,9 +62,11 @@ def _agreement_run(zero_stage: int) -> dict[str, Any]:
             "skipped": step.skipped_steps, "bank_labels": step.pool.bank.labels.tolist()}
 
 
-@pytest.mark.parametrize("zero_stage", [0, 1])
-def test_one_rank_non_finite_skips_everywhere_and_stop_is_agreed(zero_stage: int) -> None:
-    ranks = run_distributed(_agreement_run, zero_stage)
+@pytest.mark.parametrize(("zero_stage", "chunk"), [(0, None), (1, None), (0, 5), (2, 5)],
+                         ids=["zero0", "zero1", "zero0-gradcache", "zero2-gradcache"])
+def test_one_rank_non_finite_skips_everywhere_and_stop_is_agreed(zero_stage: int,
+                                                                  chunk: int | None) -> None:
+    ranks = run_distributed(_agreement_run, zero_stage, chunk)
     for result in ranks:
         assert result["skipped"] == 1
         weights, banks = result["weights"], result["banks"]

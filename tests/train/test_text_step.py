@@ -92,3 +92,18 @@ def test_two_ranks_give_the_one_process_step(pairs: str, overrides: list[str]) -
     np.testing.assert_allclose(two[0]["weights"], two[1]["weights"])
     # float32 sums in another order, through three Adam steps
     np.testing.assert_allclose(two[0]["weights"], one["weights"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("overrides", [[], ["loss.symmetric=true", "model.towers=separate"]],
+                         ids=["one-way", "symmetric-two-towers"])
+def test_gradcache_encodes_queries_positives_and_file_negatives_in_chunks(
+    pairs: str, overrides: list[str],
+) -> None:
+    """Two ranks with GradCache (chunks of 3: the 2 + 4 documents of a rank split unevenly)
+    take the step two ranks take without it."""
+    plain = run_distributed(_step_run, pairs, 2, overrides, world_size=2)
+    cached = run_distributed(_step_run, pairs, 2,
+                             [*overrides, "trainer.grad_cache={chunk_size: 3}"], world_size=2)
+    for mine, reference in zip(cached, plain, strict=True):
+        assert mine["loss"] == pytest.approx(reference["loss"], rel=1e-6)
+        np.testing.assert_allclose(mine["weights"], reference["weights"], rtol=1e-5, atol=1e-6)
