@@ -7,6 +7,7 @@ single-process result on the concatenated inputs.
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 import traceback
 from collections.abc import Callable
@@ -24,8 +25,10 @@ def _worker(
         dist.init_process_group(
             "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
         )
-        result = fn(*args)
-        queue.put((rank, "ok", result))
+        # Pickled here, by value: a tensor put on the queue as it is would travel as a handle
+        # to this process's shared memory, which is gone if this process exits before the
+        # parent reads it (FileNotFoundError in the parent, seen under load).
+        queue.put((rank, "ok", pickle.dumps(fn(*args))))
     except BaseException:  # report every failure to the parent, then exit non-zero
         queue.put((rank, "error", traceback.format_exc()))
     finally:
@@ -37,7 +40,7 @@ def run_distributed(fn: Callable[..., Any], *args: Any, world_size: int = 2) -> 
     """Return ``[fn(*args) on rank 0, ..., on rank W-1]``, each rank in its own gloo process.
 
     ``fn`` must be a module-level function (it is pickled for the spawned processes);
-    its return values must be picklable (move tensors to CPU and detach them).
+    its return values must be picklable (move tensors to CPU and detach them); they are copied.
     """
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
@@ -54,7 +57,7 @@ def run_distributed(fn: Callable[..., Any], *args: Any, world_size: int = 2) -> 
         for _ in range(world_size):
             r, status, payload = queue.get(timeout=300)
             if status == "ok":
-                results[r] = payload
+                results[r] = pickle.loads(payload)
             else:
                 errors.append(f"rank {r}:\n{payload}")
         for p in procs:
