@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     losses.set_defaults(handler=_losses)
     _add_embed(commands)
     _add_search(commands)
+    _add_mine(commands)
     _add_evaluate(commands)
     _add_sweep(commands)
     _add_compare(commands)
@@ -442,6 +443,77 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_mine(commands: argparse._SubParsersAction) -> None:
+    mine = commands.add_parser(
+        "mine",
+        help="add hard negatives, mined from a corpus by BM25 or a trained model, to pairs",
+        description=(
+            "For each row of --queries (a pairs file), rank the corpus by SOURCE, drop the "
+            "query's positives (by id and by text) and repeated texts, keep the ranks "
+            "--range-min..--range-max-1, drop what scores within the margins of the positive "
+            "(likely false negatives), and take --num-negatives of the rest. OUTPUT is the "
+            "pairs file with a 'negatives' list column. With a model, the corpus is encoded "
+            "by Ray tasks (RAY_ADDRESS's cluster, or a local runtime); an interrupted mine "
+            "run again resumes where it stopped. Docs: docs/mining.md."
+        ),
+    )
+    mine.add_argument("source", metavar="SOURCE",
+                      help="bm25, or a text run's checkpoint folder, run folder or MLflow model")
+    mine.add_argument("--queries", required=True, metavar="FILE",
+                      help="pairs (.jsonl, .csv, .parquet) with query and positive")
+    mine.add_argument("--corpus", metavar="FILE",
+                      help="documents: .jsonl or .parquet with id and text, or a pairs file "
+                           "(its positives); default: the --queries file's positives")
+    mine.add_argument("-o", dest="output_path", metavar="OUTPUT", required=True,
+                      help="the mined pairs: .jsonl or .parquet")
+    mine.add_argument("--num-negatives", type=int, default=3, metavar="N",
+                      help="negatives per row (default 3)")
+    mine.add_argument("--range-min", type=int, default=0, metavar="R",
+                      help="skip the R best candidates (default 0)")
+    mine.add_argument("--range-max", type=int, default=50, metavar="R",
+                      help="look no further than the R best candidates (default 50)")
+    mine.add_argument("--margin", type=float, metavar="M",
+                      help="keep a negative only if it scores at most the positive's score - M")
+    mine.add_argument("--relative-margin", type=float, metavar="M",
+                      help="keep a negative only if it scores at most (1 - M) x the positive's")
+    mine.add_argument("--sampling", choices=("top", "random"), default="top",
+                      help="the best N of the window, or N drawn at random (default top)")
+    mine.add_argument("--seed", type=int, default=0, help="the random sampling's seed")
+    mine.add_argument("--workers", type=int, metavar="N",
+                      help="Ray tasks at once (default: the cluster's CPUs; 0: this process)")
+    mine.add_argument("--shard-size", type=int, default=4096, metavar="N",
+                      help="texts per Ray task and rows per saved block (default 4096)")
+    mine.add_argument("--batch-size", type=int, default=256, metavar="N",
+                      help="texts per forward pass (default 256)")
+    mine.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
+    mine.add_argument("--tracking-uri", metavar="URI", help="the MLflow store of SOURCE")
+    mine.set_defaults(handler=_mine)
+
+
+def _mine(args: argparse.Namespace) -> int:
+    """``dist-contrast mine``: the negatives, then one summary."""
+    from dist_contrast.driver.tasks import RayPool
+    from dist_contrast.serving.mine import InProcess, MiningRule, PoolFactory, mine
+
+    if args.workers is not None and args.workers < 0:
+        raise UserError(f"--workers must be 0 (this process) or more, got {args.workers}")
+    rule = MiningRule(args.num_negatives, args.range_min, args.range_max, args.margin,
+                      args.relative_margin, args.sampling, args.seed)
+    pool: PoolFactory = InProcess if args.workers == 0 else lambda: RayPool(args.workers)
+    summary = mine(args.source, args.queries, args.corpus, args.output_path, rule, pool=pool,
+                   shard_size=args.shard_size, batch_size=args.batch_size,
+                   overwrite=args.overwrite, tracking_uri=args.tracking_uri,
+                   say=lambda line: print(f"dist-contrast: mine: {line}", flush=True))
+    c = summary.counts
+    full = c.queries - c.short
+    print(f"mined {c.kept:,} negatives for {summary.rows:,} rows into {args.output_path} "
+          f"({full:,} rows got {rule.num_negatives}, {c.short:,} fewer) in "
+          f"{summary.seconds:.0f} s")
+    print(f"  removed as the query's positives: {c.positive_id:,} by id, {c.positive_text:,} "
+          f"by text; repeated texts: {c.duplicate:,}; within the margin: {c.margin:,}")
+    return 0
+
+
 def _add_data(commands: argparse._SubParsersAction) -> None:
     data = commands.add_parser(
         "data",
@@ -652,6 +724,7 @@ _INTERRUPTED = {
     "search": "search interrupted; the corpus cache is kept only when complete",
     "evaluate": "evaluate interrupted; no finished evaluation was logged",
     "data": "data interrupted; nothing written (-o is as it was)",
+    "mine": "mine interrupted; -o is as it was; run the same command again to resume",
 }
 
 

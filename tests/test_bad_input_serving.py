@@ -156,6 +156,18 @@ def test_a_missing_last_rank_is_named_not_taken_for_a_smaller_world(
 # ----------------------------------------------------------------------------- wording
 
 
+def test_mine_refuses_an_encoder_of_rows_of_numbers(trained: Checkpoints, tmp_path: Path
+                                                    ) -> None:
+    from tests.data.helpers import write_text_pairs
+
+    pairs = write_text_pairs(tmp_path / "pairs.jsonl", 10)
+    line = _refused(tmp_path, "mine", trained.path("fp32"), "--queries", str(pairs), "-o",
+                    "out.jsonl")
+    assert "an encoder of rows of numbers, which cannot score texts" in line
+    assert not (tmp_path / "out.jsonl").exists()
+    assert not any(p.name.startswith(".out") for p in tmp_path.iterdir())
+
+
 def test_embeds_checkpoint_errors_speak_of_embed_not_of_resuming(
     trained: Checkpoints, tmp_path: Path
 ) -> None:

@@ -106,7 +106,7 @@ def test_every_command_dispatches_to_its_own_handler() -> None:
     parser = cli._parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     handlers = {name: sub.get_default("handler") for name, sub in commands.choices.items()}
-    assert set(handlers) == {"train", "config", "losses", "embed", "search", "evaluate",
+    assert set(handlers) == {"train", "config", "losses", "embed", "search", "mine", "evaluate",
                              "sweep", "compare", "submit", "jobs", "data"}
     assert all(callable(h) for h in handlers.values()), handlers
     assert len({id(h) for h in handlers.values()}) == len(handlers)  # no shared dispatcher

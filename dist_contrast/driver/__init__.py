@@ -10,5 +10,6 @@ In the order a run meets them:
 * ``trainer.py``: the TorchTrainer (and a sweep's trial as a Ray task);
 * ``signals.py``: Ctrl-C and SIGTERM;
 * ``failure.py``: a failed run explained in one line;
-* ``run.py``: ``run_training``, which puts them together.
+* ``run.py``: ``run_training``, which puts them together;
+* ``tasks.py``: Ray tasks for the offline commands (``dist-contrast mine``'s encoding).
 """

@@ -34,23 +34,36 @@ _LOOKUP_DIR: str | None = None
 def connect(plan: RunPlan) -> Any:
     """Join ``RAY_ADDRESS`` (checked reachable first, its resources checked against the plan)
     or start a local runtime; the ``ray`` module, connected."""
+    cfg = plan.config
+    ray = _join_or_start(cfg.trainer.num_workers * cfg.trainer.cpus_per_worker,
+                         cfg.trainer.show_worker_logs)
+    if cluster_address() is not None:
+        _check_cluster(ray, plan)
+    return ray
+
+
+def connect_for_tasks(cpus: int | None) -> Any:
+    """Ray for tasks of one CPU each (``dist-contrast mine``'s encoding): ``RAY_ADDRESS``'s
+    cluster, or a local runtime with room for ``cpus`` of them (default: this machine's)."""
+    return _join_or_start(cpus or 1, show_logs=False)
+
+
+def _join_or_start(cpus_needed: float, show_logs: bool) -> Any:
     address = cluster_address()
     if address is None:
-        return _start_local(plan.config)
+        return _start_local(cpus_needed, show_logs)
     check_reachable(address)
     enable_token_auth_if_available()  # read by Ray when it connects
     import ray
 
-    cfg = plan.config
     try:
-        ray.init(logging_level=logging.WARNING, log_to_driver=cfg.trainer.show_worker_logs)
+        ray.init(logging_level=logging.WARNING, log_to_driver=show_logs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UserError(
             f"cannot reach the Ray cluster at RAY_ADDRESS={address} "
             f"({str(exc).splitlines()[0][:160]}); start it, give its token (RAY_AUTH_TOKEN or "
             "~/.ray/auth_token), or unset RAY_ADDRESS to run locally"
         ) from None
-    _check_cluster(ray, plan)
     return ray
 
 
@@ -72,12 +85,11 @@ def _check_cluster(ray: Any, plan: RunPlan) -> None:
         print(f"dist-contrast: warning: {warning}", flush=True)
 
 
-def _start_local(cfg: Config) -> Any:
+def _start_local(cpus_needed: float, show_logs: bool) -> Any:
     """A local runtime with room for every worker, even on a 2-core laptop (they time-share)."""
     import ray
 
-    needed = cfg.trainer.num_workers * cfg.trainer.cpus_per_worker
-    num_cpus = max(os.cpu_count() or 1, int(needed + 0.999))
+    num_cpus = max(os.cpu_count() or 1, int(cpus_needed + 0.999))
     with _own_address_lookup() as sessions:
         ray.init(
             # A runtime of our own, even when a `ray start` cluster runs on this machine
@@ -86,7 +98,7 @@ def _start_local(cfg: Config) -> Any:
             num_cpus=num_cpus,
             include_dashboard=False,
             logging_level=logging.WARNING,
-            log_to_driver=cfg.trainer.show_worker_logs,
+            log_to_driver=show_logs,
             configure_logging=True,
             _temp_dir=sessions,
         )

@@ -41,15 +41,22 @@ def check_paths(
         raise UserError(f"INPUT '{source}' not found (or not a file); check the path")
     if target.exists() and target.resolve() == source.resolve():
         raise UserError(f"OUTPUT '{target}' is the INPUT; write the embeddings to another file")
-    if target.is_dir():
-        raise UserError(f"OUTPUT '{target}' is a folder; give a .npy or .parquet file name")
-    if target.exists() and not overwrite:
-        raise UserError(f"OUTPUT '{target}' exists; pass --overwrite to replace it")
-    if not target.parent.is_dir():
-        raise UserError(f"the folder of OUTPUT '{target}' does not exist; create it first")
+    check_output(target, "OUTPUT", "a .npy or .parquet", overwrite=overwrite)
     if ids_column is not None and source.suffix.lower() == ".npy":
         raise UserError(f"--ids-column {ids_column} needs a .parquet INPUT (a .npy array has no "
                         "columns; its output row i is input row i)")
+
+
+def check_output(target: Path, role: str, kinds: str, *, overwrite: bool) -> None:
+    """The refusals every command that writes a file shares: a folder, an existing file
+    (without ``overwrite``), a missing parent folder. ``role``: how the command names it
+    (``OUTPUT``, ``-o``); ``kinds``: the file names it takes (``a .npy``)."""
+    if target.is_dir():
+        raise UserError(f"{role} '{target}' is a folder; give {kinds} file name")
+    if target.exists() and not overwrite:
+        raise UserError(f"{role} '{target}' exists; pass --overwrite to replace it")
+    if not target.parent.is_dir():
+        raise UserError(f"the folder of {role} '{target}' does not exist; create it first")
 
 
 def embed_file(
@@ -123,7 +130,7 @@ def _embed_batches(loaded: LoadedEncoder, rows: _Rows, writer: _Writer, batch_si
 
 
 @contextlib.contextmanager
-def _progress_bar(total: int, enabled: bool | None) -> Iterator[Any]:
+def _progress_bar(total: int, enabled: bool | None, label: str = "embedding") -> Iterator[Any]:
     """A rich progress bar on stderr; quiet unless stderr is a terminal (or ``enabled``)."""
     from rich.console import Console
     from rich.progress import (
@@ -136,7 +143,7 @@ def _progress_bar(total: int, enabled: bool | None) -> Iterator[Any]:
 
     console = Console(stderr=True)
     disable = not console.is_terminal if enabled is None else not enabled
-    columns = (TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, disable=disable) as bar:
         task = bar.add_task("embed", total=total)
         yield lambda n: bar.advance(task, n)

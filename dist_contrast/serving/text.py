@@ -24,7 +24,7 @@ from dist_contrast.data.pairs import is_feature_row
 from dist_contrast.errors import UserError
 from dist_contrast.models import build_model
 from dist_contrast.models.text import SIDES, Side, TextEncoder
-from dist_contrast.serving.embed import _create_partial, _progress_bar
+from dist_contrast.serving.embed import _create_partial, _progress_bar, check_output
 from dist_contrast.serving.load import (
     CHECKPOINT_FIX,
     _parse_record,
@@ -110,12 +110,7 @@ def check_text_paths(input_path: str | Path, output_path: str | Path, *,
         raise UserError(f"OUTPUT '{target}' must be a .npy file for a text encoder")
     if not source.is_file():
         raise UserError(f"INPUT '{source}' not found (or not a file); check the path")
-    if target.is_dir():
-        raise UserError(f"OUTPUT '{target}' is a folder; give a .npy file name")
-    if target.exists() and not overwrite:
-        raise UserError(f"OUTPUT '{target}' exists; pass --overwrite to replace it")
-    if not target.parent.is_dir():
-        raise UserError(f"the folder of OUTPUT '{target}' does not exist; create it first")
+    check_output(target, "OUTPUT", "a .npy", overwrite=overwrite)
 
 
 def read_texts(path: str | Path, column: str = "text") -> list[Any]:
