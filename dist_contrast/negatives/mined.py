@@ -43,8 +43,12 @@ class MinerConfig(Section):
     # set (measured: the same recall@64 as ivf_flat); rerank then orders them exactly.
     # ivf_sq8 stores each key as 8-bit scalars (4× less memory to scan than ivf_flat); its
     # scores are coarse, so it searches refine_factor × the candidates and re-scores them
-    # exactly, like ivf_pq.
-    index: Literal["exact", "ivf_flat", "ivf_fp16", "ivf_sq8", "hnsw", "ivf_pq"] = "ivf_flat"
+    # exactly, like ivf_pq. ivf_pq_fs is IVF-PQ with 4-bit codes scanned in SIMD registers
+    # (FAISS's fast scan): pq_m half-bytes per key, the fastest to scan; its scores are
+    # coarse too (refine_factor, rerank). It cannot remove entries (every refresh rebuilds,
+    # as for hnsw) and FAISS-GPU has no fast scan (it stays on the CPU).
+    index: Literal["exact", "ivf_flat", "ivf_fp16", "ivf_sq8", "hnsw", "ivf_pq",
+                   "ivf_pq_fs"] = "ivf_flat"
     device: Literal["auto", "cpu", "gpu"] = "auto"
     nlist: int = Field(default=1024, ge=1)
     nprobe: int = Field(default=32, ge=1)
@@ -96,6 +100,21 @@ class MinerConfig(Section):
     # ones (the keys drift slowly between rebuilds), so a few iterations suffice. The first
     # build runs faiss's default 10 from a random start.
     retrain_iterations: int = Field(default=4, ge=1)
+
+    @property
+    def removes_in_place(self) -> bool:
+        """Whether a refresh can replace entries (HNSW and fast scan rebuild instead)."""
+        return self.index not in ("hnsw", "ivf_pq_fs")
+
+    @property
+    def coarse_scores(self) -> bool:
+        """Whether the index's scores are quantised (refine_factor × candidates are searched)."""
+        return self.index in ("ivf_pq", "ivf_sq8", "ivf_pq_fs")
+
+    @property
+    def gpu_capable(self) -> bool:
+        """Whether FAISS-GPU has this index type."""
+        return self.index not in ("hnsw", "ivf_pq_fs")
 
     @model_validator(mode="after")
     def _check(self) -> MinerConfig:

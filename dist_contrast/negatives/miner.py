@@ -213,11 +213,11 @@ class ShardIndex:
         )
         ids = (positions + self.lo).numpy().astype(np.int64)
         cpu_index.add_with_ids(self._vectors(positions), ids)
-        return SearchIndex(cpu_index, self.device, self.cfg.index)
+        return SearchIndex(cpu_index, self.device, self.cfg.gpu_capable)
 
     def refresh(self, step: int) -> int:
         """Re-index the dirty entries in place; returns how many were not in the index."""
-        assert self.index is not None and self.cfg.index != "hnsw", "HNSW cannot remove: rebuild"
+        assert self.index is not None and self.cfg.removes_in_place, "cannot remove: rebuild"
         positions = self.dirty.nonzero().flatten()
         if positions.numel() == 0:
             return 0
@@ -311,9 +311,9 @@ class FaissMiner:
 
     @property
     def candidates(self) -> int:
-        """Candidates searched per query (more for IVF-PQ/SQ8, whose scores are coarse)."""
-        coarse = self.cfg.index in ("ivf_pq", "ivf_sq8")
-        factor = self.cfg.refine_factor if coarse and self.cfg.rerank else 1
+        """Candidates searched per query (more for IVF-PQ/SQ8 and fast scan, whose scores are
+        coarse)."""
+        factor = self.cfg.refine_factor if self.cfg.coarse_scores and self.cfg.rerank else 1
         return self.cfg.search_k * factor
 
     # ------------------------------------------------------------------ index maintenance
@@ -350,8 +350,9 @@ class FaissMiner:
         )
 
     def refresh(self, step: int) -> None:
-        """Re-index the dirty entries in place (a rebuild for HNSW, which cannot remove)."""
-        if self.shard.index is None or self.cfg.index == "hnsw":
+        """Re-index the dirty entries in place (a rebuild for HNSW and fast scan, which cannot
+        remove)."""
+        if self.shard.index is None or not self.cfg.removes_in_place:
             self.rebuild(step)
             return
         with self.clock.timing(upkeep=True):

@@ -551,6 +551,7 @@ def mine(
             negatives.extend(saved["negatives"])
             counts.add(MiningCounts(**saved["counts"]))
             advance(len(block))
+            say(f"mined {block.stop:,}/{len(rows):,} rows ({time.perf_counter() - start:.0f} s)")
     write_output(output, rows, [[corpus.texts[d] for d in row] for row in negatives])
     work.remove()
     return MineSummary(len(rows), corpus.size, counts, time.perf_counter() - start,

@@ -116,6 +116,7 @@ def _recall(kind: str, **options) -> float:
         ("ivf_sq8", {"nlist": 64, "nprobe": 16}, 0.85),
         ("hnsw", {"hnsw_m": 16, "ef_search": 128}, 0.9),
         ("ivf_pq", {"nlist": 32, "nprobe": 16, "pq_m": 8}, 0.5),
+        ("ivf_pq_fs", {"nlist": 32, "nprobe": 16, "pq_m": 16}, 0.4),
     ],
 )
 def test_approximate_recall_against_exact(kind, options, floor):
@@ -124,14 +125,17 @@ def test_approximate_recall_against_exact(kind, options, floor):
     assert recall >= floor
 
 
-def test_ivf_pq_with_rerank_recovers_recall():
+@pytest.mark.parametrize(("kind", "pq_m"), [("ivf_pq", 8), ("ivf_pq_fs", 16)])
+def test_product_quantisers_with_rerank_recover_recall(kind, pq_m):
+    """The coarse codes find refine_factor x the candidates; the exact re-scoring against the
+    bank orders them (the re-ranking of a short list)."""
     keys, _ = clustered_keys(4000, 32, clusters=40, seed=1)
     bank = MemoryBank(4000, 32, seed=1)
     bank.update(keys, torch.arange(4000), None, step=0)
     ids = torch.arange(100)
     exact = FaissMiner(MinerConfig(index="exact", num_negatives=16, extra=0), bank)
     pq = FaissMiner(
-        MinerConfig(index="ivf_pq", nlist=32, nprobe=16, pq_m=8, refine_factor=8,
+        MinerConfig(index=kind, nlist=32, nprobe=16, pq_m=pq_m, refine_factor=8,
                     num_negatives=16, extra=0),
         bank,
     )
@@ -139,8 +143,26 @@ def test_ivf_pq_with_rerank_recovers_recall():
     got = pq.negatives(keys[:100], ids, None).query_negative_ids
     assert want is not None and got is not None
     recall = float((got[:, :, None] == want[:, None, :]).any(dim=2).float().mean())
-    print(f"ivf_pq + rerank recall@16 = {recall:.3f}")
+    print(f"{kind} + rerank recall@16 = {recall:.3f}")
     assert recall >= 0.75
+
+
+def test_fast_scan_refreshes_by_rebuilding():
+    """Fast scan's lists cannot remove entries: a refresh rebuilds, and the index then holds
+    the bank's new keys."""
+    keys, _ = clustered_keys(2000, 32, clusters=20, seed=3)
+    bank = MemoryBank(2000, 32, seed=3)
+    bank.update(keys, torch.arange(2000), None, step=0)
+    miner = FaissMiner(MinerConfig(index="ivf_pq_fs", nlist=16, nprobe=16, pq_m=16,
+                                   num_negatives=8, extra=0, refine_factor=8), bank)
+    miner.rebuild(0)
+    moved = -keys[:50]
+    bank.update(moved, torch.arange(50), None, step=1)
+    miner.update(moved, torch.arange(50), None, step=1)
+    miner.refresh(1)
+    assert miner.counters.rebuilds >= 2 and miner.counters.rebuild_step == 1
+    _, ids, _ = miner.search(moved[:10])
+    assert (ids[:, :1] < 50).all()  # each moved key finds the moved keys first
 
 
 @pytest.mark.parametrize(
