@@ -246,6 +246,13 @@ class Config(Section):
     checkpoint: CheckpointConfig = CheckpointConfig()
     tracking: TrackingConfig = TrackingConfig()
 
+    @property
+    def cpus_needed(self) -> float:
+        """The CPUs a run holds in Ray: its training workers', and the Ray tasks of its
+        negative sources (``negatives.corpus.workers``)."""
+        trainer = self.trainer
+        return trainer.num_workers * trainer.cpus_per_worker + self.negatives.task_cpus()
+
     def loss_needs(self) -> LossNeeds:
         """What the objective reads from the negative sources (their checks and memory)."""
         objective = get_objective(self.loss.name)
@@ -289,6 +296,7 @@ class Config(Section):
                 "embedding depend on the rest of its chunk, so the gradient would not be the "
                 "batch's; set model.batch_norm=false (or drop trainer.grad_cache)"
             )
+        self.negatives.check_config(self)
         if self.loss.symmetric and not self.negatives.in_batch:
             raise ValueError("loss.symmetric compares documents with the batch's queries: "
                              "keep the batch among negatives.sources")

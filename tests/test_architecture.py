@@ -27,7 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "text": {"retrieval"},
     "data": {"section", "paths", "errors"},
     "models": {"section", "paths", "text"},
-    "negatives": {"losses", "dist", "section"},
+    "negatives": {"losses", "dist", "section", "paths", "retrieval"},
     "objectives": {"losses", "negatives"},
     "temperature": set(),
     "config": {"data", "models", "negatives", "objectives", "section", "errors", "paths"},

@@ -88,7 +88,8 @@ def test_apply_overrides_does_not_mutate_input() -> None:
         (["negatives.bank.sise=3"], "unknown key 'negatives.bank.sise' in section "
          "'negatives.bank'; allowed keys: as_pool, momentum, noise_samples, normalizer_every"),
         (["negatives.queu.size=3"], "unknown key 'negatives.queu' in section 'negatives'; "
-         "allowed keys: bank, miner, momentum, momentum_encoder, queue, shuffle_bn, sources"),
+         "allowed keys: bank, corpus, miner, momentum, momentum_encoder, queue, shuffle_bn, "
+         "sources"),
         (["noequals"], "section.key=value"),
         (["loss.temperature.x=1"], "not a section"),
         (["loss.params={top_k: 5}"], "loss.params.top_k is not an option of loss.name=info_nce"),

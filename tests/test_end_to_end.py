@@ -221,3 +221,30 @@ def test_cli_code_search_on_two_ray_workers_logs_retrieval_beside_bm25(tmp_path:
     assert metrics["train/negatives_per_query"] == 255 + 512 + 16 - metrics.get(
         "queue/masked_per_query", 0.0)
     assert metrics["eval/mrr_at_10"] > 0.1  # learned (chance is about 0.03)
+
+
+@pytest.mark.ray
+def test_cli_re_mines_hard_negatives_from_a_corpus_with_ray_tasks(tmp_path: Path) -> None:
+    """negatives.corpus on two Ray workers: each refresh's corpus and queries are encoded by
+    Ray tasks (room for them beside the workers: the local runtime makes it) while training
+    goes on, and swapped in on both workers at once."""
+    from tests.data.helpers import write_text_pairs
+
+    train = write_text_pairs(tmp_path / "train.jsonl", 1024)
+    test = write_text_pairs(tmp_path / "test.jsonl", 150, seed=1)
+    proc = _train(
+        tmp_path, "configs/codesearch.yaml", f"data.path={train}", f"data.eval_path={test}",
+        "tracking.experiment=dist-contrast", "model.hidden_dim=32", "model.embedding_dim=32",
+        "model.vocab_size=512", "model.hash_buckets=4096", "trainer.batch_size=64",
+        "trainer.max_steps=8", "trainer.log_every=4", "eval.every_steps=8",
+        "checkpoint.every_steps=8", "optimizer.warmup_steps=2",
+        "negatives.sources=[batch, corpus]",
+        "negatives.corpus={every_steps: 4, swap_after: 2, num_candidates: 4, workers: 2, "
+        "cpus_per_task: 0.5, shard_size: 512}", run_name="ance",
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics = _run(tmp_path).data.metrics
+    # The refresh started at step 4 swapped in before step 7: 2 query + 2 document shards.
+    assert metrics["corpus/index_age"] == 3.0 and metrics["corpus/ray_tasks"] == 4.0
+    assert -1.0 <= metrics["corpus/negative_similarity"] <= 1.0
+    assert metrics["train/negatives_per_query"] == 2 * 64 * 2 - 1  # positives and mined ones

@@ -35,8 +35,7 @@ def connect(plan: RunPlan) -> Any:
     """Join ``RAY_ADDRESS`` (checked reachable first, its resources checked against the plan)
     or start a local runtime; the ``ray`` module, connected."""
     cfg = plan.config
-    ray = _join_or_start(cfg.trainer.num_workers * cfg.trainer.cpus_per_worker,
-                         cfg.trainer.show_worker_logs)
+    ray = _join_or_start(cfg.cpus_needed, cfg.trainer.show_worker_logs)
     if cluster_address() is not None:
         _check_cluster(ray, plan)
     return ray
@@ -166,5 +165,5 @@ def use_gpu(cfg: Config, ray: Any) -> bool:
 
 def trial_slots(ray: Any, cfg: Config) -> int:
     """How many trainings of ``cfg``'s size the connected cluster runs at once (at least 1)."""
-    needed = cfg.trainer.num_workers * cfg.trainer.cpus_per_worker
+    needed = cfg.cpus_needed
     return max(1, int(float(ray.cluster_resources().get("CPU", 0)) // needed))

@@ -12,7 +12,9 @@ The trainer's step, in order (see each function's docstring):
 
 The sources themselves (each with its settings section, checks and memory) register
 themselves in :mod:`dist_contrast.negatives.registry` when their module is imported: ``queue``
-(:mod:`.queue`), ``bank`` (:mod:`.bank`), ``mined`` (:mod:`.mined`, over :mod:`.miner`).
+(:mod:`.queue`), ``bank`` (:mod:`.bank`), ``mined`` (:mod:`.mined`, over :mod:`.miner`), and
+``corpus`` (:mod:`.corpus`: the settings of the re-mining over a corpus during training, whose
+re-miner, :mod:`dist_contrast.train.remining`, hands the step texts rather than keys).
 """
 
 from dist_contrast.negatives.bank import BankConfig, MemoryBank

@@ -128,6 +128,19 @@ class NegativesConfig(Section):
             for check in spec.checks:
                 check(self.settings_of(name), context)
 
+    def check_config(self, config: Any) -> None:
+        """Each configured source's checks against the whole run ``config`` (the full config
+        calls this: it sits above the negatives)."""
+        for name in self.sources:
+            spec = source_spec(name)
+            if spec.config_check is not None:
+                spec.config_check(self.settings_of(name), config)
+
+    def task_cpus(self) -> float:
+        """The CPUs the configured sources' Ray tasks hold beside the training workers."""
+        return sum(spec.task_cpus(self.settings_of(name)) for name in self.sources
+                   if (spec := source_spec(name)).task_cpus is not None)
+
     def data_problem(self, train_size: int) -> str | None:
         """What is wrong with a configured source's settings for ``train_size`` training rows
         (one line naming the setting and the fix), or None."""
@@ -194,7 +207,8 @@ def _describe(exc: ValidationError, prefix: str, section: type[Section]) -> str:
 # The built-in sources' sections, where they were defined before each source became one module
 # (``from dist_contrast.negatives.config import MinerConfig`` keeps working).
 from dist_contrast.negatives.bank import BankConfig  # noqa: E402
+from dist_contrast.negatives.corpus import CorpusConfig  # noqa: E402
 from dist_contrast.negatives.mined import MinerConfig  # noqa: E402
 from dist_contrast.negatives.queue import QueueConfig  # noqa: E402
 
-__all__ = ["BankConfig", "MinerConfig", "NegativesConfig", "QueueConfig"]
+__all__ = ["BankConfig", "CorpusConfig", "MinerConfig", "NegativesConfig", "QueueConfig"]

@@ -152,6 +152,10 @@ class SourceSpec:
       set of ``train_size`` rows (one line naming the setting and the fix), or None.
     - ``describe(settings, context)``: the source in a run's description ("queue (65,536
       keys, replicated)"); default: its title.
+    - ``task_cpus(settings)``: the CPUs its Ray tasks hold beside the training workers (the
+      cluster must have them too; a local runtime makes room for them).
+    - ``config_check(settings, config)``: when configured, a check against the whole run
+      config (its data, model and trainer), raising ValueError naming the keys.
     """
 
     key: str
@@ -169,6 +173,8 @@ class SourceSpec:
     resume_check: Callable[[Any, dict[str, Any], ResumeContext], str | None] | None = None
     data_check: Callable[[Any, int], str | None] | None = None
     describe: Callable[[Any, DescribeContext], str] | None = None
+    config_check: Callable[[Any, Any], None] | None = None
+    task_cpus: Callable[[Any], float] | None = None
 
 
 _SOURCES: dict[str, SourceSpec] = {}

@@ -170,10 +170,12 @@ def _check_model(
     folder: Path, module: dict[str, Any], cfg: Config, input_shape: tuple[int, ...]
 ) -> None:
     """The encoder's parameter names and shapes against the one this config builds."""
+    # Tensors only: a text encoder's state also holds its featurizer (lists and strings).
     expected = {f"encoder.{name}": tuple(value.shape) for name, value in
-                build_model(cfg.model, input_shape).state_dict().items()}
+                build_model(cfg.model, input_shape).state_dict().items()
+                if hasattr(value, "shape")}
     found = {name: tuple(value.shape) for name, value in module.items()
-             if name.startswith("encoder.")}
+             if name.startswith("encoder.") and hasattr(value, "shape")}
     fix = "set the model.* and data.* values it was trained with, or start a fresh run"
     for name, shape in expected.items():
         if name not in found:

@@ -79,10 +79,12 @@ def check_resources(
 
 def _check_cpus(cfg: Config, cpus: float, local: bool) -> list[str]:
     trainer = cfg.trainer
-    need = trainer.num_workers * trainer.cpus_per_worker
+    need = cfg.cpus_needed
+    tasks = need - trainer.num_workers * trainer.cpus_per_worker
     asked = (
         f"trainer.num_workers={trainer.num_workers} × trainer.cpus_per_worker="
-        f"{trainer.cpus_per_worker:g} = {need:g} CPUs"
+        f"{trainer.cpus_per_worker:g}" + (f" + {tasks:g} for the negative sources' Ray tasks"
+                                          if tasks else "") + f" = {need:g} CPUs"
     )
     if not local:
         if need > cpus:

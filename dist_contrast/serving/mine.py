@@ -29,27 +29,30 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from dist_contrast.data import DataError
+from dist_contrast.data.corpus import CORPUS_SUFFIXES, corpus_columns, read_corpus_file
 from dist_contrast.data.pairs import FeatureRow, open_pairs
 from dist_contrast.errors import UserError
-from dist_contrast.retrieval.mining import (
-    MiningCounts,
-    MiningRule,
-    candidates_needed,
-    select_negatives,
-    text_key,
+from dist_contrast.retrieval.mining import MiningCounts, MiningRule, candidates_needed
+from dist_contrast.retrieval.scoring import (
+    BM25Scorer,
+    Corpus,
+    DenseScorer,
+    MiningQueries,
+    Scorer,
+    mine_block,
+    positives_of,
 )
 from dist_contrast.serving.embed import _create_partial, _progress_bar, check_output
 
 BM25 = "bm25"
 OUTPUT_SUFFIXES = (".jsonl", ".parquet")
-CORPUS_SUFFIXES = (".jsonl", ".parquet")
 DEFAULT_SHARD_SIZE = 4096
 _FORMAT = 1  # of the saved work; a change starts the work over
 
@@ -69,28 +72,9 @@ class QueryRows:
     def __len__(self) -> int:
         return len(self.positive)
 
-
-@dataclass(frozen=True)
-class Corpus:
-    """The documents searched (``size`` of them) followed by the positives the corpus lacks
-    (scored, never returned). ``keys``: each document's text key; ``repeated``: how many of
-    the ``size`` documents repeat a key seen before them."""
-
-    texts: list[str]
-    size: int
-    from_pairs: bool
-    keys: list[str] = field(init=False)
-    position: dict[str, int] = field(init=False, repr=False)  # a text's first document
-    repeated: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        keys = [text_key(text) for text in self.texts]
-        object.__setattr__(self, "keys", keys)
-        first: dict[str, int] = {}
-        for i, text in enumerate(self.texts):
-            first.setdefault(text, i)
-        object.__setattr__(self, "position", first)
-        object.__setattr__(self, "repeated", self.size - len(set(keys[: self.size])))
+    @property
+    def mining(self) -> MiningQueries:
+        return MiningQueries(self.queries, self.query_of, self.positive)
 
 
 @dataclass(frozen=True)
@@ -149,8 +133,7 @@ def read_corpus(path: str | Path, rows: QueryRows, queries_path: str | Path) -> 
     columns = _columns(source)
     if _is_same(source, queries_path) or ("text" not in columns and
                                           ("query" in columns or "anchor" in columns)):
-        documents = list(dict.fromkeys(read_queries(source).positive))
-        size, ids = len(documents), None
+        documents, ids = list(dict.fromkeys(read_queries(source).positive)), None
     else:
         if "text" not in columns:
             raise UserError(f"--corpus '{source}' has no 'text' column (it has "
@@ -159,10 +142,7 @@ def read_corpus(path: str | Path, rows: QueryRows, queries_path: str | Path) -> 
             raise UserError(f"--corpus '{source}' has no 'id' column; give every document an id "
                             "(or pass the pairs file as --corpus to mine among its positives)")
         documents, ids = _corpus_rows(source)
-        size = len(documents)
-    known = set(documents)
-    documents += [text for text in dict.fromkeys(rows.positive) if text not in known]
-    return Corpus(documents, size, from_pairs=ids is None), ids
+    return Corpus.with_positives(documents, rows.positive, from_pairs=ids is None), ids
 
 
 def _is_same(path: Path, other: str | Path) -> bool:
@@ -170,69 +150,20 @@ def _is_same(path: Path, other: str | Path) -> bool:
 
 
 def _columns(path: Path) -> set[str]:
-    if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            return set(pq.read_schema(path).names)
-        except Exception as exc:  # pyarrow raises several kinds for a file that is not parquet
-            raise UserError(f"--corpus '{path}' is not a readable parquet file "
-                            f"({str(exc).splitlines()[0][:120]})") from None
-    if path.suffix.lower() == ".jsonl":
-        with path.open(encoding="utf-8", errors="replace") as handle:
-            first = next((line for line in handle if line.strip()), "")
-        try:
-            row = json.loads(first) if first else {}
-        except ValueError:
-            raise UserError(f"--corpus '{path}': its first line is not JSON; give one JSON "
-                            "object per line") from None
-        return set(row) if isinstance(row, dict) else set()
-    return set(open_pairs(path).columns) if path.suffix.lower() == ".csv" else set()
+    if path.suffix.lower() == ".csv":
+        return set(open_pairs(path).columns)
+    try:
+        return corpus_columns(path)
+    except DataError as exc:
+        raise UserError(f"--corpus: {exc}") from None
 
 
 def _corpus_rows(path: Path) -> tuple[list[str], list[str]]:
     """The texts and ids of a corpus file; every id present and distinct, every text a text."""
-    if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(path, columns=["id", "text"])
-        raw_ids, texts = table.column("id").to_pylist(), table.column("text").to_pylist()
-        where = [f"row {i}" for i in range(len(texts))]
-    else:
-        from dist_contrast.serving.text import read_texts_and_ids
-
-        try:
-            texts, raw_ids = read_texts_and_ids(path, "text")
-        except UserError as exc:
-            raise UserError(f"--corpus: {exc}".replace("INPUT", "file")) from None
-        lines = [i for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-                 if line.strip()]
-        where = [f"line {n}" for n in lines]
-    seen: dict[str, str] = {}
-    for place, doc_id, text in zip(where, raw_ids, texts, strict=True):
-        if doc_id is None:
-            raise UserError(f"--corpus '{path}' {place} has no id; give every document an id")
-        if not isinstance(text, str):
-            raise UserError(f"--corpus '{path}' {place}: 'text' is not text; mine works on texts")
-        if str(doc_id) in seen:
-            raise UserError(f"--corpus '{path}' {place} repeats the id {doc_id!r} of "
-                            f"{seen[str(doc_id)]}; give every document its own id")
-        seen[str(doc_id)] = place
-    if not texts:
-        raise UserError(f"--corpus '{path}' holds no documents")
-    return list(texts), [str(doc_id) for doc_id in raw_ids]
-
-
-def positives_of(rows: QueryRows, corpus: Corpus) -> tuple[list[frozenset[int]],
-                                                            list[frozenset[str]]]:
-    """Each query's positives (every row with its text) by corpus position and by text key."""
-    position = corpus.position
-    by_query: dict[int, set[str]] = {}
-    for query, text in zip(rows.query_of, rows.positive, strict=True):
-        by_query.setdefault(query, set()).add(text)
-    ids = {q: frozenset(position[t] for t in texts) for q, texts in by_query.items()}
-    keys = {q: frozenset(text_key(t) for t in texts) for q, texts in by_query.items()}
-    return [ids[q] for q in rows.query_of], [keys[q] for q in rows.query_of]
+    try:
+        return read_corpus_file(path)
+    except DataError as exc:
+        raise UserError(f"--corpus: {exc}") from None
 
 
 # ----------------------------------------------------------------------------- saved work
@@ -314,105 +245,11 @@ def _digest(*parts: Any) -> str:
     return digest.hexdigest()
 
 
-# ----------------------------------------------------------------------------- scoring
-
-
-class Scorer(Protocol):
-    """What ranks the corpus for a query: :meth:`search` gives ``k`` candidates per row and
-    the score of each row's own positive."""
-
-    name: str
-
-    def search(self, rows: Sequence[int], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Shape: rows [R] -> ids [R, k] (-1: none), scores [R, k], positive scores [R]."""
-        ...
-
-
-class BM25Scorer:
-    """BM25 over the corpus (and the positives it lacks, so that each has a score)."""
-
-    name = "BM25"
-
-    def __init__(self, rows: QueryRows, corpus: Corpus, positive_at: list[int]) -> None:
-        from dist_contrast.retrieval import BM25Index
-
-        self.rows, self.positive_at = rows, positive_at
-        self.index = BM25Index(corpus.texts)
-
-    def search(self, rows: Sequence[int], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        from dist_contrast.retrieval import top_k
-
-        parts = []
-        step = max(1, 2**24 // self.index.size)  # about 64 MiB of scores at a time
-        for start in range(0, len(rows), step):
-            chunk = rows[start : start + step]
-            scores = np.stack([self.index.scores(self.rows.queries[self.rows.query_of[r]])
-                               for r in chunk])
-            best = top_k(scores, k)
-            parts.append((np.where(best.scores > 0, best.ids, -1), best.scores,
-                          scores[np.arange(len(chunk)), [self.positive_at[r] for r in chunk]]))
-        return tuple(np.concatenate(part) for part in zip(*parts, strict=True))  # type: ignore[return-value]
-
-
-class DenseScorer:
-    """Inner products of the query tower's and the document tower's embeddings (FAISS exact
-    search over the corpus)."""
-
-    name = "the model"
-
-    def __init__(self, rows: QueryRows, corpus: Corpus, positive_at: list[int],
-                 queries: np.ndarray, documents: np.ndarray) -> None:
-        from dist_contrast.retrieval.search import faiss
-
-        self.rows, self.positive_at = rows, positive_at
-        self.queries, self.documents = queries, documents
-        self.size = corpus.size
-        self.index: Any = None
-        if faiss is not None:
-            self.index = faiss.IndexFlatIP(documents.shape[1])
-            self.index.add(np.ascontiguousarray(documents[: corpus.size]))
-
-    def search(self, rows: Sequence[int], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        from dist_contrast.retrieval import numpy_search
-
-        query = self.queries[[self.rows.query_of[r] for r in rows]]
-        positive = np.einsum("rd,rd->r", query, self.documents[[self.positive_at[r]
-                                                                   for r in rows]])
-        if self.index is None:
-            found = numpy_search(query, self.documents[: self.size], k)
-            return found.ids, found.scores, positive
-        scores, ids = self.index.search(np.ascontiguousarray(query), k)
-        return ids, scores, positive
-
-
 # ----------------------------------------------------------------------------- encoding
 
 
 def _shards(count: int, size: int) -> list[range]:
     return [range(start, min(start + size, count)) for start in range(0, count, size)]
-
-
-def _encode_shard(model: tuple[dict[str, Any], dict[str, Any]], side: str, texts: list[str],
-                  batch_size: int) -> np.ndarray:
-    """One shard's embeddings (the body of a Ray task; also run in-process with no workers)."""
-    import torch
-
-    from dist_contrast.config import Config
-    from dist_contrast.serving.text import embedding_array
-    from dist_contrast.train.text_model import build_text_encoder
-
-    key = _digest(model[0], side)
-    encoder = _ENCODERS.get(key)
-    if encoder is None:
-        _ENCODERS.clear()
-        encoder = build_text_encoder(Config.model_validate(model[0]), model[1])
-        _ENCODERS[key] = encoder
-    with torch.inference_mode():
-        return embedding_array(encoder, texts, side,  # type: ignore[arg-type]
-                               batch_size=batch_size, progress=False)
-
-
-_ENCODERS: dict[str, Any] = {}  # one rebuilt encoder per worker process, reused by its tasks
 
 
 class Pool(Protocol):
@@ -471,8 +308,12 @@ def encode_all(jobs: list[tuple[str, str, list[str]]], model: tuple[dict[str, An
         if after_piece is not None:
             after_piece(name)
 
+    from dist_contrast.train.text_model import encode_shard
+
+    key = _model_digest(model)  # the tasks' processes rebuild the encoder once for it
     with pool() as running:
-        running.map(_encode_shard, model, [(side, texts, batch_size) for _, side, texts in todo],
+        running.map(encode_shard, model, [(side, texts, batch_size, key)
+                                          for _, side, texts in todo],
                     record, names=[f"encoding shard {name}" for name, _, _ in todo])
     return done
 
@@ -505,8 +346,7 @@ def mine(
         raise UserError(f"--queries '{queries_path}' not found (or not a file); check the path")
     rows = read_queries(queries_path)
     corpus, corpus_ids = read_corpus(corpus_file, rows, queries_path)
-    positive_ids, positive_keys = positives_of(rows, corpus)
-    positive_at = [corpus.position[text] for text in rows.positive]
+    positive_ids, positive_keys = positives_of(rows.mining, corpus)
     model = None if source.lower() == BM25 else _load_model(source, tracking_uri)
     if rows.dropped:
         say(f"the file's own negatives ({', '.join(rows.dropped)}) are not kept: OUTPUT holds "
@@ -519,9 +359,9 @@ def mine(
     work = WorkFolder(output, fingerprint)
     scorer: Scorer
     if model is None:
-        scorer = BM25Scorer(rows, corpus, positive_at)
+        scorer = BM25Scorer(rows.mining, corpus)
     else:
-        scorer = _dense_scorer(model, rows, corpus, positive_at, work, pool=pool,
+        scorer = _dense_scorer(model, rows, corpus, work, pool=pool,
                                shard_size=shard_size, batch_size=batch_size, say=say,
                                after_piece=after_piece)
     most = max(len(i) + len(k) for i, k in zip(positive_ids, positive_keys, strict=True))
@@ -534,17 +374,9 @@ def mine(
             name = f"mined-{number:05d}"
             saved = work.value(name)
             if saved is None:
-                ids, scores, positive = scorer.search(list(block), k)
-                chosen: list[list[int]] = []
-                block_counts = MiningCounts()
-                for at, row in enumerate(block):
-                    picked, row_counts = select_negatives(
-                        ids[at].tolist(), scores[at].tolist(), positive_score=float(positive[at]),
-                        positive_ids=positive_ids[row], positive_keys=positive_keys[row],
-                        keys=corpus.keys, rule=rule, row=row)
-                    chosen.append(picked)
-                    block_counts.add(row_counts)
-                saved = {"negatives": chosen, "counts": block_counts.as_dict()}
+                mined = mine_block(scorer, block, k, rule, positive_ids=positive_ids,
+                                   positive_keys=positive_keys, keys=corpus.keys)
+                saved = {"negatives": mined.negatives, "counts": mined.counts.as_dict()}
                 work.save_value(name, saved)
                 if after_piece is not None:
                     after_piece(name)
@@ -593,7 +425,7 @@ def _load_model(source: str, tracking_uri: str | None) -> tuple[dict[str, Any], 
 
 
 def _dense_scorer(model: tuple[dict[str, Any], dict[str, Any]], rows: QueryRows,
-                  corpus: Corpus, positive_at: list[int], work: WorkFolder, *,
+                  corpus: Corpus, work: WorkFolder, *,
                   pool: PoolFactory, shard_size: int, batch_size: int,
                   say: Callable[[str], None],
                   after_piece: Callable[[str], None] | None) -> DenseScorer:
@@ -606,7 +438,7 @@ def _dense_scorer(model: tuple[dict[str, Any], dict[str, Any]], rows: QueryRows,
                         after_piece=after_piece)
     queries = np.concatenate([arrays[name] for name, side, _ in jobs if side == "query"])
     documents = np.concatenate([arrays[name] for name, side, _ in jobs if side == "document"])
-    return DenseScorer(rows, corpus, positive_at, queries.astype(np.float32),
+    return DenseScorer(rows.mining, corpus, queries.astype(np.float32),
                        documents.astype(np.float32))
 
 

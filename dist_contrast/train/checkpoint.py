@@ -33,6 +33,7 @@ def trainer_state(step: TrainStep, progress: TrainProgress, run_id: str | None) 
         "momentum_encoder": encoder.state_dict() if encoder is not None else None,
         "negatives": pool.state_dict() if pool is not None else None,
         "normalizer": step.normalizer.state_dict(),
+        "remining": step.corpus.state_dict() if step.corpus is not None else None,
         "rng": rng_state(),
         "mlflow_run_id": run_id,
     }
@@ -48,6 +49,8 @@ def apply_trainer_state(step: TrainStep, progress: TrainProgress, state: dict[st
         step.pool.load_state_dict(state["negatives"])
     if state.get("normalizer") is not None:
         step.normalizer.load_state_dict(state["normalizer"])
+    if step.corpus is not None and state.get("remining") is not None:
+        step.corpus.load_state_dict(state["remining"])
     set_rng_state(state["rng"])
 
 

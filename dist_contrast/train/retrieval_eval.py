@@ -92,7 +92,3 @@ class RetrievalEvaluator:
         return {**metrics, "eval/retrieval_queries": float(len(self.split.queries)),
                 "eval/retrieval_corpus": float(len(self.split.corpus))}
 
-
-def describe(split: RetrievalSplit) -> dict[str, Any]:
-    """The split's size, for the run's parameters."""
-    return {"queries": len(split.queries), "corpus": len(split.corpus)}

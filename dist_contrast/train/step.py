@@ -54,6 +54,8 @@ class TrainStep:
     bad_in_a_row: int = 0
     # Whether any rank asked to stop after the last step (see ``__call__``'s ``stop``).
     stop_agreed: bool = False
+    # negatives.corpus's re-miner (train/remining.py): the batch's negatives come from it.
+    corpus: Any = None
 
     def __post_init__(self) -> None:
         self.objective = get_objective(self.cfg.loss.name)

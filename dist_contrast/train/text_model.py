@@ -131,6 +131,24 @@ def embed(encoder: TextEncoder, texts: Sequence[Any], side: str,
     return np.concatenate(parts)
 
 
+#: A (config as a dict, state) snapshot of a text encoder: what Ray tasks are sent.
+Snapshot = tuple[dict[str, Any], dict[str, Any]]
+_ENCODERS: dict[str, TextEncoder] = {}  # one rebuilt encoder per process, reused by its shards
+
+
+def encode_shard(snapshot: Snapshot, side: str, texts: list[Any], batch_size: int,
+                 key: str) -> np.ndarray:
+    """``side``'s embeddings of one shard of ``texts`` from a weights ``snapshot`` (the body
+    of a Ray task): the encoder is rebuilt once per process and ``key`` (naming the
+    snapshot) and kept for the next shard. Shape: [n] -> [n, embedding_dim] float32."""
+    encoder = _ENCODERS.get(key)
+    if encoder is None:
+        _ENCODERS.clear()
+        encoder = build_text_encoder(Config.model_validate(snapshot[0]), snapshot[1])
+        _ENCODERS[key] = encoder
+    return embed(encoder, texts, side, batch_size=batch_size)
+
+
 def log_text_encoder(
     trained: TrainedTextEncoder, *, tracking_uri: str, run_id: str,
     registered_model_name: str | None = None,

@@ -31,6 +31,7 @@ from dist_contrast.tracking import make_tracker
 from dist_contrast.train import checkpoint, export, storage
 from dist_contrast.train.evaluation import Evaluator
 from dist_contrast.train.model import TrainedEncoder
+from dist_contrast.train.remining import build_corpus_miner
 from dist_contrast.train.reporting import MetricWindow, Reporter
 from dist_contrast.train.state import TrainProgress
 from dist_contrast.train.step import TrainStep
@@ -91,9 +92,16 @@ class Worker:
                 # Resume mid-epoch: the loader skips what was already trained on, unloaded.
                 batches, loader_epoch = iter(self._loader(epoch, offset)), epoch
             batch = next(batches)
+            corpus = self.step.corpus
+            if corpus is not None:  # negatives.corpus: the table's negatives, swapped in here
+                corpus.before_step(self.progress.step,
+                                   lambda: export.master_state_dict(self.step.engine))
+                batch["negatives"] = corpus.negatives(batch["index"], self.progress.step)
             diagnose = reporter.active and reporter.is_eval_step(self.progress.step + 1)
             stop = dist.is_rank_zero() and should_stop()
             metrics = self.step(batch, self.progress.step, diagnose=diagnose, stop=stop)
+            if corpus is not None:
+                metrics.update(corpus.metrics(self.progress.step))
             self.progress.step += 1
             step = self.progress.step
             if step == 1:
@@ -258,6 +266,7 @@ def build_worker(cfg: Config, channel: Any = None, run_id: str | None = None) ->
     engine = build_engine(cfg, encoder)
     mark("deepspeed")
     step = build_step(cfg, engine, data, encoder)
+    step.corpus = build_corpus_miner(cfg, data.train)
     mark("pools")
     rank_zero = dist.is_rank_zero()
     tracker = make_tracker(
