@@ -45,7 +45,7 @@ demo: $(VENV)/.installed
 # make test: two fresh-clone runs with it took 19-21 min against 17.5 without (noisy; the Ray
 # runs' own processes are not helped by it).
 SUITE_ENV := OMP_NUM_THREADS=1
-test: $(VENV)/.installed-test $(TOOLS)/bin/checkov
+test: $(VENV)/.installed-test $(TOOLS)/bin/checkov $(ST)/.installed
 	$(BIN)/ruff check --no-cache dist_contrast tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -ra --durations=15 -n 3 --dist loadgroup
@@ -67,12 +67,24 @@ $(LIGHTLY)/.installed: | $(BIN)/python
 	  > "$$($(LIGHTLY)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/project-venv.pth"
 	touch $@
 
-bench: $(VENV)/.installed-test $(LIGHTLY)/.installed
+# sentence-transformers' mine_hard_negatives (the benchmarks' comparison) takes a `datasets`
+# Dataset, which the project does not need: a tool venv with datasets that reads the rest
+# (sentence-transformers, torch) from .venv.
+ST := .venv-st
+$(ST)/.installed: | $(BIN)/python
+	$(PYTHON) -m venv $(ST)
+	$(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" \
+	  > "$$($(ST)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/project-venv.pth"
+	$(ST)/bin/python -m pip install --quiet --isolated datasets==5.2.0
+	touch $@
+
+bench: $(VENV)/.installed-test $(LIGHTLY)/.installed $(ST)/.installed
 	$(BIN)/python benchmarks/bench.py
 	$(BIN)/python benchmarks/report.py --write
 	$(BIN)/python benchmarks/miner_share.py
 	$(BIN)/python benchmarks/determinism.py
 	$(BIN)/python benchmarks/grad_cache.py
+	$(BIN)/python benchmarks/st_compare.py
 
 clean:
-	rm -rf $(VENV) $(TOOLS) $(LIGHTLY) results mlruns mlartifacts mlflow.db .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) $(LIGHTLY) $(ST) results mlruns mlartifacts mlflow.db .pytest_cache .mypy_cache .ruff_cache

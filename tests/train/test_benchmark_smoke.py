@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -61,3 +64,53 @@ def test_fast_scan_sweep_runs_end_to_end_and_marks_the_best_setting(tmp_path: Pa
     # The exact re-ranking of a longer short list recovers what the 4-bit codes miss.
     by = {(r["nprobe"], r["k_factor"]): r["recall"] for r in result["rows"]}
     assert by[(16, 16.0)] > by[(16, 1.0)]
+
+
+@pytest.mark.tools  # datasets, for sentence-transformers' mining: .venv-st/ (`make test` makes it)
+def test_the_sentence_transformers_side_of_the_comparison_trains_embeds_and_mines(
+        tmp_path: Path) -> None:
+    """benchmarks/st_compare.py's sentence-transformers side on 96 pairs against the real
+    library: the exported untrained transformer trains 3 steps with its
+    MultipleNegativesRankingLoss (with a mined negative too), embeds, and mines with its
+    mine_hard_negatives into the pairs layout our side reads."""
+    import json
+
+    from tests.benchmark_scripts import load_benchmark
+    from tests.data.helpers import write_text_pairs
+
+    compare = load_benchmark("st_compare")
+    python = str(ROOT / ".venv-st" / "bin" / "python")
+    pairs = compare._subset(write_text_pairs(tmp_path / "raw.jsonl", 96), tmp_path / "p.jsonl",
+                            96)
+    initial = compare._initial_model(pairs, tmp_path / "initial")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def side(*args: str) -> dict[str, float]:
+        done = subprocess.run([python, str(ROOT / "benchmarks" / "st_compare.py"), *args],
+                              capture_output=True, text=True, timeout=600, env=env,
+                              check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else {}
+
+    common = ["--steps", "3", "--batch", "16", "--lr", "0.001", "--warmup", "1", "--skip", "1"]
+    trained = side("st-train", "--model", str(initial), "--pairs", str(pairs), "--trained",
+                   str(tmp_path / "trained"), *common)
+    assert trained["pairs_per_s"] > 0
+    texts = tmp_path / "texts.json"
+    texts.write_text(json.dumps({"queries": ["a query"], "corpus": ["one doc", "another"]}))
+    side("st-embed", "--model", str(tmp_path / "trained"), "--texts", str(texts), "--out",
+         str(tmp_path))
+    assert np.load(tmp_path / "corpus.npy").shape == (2, 128)
+    mined = side("st-mine", "--model", str(tmp_path / "trained"), "--pairs", str(pairs),
+                 "--output", str(tmp_path / "mined.jsonl"))
+    assert mined["rows"] == 96 and mined["rows_per_s"] > 0
+    rows = [json.loads(line) for line in (tmp_path / "mined.jsonl").read_text().splitlines()]
+    assert len(rows) == mined["kept"]
+    assert all(len(row["negatives"]) == 3 and row["positive"] not in row["negatives"]
+               for row in rows)
+    with_negatives = tmp_path / "with.jsonl"
+    with_negatives.write_text("".join(
+        json.dumps({**row, "negatives": ["some other text", "and another"]}) + "\n"
+        for row in map(json.loads, pairs.read_text().splitlines())))
+    side("st-train", "--model", str(initial), "--pairs", str(with_negatives), "--trained",
+         str(tmp_path / "again"), *common, "--negatives")
