@@ -11,6 +11,8 @@ export DS_ACCELERATOR ?= cpu
 # Tools with pins of their own (checkov pins old packaging, networkx, ...): a venv apart.
 TOOLS  := .venv-tools
 CHECKOV := checkov==3.3.30
+# The benchmarks' sentence-transformers comparison: `datasets` beside .venv (see its rule).
+ST     := .venv-st
 
 .PHONY: demo test check bench clean tools
 
@@ -68,9 +70,8 @@ $(LIGHTLY)/.installed: | $(BIN)/python
 	touch $@
 
 # sentence-transformers' mine_hard_negatives (the benchmarks' comparison) takes a `datasets`
-# Dataset, which the project does not need: a tool venv with datasets that reads the rest
-# (sentence-transformers, torch) from .venv.
-ST := .venv-st
+# Dataset, which the project does not need: a tool venv ($(ST), named at the top) with
+# datasets that reads the rest (sentence-transformers, torch) from .venv.
 $(ST)/.installed: | $(BIN)/python
 	$(PYTHON) -m venv $(ST)
 	$(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" \
