@@ -20,6 +20,7 @@ in use and a refresh under way (finished first), so a resume continues bitwise.
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
@@ -131,10 +132,6 @@ class CorpusMiner:
         return {f"{KEY}/index_age": float(step - self.table_step),
                 f"{KEY}/wait_seconds": self.waited, **self.stats}
 
-    def close(self) -> None:
-        """Nothing to stop: a refresh runs in a daemon thread (or Ray tasks) and is dropped."""
-        self.pending = None
-
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
@@ -231,9 +228,15 @@ class CorpusMiner:
             results[pending.pop(ready[0])] = ray.get(ready[0])
         return [array for array in results if array is not None]
 
+    @functools.cached_property
+    def _positives(self) -> tuple[list[frozenset[int]], list[frozenset[str]]]:
+        """Each row's positives by corpus position and by text key (the same every refresh;
+        worker 0 only, on its first)."""
+        return scoring.positives_of(self.rows, self.corpus)
+
     def _mine(self, scorer: scoring.Scorer, step: int, start: float) -> Refresh:
         rule = self.settings.rule(seed=mix_seed(self.seed, step))
-        positive_ids, positive_keys = scoring.positives_of(self.rows, self.corpus)
+        positive_ids, positive_keys = self._positives
         most = max(len(i) + len(k) for i, k in zip(positive_ids, positive_keys, strict=True))
         k = min(self.corpus.size, candidates_needed(rule, most, self.corpus.repeated))
         table = np.full((len(self.rows), rule.num_negatives), -1, dtype=np.int64)
@@ -241,7 +244,7 @@ class CorpusMiner:
         for begin in range(0, len(self.rows), self.settings.shard_size):
             block = range(begin, min(begin + self.settings.shard_size, len(self.rows)))
             mined = scoring.mine_block(scorer, block, k, rule, positive_ids=positive_ids,
-                               positive_keys=positive_keys, keys=self.corpus.keys)
+                                       positive_keys=positive_keys, keys=self.corpus.keys)
             for row, picked in zip(block, mined.negatives, strict=True):
                 table[row, : len(picked)] = picked
             counts.add(mined.counts)
