@@ -167,8 +167,9 @@ def trial_name(name: str, source: str, point: tuple[tuple[str, Any], ...], seed:
 
 
 def digest(trials: Sequence[Trial]) -> str:
-    """Identifies a sweep's trials (names and configs), to tell a resume from a name clash."""
-    text = json.dumps([(t.run_name, t.config.model_dump(mode="json")) for t in trials],
+    """Identifies a sweep's trials (names and configs), to tell a resume from a name clash.
+    The order does not count: the same configs given in another order are the same sweep."""
+    text = json.dumps(sorted((t.run_name, t.config.model_dump(mode="json")) for t in trials),
                       sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

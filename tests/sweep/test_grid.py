@@ -46,6 +46,11 @@ def test_product_times_seeds_with_stable_names() -> None:
     assert "s_synthetic_temperature=0.1_lr=0.001_seed=7" in {t.run_name for t in trials}
     again = expand([SYNTHETIC], grid, seeds=2, overrides=["experiment.seed=7"], name="s")
     assert digest(again) == digest(trials)
+    reordered = expand([SYNTHETIC], parse_grid(["loss.temperature=0.5,0.1",
+                                                "optimizer.lr=0.002,0.001"]),
+                       seeds=2, overrides=["experiment.seed=7"], name="s")
+    assert [t.run_name for t in reordered] != [t.run_name for t in trials]
+    assert digest(reordered) == digest(trials)  # the same sweep, its trials in another order
     fewer = expand([SYNTHETIC], grid, seeds=1, overrides=["experiment.seed=7"], name="s")
     assert digest(fewer) != digest(trials)
 
