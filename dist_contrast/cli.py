@@ -233,6 +233,10 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
                          help="a YAML file of claims, each a metric and two grid points "
                               "(higher, lower) selected by their params; each gets Welch's t "
                               "test over seeds and a verdict (see docs/tau_study/README.md)")
+    compare.add_argument("--partial", action="store_true",
+                         help="a study still running: a claim whose grid point has no finished "
+                              "runs yet is listed as not tested (with what it waits for) "
+                              "instead of refusing the file")
     compare.add_argument("--tracking-uri", metavar="URI",
                          help="the MLflow store (default MLFLOW_TRACKING_URI, else "
                               "sqlite:///mlflow.db here)")
@@ -247,7 +251,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # keep the table readable
     done = compare(args.target, args.tracking_uri or default_tracking_uri(), out=args.out,
-                   metric=args.metric, claims=args.claims)
+                   metric=args.metric, claims=args.claims, partial=args.partial)
     print(done.table, end="")
     if done.claims is not None:
         print(f"\n{done.claims}", end="")

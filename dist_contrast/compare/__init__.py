@@ -14,7 +14,7 @@ from dist_contrast.compare.runs import Group, default_metric, group_runs, load_r
 from dist_contrast.errors import UserError
 
 if TYPE_CHECKING:
-    from dist_contrast.compare.claims import ClaimResult
+    from dist_contrast.compare.claims import ClaimResult, Pending
 
 
 #: Eval metrics drawn against the step when runs logged them at two steps or more.
@@ -32,6 +32,7 @@ class Comparison:
     parent_id: str | None
     claims: str | None = None
     results: list[ClaimResult] = field(default_factory=list)
+    pending: list[Pending] = field(default_factory=list)
 
 
 def _figures(
@@ -91,7 +92,7 @@ def check_out(folder: Path) -> None:
 
 def compare(
     target: str, tracking_uri: str, out: str | Path = "comparison",
-    metric: str | None = None, claims: str | Path | None = None,
+    metric: str | None = None, claims: str | Path | None = None, partial: bool = False,
 ) -> Comparison:
     """Compare the FINISHED runs ``target`` names (an experiment name or a parent run id):
     write ``comparison.md``, ``runs.csv`` (one row per run), the PNGs and ``report.html`` to
@@ -99,8 +100,14 @@ def compare(
     plotted against τ (default: ``eval/knn_acc``, or ``eval/mrr_at_10`` for text runs). With
     ``claims`` (a YAML file, see :mod:`dist_contrast.compare.claims`) each claim is tested over
     seeds and ``claims.md`` is written too; a bad file or selector is a UserError before any
-    file is written."""
-    from dist_contrast.compare.claims import evaluate, markdown_claims, read_claims
+    file is written. With ``partial`` (a study still running), a claim whose point has no
+    finished runs yet is listed as not tested, with what it waits for, instead."""
+    from dist_contrast.compare.claims import (
+        evaluate,
+        markdown_claims,
+        read_claims,
+        split_pending,
+    )
     from dist_contrast.compare.record import write_runs_csv
     from dist_contrast.compare.report import html_report, markdown_table
     from dist_contrast.compare.runs import log_to_parent, metric_histories
@@ -112,6 +119,9 @@ def compare(
     groups = group_runs(runs)
     if metric is None:
         metric = default_metric(groups)
+    pending: list[Pending] = []
+    if partial:
+        wanted, pending = split_pending(wanted, groups)
     results = evaluate(wanted, groups) if wanted else []  # a bad selector: nothing written
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -123,7 +133,7 @@ def compare(
     files = [folder / "comparison.md"]
     claims_table = None
     if claims is not None:
-        claims_table = markdown_claims(results)
+        claims_table = markdown_claims(results, pending)
         (folder / "claims.md").write_text(f"# Claims about {target}\n\n{claims_table}")
         files.append(folder / "claims.md")
     loss_histories = metric_histories([r.run_id for g in groups for r in g.runs], "train/loss",
@@ -131,8 +141,9 @@ def compare(
     files.append(write_runs_csv(folder / "runs.csv", groups, loss_histories))
     pngs = _figures(groups, metric, folder, tracking_uri, loss_histories)
     report = folder / "report.html"
-    report.write_text(html_report(f"Comparison of {target}", groups, pngs, results))
+    report.write_text(html_report(f"Comparison of {target}", groups, pngs, results,
+                                   pending))
     files += [*pngs, report]
     if parent_id is not None:
         log_to_parent(parent_id, files, tracking_uri)
-    return Comparison(groups, table, files, parent_id, claims_table, results)
+    return Comparison(groups, table, files, parent_id, claims_table, results, pending)

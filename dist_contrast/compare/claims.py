@@ -67,6 +67,15 @@ class ClaimResult:
     verdict: str
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A claim that cannot be tested yet (``compare --partial``): one of its sides selects
+    no grid point among the finished runs; ``reason`` says which."""
+
+    claim: Claim
+    reason: str
+
+
 # ----------------------------------------------------------------------------- the file
 
 
@@ -190,6 +199,30 @@ def _shown(selector: Mapping[str, Any]) -> str:
     return "{" + ", ".join(f"{k}: {_text(v)}" for k, v in selector.items()) + "}"
 
 
+def _available(selector: Mapping[str, Any], groups: Sequence[Group],
+               named: Mapping[int, str]) -> str:
+    """The values the points have for each of the selector's keys."""
+    return "; ".join(
+        f"{key}: " + (", ".join(sorted({v for g in groups
+                                        if (v := _value(g, key, named)) is not None}))
+                      or "none")
+        for key in selector)
+
+
+def missing(claim: Claim, groups: Sequence[Group]) -> str | None:
+    """Why ``claim`` cannot be tested on ``groups`` because a side selects no grid point
+    (none has one of its keys or values), else None. A side that selects several points is
+    no missing run: :func:`select` refuses it."""
+    named = labels(groups)
+    for side in ("higher", "lower"):
+        selector: Mapping[str, Any] = getattr(claim, side)
+        if not any(all(_same(_value(g, k, named), v) for k, v in selector.items())
+                   for g in groups):
+            return (f"no finished runs of '{side}' {_shown(selector)} yet (the finished "
+                    f"points have {_available(selector, groups, named)})")
+    return None
+
+
 def select(claim: Claim, side: str, groups: Sequence[Group]) -> Group:
     """The one grid point ``claim``'s ``side`` (higher or lower) selects; a UserError naming
     the claim and what is there when it selects none or several."""
@@ -208,12 +241,8 @@ def select(claim: Claim, side: str, groups: Sequence[Group]) -> Group:
     if len(found) == 1:
         return found[0]
     if not found:
-        available = "; ".join(
-            f"{key}: " + ", ".join(sorted({v for g in groups
-                                           if (v := _value(g, key, named)) is not None}))
-            for key in selector)
         raise UserError(f"{who}: '{side}' {_shown(selector)} matches no grid point; the points "
-                        f"have {available}")
+                        f"have {_available(selector, groups, named)}")
     apart = [k for k in ("loss.name", "loss.temperature") if len({g.params.get(k)
                                                                   for g in found}) > 1]
     apart += varying_params(found)
@@ -277,8 +306,24 @@ def _p(p: float | None) -> str:
     return f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
 
 
-def claim_rows(results: Sequence[ClaimResult]) -> tuple[list[str], list[list[str]]]:
-    """The header and one row per claim (plain text cells)."""
+def split_pending(claims: Sequence[Claim], groups: Sequence[Group]
+                  ) -> tuple[list[Claim], list[Pending]]:
+    """The claims both of whose points have finished runs, and the others with the reason
+    (``compare --partial``: a study still running)."""
+    ready, pending = [], []
+    for claim in claims:
+        reason = missing(claim, groups)
+        if reason is None:
+            ready.append(claim)
+        else:
+            pending.append(Pending(claim, reason))
+    return ready, pending
+
+
+def claim_rows(results: Sequence[ClaimResult], pending: Sequence[Pending] = ()
+               ) -> tuple[list[str], list[list[str]]]:
+    """The header and one row per claim (plain text cells); a pending claim's row says what
+    it waits for."""
     header = ["claim", "says", "metric", "higher mean ± std (n)", "lower mean ± std (n)",
               "difference ± SE", "Welch t (df)", "p", "verdict"]
     rows = []
@@ -292,12 +337,16 @@ def claim_rows(results: Sequence[ClaimResult]) -> tuple[list[str], list[list[str
             f"{result.lower_label}: {result.lower.stat(metric)}",
             f"{test.difference:+.4f} ± {se}", t, _p(test.p), result.verdict,
         ])
+    for waiting in pending:
+        claim = waiting.claim
+        rows.append([claim.name, claim.says, claim.metric, _shown(claim.higher),
+                     _shown(claim.lower), "—", "—", "—", f"not tested: {waiting.reason}"])
     return header, rows
 
 
-def markdown_claims(results: Sequence[ClaimResult]) -> str:
+def markdown_claims(results: Sequence[ClaimResult], pending: Sequence[Pending] = ()) -> str:
     """The claims table in markdown, after the rule that gives the verdicts."""
-    header, rows = claim_rows(results)
+    header, rows = claim_rows(results, pending)
 
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"

@@ -8,7 +8,7 @@ import html
 from collections.abc import Sequence
 from pathlib import Path
 
-from dist_contrast.compare.claims import RULE, ClaimResult, claim_rows
+from dist_contrast.compare.claims import RULE, ClaimResult, Pending, claim_rows
 from dist_contrast.compare.runs import LOSS, RETRIEVAL_METRICS, TABLE_METRICS, TAU, Group, labels
 
 
@@ -67,16 +67,17 @@ table{border-collapse:collapse;font-size:0.85em}td,th{border:1px solid #ccc;padd
 th{background:#f3f3f3}img{max-width:100%;margin:1em 0;display:block}"""
 
 
-def _html_claims(claims: Sequence[ClaimResult] | None) -> str:
-    if not claims:
+def _html_claims(claims: Sequence[ClaimResult] | None, pending: Sequence[Pending]) -> str:
+    if not claims and not pending:
         return ""
     rule = html.escape(RULE).replace("**", "")
-    return f"<h2>claims</h2>\n<p>{rule}</p>\n{_html_rows(*claim_rows(claims))}\n"
+    return (f"<h2>claims</h2>\n<p>{rule}</p>\n"
+            f"{_html_rows(*claim_rows(claims or [], pending))}\n")
 
 
 def html_report(
     title: str, groups: Sequence[Group], figures: Sequence[Path],
-    claims: Sequence[ClaimResult] | None = None,
+    claims: Sequence[ClaimResult] | None = None, pending: Sequence[Pending] = (),
 ) -> str:
     """One HTML page that opens from a file with no server: the table, the claims (if any),
     then every figure embedded as a base64 ``data:`` URI."""
@@ -90,5 +91,5 @@ def html_report(
         f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}"
         f"</title><style>{STYLE}</style></head><body>\n<h1>{html.escape(title)}</h1>\n"
         f"<p>{len(groups)} grid points, {runs} runs; mean ± sample std over seeds (n).</p>\n"
-        f"{_html_table(groups)}\n{_html_claims(claims)}{images}\n</body></html>\n"
+        f"{_html_table(groups)}\n{_html_claims(claims, pending)}{images}\n</body></html>\n"
     )

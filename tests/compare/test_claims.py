@@ -17,6 +17,7 @@ from dist_contrast.compare import Comparison, compare
 from dist_contrast.compare.figures import seed_band
 from dist_contrast.compare.record import config_file, steps_trained
 from dist_contrast.compare.runs import RunRecord
+from dist_contrast.errors import UserError
 from tests.compare.conftest import EVAL_STEPS, SWEEP_KNN, Store
 
 TRAJECTORIES = ("trajectory_eval_knn_acc", "trajectory_eval_uniformity",
@@ -58,10 +59,11 @@ def test_cli_prints_and_writes_the_verdicts(store: Store, tmp_path: Path) -> Non
         _claim("small-tau-helps-hcl", HCL_01, HCL_05),  # 0.870 against 0.630
         _claim("hcl-at-0.5-beats-infonce", HCL_05, INFONCE_01),  # 0.630 against 0.820
         _claim("hcl-beats-infonce", HCL_01, INFONCE_01),  # 0.870 against 0.820: t 2.6, df 3.7
+        _claim("hcl-at-0.3", {"loss.name": "hcl", "loss.temperature": 0.3}, HCL_05),  # not run
     ]})
     out = tmp_path / "c"
     done = _cli(store.experiment, "--tracking-uri", store.uri, "--out", str(out),
-                "--claims", str(claims))
+                "--claims", str(claims), "--partial")
     assert done.returncode == 0, done.stderr
     written = (out / "claims.md").read_text()
     rows = {line.split(" | ")[0].lstrip("| "): line for line in written.splitlines()
@@ -70,6 +72,11 @@ def test_cli_prints_and_writes_the_verdicts(store: Store, tmp_path: Path) -> Non
     assert rows["hcl-at-0.5-beats-infonce"].endswith("| reversed |")
     assert rows["hcl-beats-infonce"].endswith(
         "| not resolved at n = 3; ≈4 seeds per point would resolve it |")
+    # --partial: a point without finished runs (a study still running) is a row, not an error.
+    assert rows["hcl-at-0.3"].endswith(
+        "| — | — | — | not tested: no finished runs of 'higher' {loss.name: hcl, "
+        "loss.temperature: 0.3} yet (the finished points have loss.name: hcl, infonce, simple; "
+        "loss.temperature: 0.1, 0.5, 1.0) |")
     # hcl τ 0.1 against infonce τ 0.1: d = 0.05, SE = sqrt((0.0007 + 0.0004) / 3) = 0.0191,
     # t = 2.61 on 3.7 df, p = 0.0638 (scipy's ttest_ind gives the same).
     assert ("| hcl τ=0.1: 0.8700 ± 0.0265 (n=3) | infonce τ=0.1: 0.8200 ± 0.0200 (n=3) "
@@ -142,6 +149,37 @@ def test_a_selector_that_fits_no_single_point_is_one_line(
     line = _one_line(done)
     assert says in line, line
     assert not (tmp_path / "c").exists()  # nothing written for a claim that cannot be tested
+
+
+def test_partial_lists_the_claims_that_wait_and_still_refuses_an_ambiguous_one(
+    store: Store, tmp_path: Path
+) -> None:
+    claims = _write(tmp_path / "claims.yaml", {"claims": [
+        _claim("ready", HCL_01, HCL_05),
+        _claim("unrun-tau", HCL_01, {"loss.name": "infonce", "loss.temperature": 0.3}),
+        _claim("unrun-key", {"negatives.momentum": 0.999}, HCL_05),
+    ]})
+    done = compare(store.experiment, store.uri, out=tmp_path / "c", claims=claims,
+                   partial=True)
+    assert [r.claim.name for r in done.results] == ["ready"]
+    assert done.results[0].verdict == "holds"
+    reasons = {p.claim.name: p.reason for p in done.pending}
+    assert reasons["unrun-tau"].startswith("no finished runs of 'lower' {loss.name: infonce, "
+                                           "loss.temperature: 0.3} yet")
+    assert reasons["unrun-key"].startswith("no finished runs of 'higher' "
+                                           "{negatives.momentum: 0.999} yet (the finished "
+                                           "points have negatives.momentum: none)")
+    written = (tmp_path / "c" / "claims.md").read_text()
+    assert written.count("not tested: ") == 2 and "| holds |" in written
+    assert (tmp_path / "c" / "report.html").read_text().count("not tested: ") == 2
+    # Without --partial the same file is refused, and a selector of several points always is.
+    with pytest.raises(UserError, match="'lower' .* matches no grid point"):
+        compare(store.experiment, store.uri, out=tmp_path / "d", claims=claims)
+    several = _write(tmp_path / "several.yaml",
+                     {"claims": [_claim("b", HCL_01, {"loss.name": "hcl"})]})
+    with pytest.raises(UserError, match="matches 2 grid points"):
+        compare(store.experiment, store.uri, out=tmp_path / "e", claims=several, partial=True)
+    assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
 
 
 # ----------------------------------------------------------------------------- a sweep's runs
