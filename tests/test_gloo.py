@@ -61,19 +61,18 @@ def test_a_rank_that_ends_without_a_result_fails_at_once() -> None:
     assert time.monotonic() - start < 60  # not the 300 s wait
 
 
-def test_a_rank_past_its_limit_exits_and_fails_the_call(monkeypatch: pytest.MonkeyPatch,
-                                                        tmp_path: Path) -> None:
-    monkeypatch.setattr(gloo, "RANK_LIMIT_S", 2)
-    with pytest.raises(RuntimeError, match="rank 0: exit code 1.*rank 1: exit code 1"):
-        gloo.run_distributed(_sleep, str(tmp_path / "pid"))
-    for rank in (0, 1):
-        assert _gone(int((tmp_path / f"pid.{rank}").read_text()))
-
-
-def test_a_rank_still_running_when_the_wait_ends_is_killed(monkeypatch: pytest.MonkeyPatch,
-                                                           tmp_path: Path) -> None:
-    monkeypatch.setattr(gloo, "WAIT_S", 4)
-    with pytest.raises(TimeoutError, match="within 4 s"):
+@pytest.mark.parametrize(("limit", "value", "error", "says"), [
+    # the rank's own limit: it prints its stacks and exits with faulthandler's code 1
+    ("RANK_LIMIT_S", 2, RuntimeError, "rank 0: exit code 1.*rank 1: exit code 1"),
+    # the parent's wait ends first: the ranks still running are killed
+    ("WAIT_S", 4, TimeoutError, "within 4 s"),
+])
+def test_a_rank_past_a_limit_fails_the_call_and_is_not_left_running(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, limit: str, value: int,
+    error: type[Exception], says: str,
+) -> None:
+    monkeypatch.setattr(gloo, limit, value)
+    with pytest.raises(error, match=says):
         gloo.run_distributed(_sleep, str(tmp_path / "pid"))
     for rank in (0, 1):
         assert _gone(int((tmp_path / f"pid.{rank}").read_text()))

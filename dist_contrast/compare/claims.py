@@ -199,6 +199,13 @@ def _shown(selector: Mapping[str, Any]) -> str:
     return "{" + ", ".join(f"{k}: {_text(v)}" for k, v in selector.items()) + "}"
 
 
+def _matching(selector: Mapping[str, Any], groups: Sequence[Group],
+              named: Mapping[int, str]) -> list[Group]:
+    """The grid points whose value of every key of ``selector`` is the one it gives."""
+    return [g for g in groups
+            if all(_same(_value(g, k, named), v) for k, v in selector.items())]
+
+
 def _available(selector: Mapping[str, Any], groups: Sequence[Group],
                named: Mapping[int, str]) -> str:
     """The values the points have for each of the selector's keys."""
@@ -216,8 +223,7 @@ def missing(claim: Claim, groups: Sequence[Group]) -> str | None:
     named = labels(groups)
     for side in ("higher", "lower"):
         selector: Mapping[str, Any] = getattr(claim, side)
-        if not any(all(_same(_value(g, k, named), v) for k, v in selector.items())
-                   for g in groups):
+        if not _matching(selector, groups, named):
             return (f"no finished runs of '{side}' {_shown(selector)} yet (the finished "
                     f"points have {_available(selector, groups, named)})")
     return None
@@ -236,8 +242,7 @@ def select(claim: Claim, side: str, groups: Sequence[Group]) -> Group:
                                        if any(k in g.params for g in groups))})
             raise UserError(f"{who}: '{side}' selects on '{key}', which no grid point has; "
                             f"select by {', '.join([*keys, SETTING, CONFIG])}")
-    found = [g for g in groups
-             if all(_same(_value(g, k, named), v) for k, v in selector.items())]
+    found = _matching(selector, groups, named)
     if len(found) == 1:
         return found[0]
     if not found:
