@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.forks import run_cli
 from tests.services import MlflowServer, RayHead, start_mlflow_server, start_ray_head
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,9 +68,8 @@ class Cli:
             base: Mapping[str, str] | None = None, env: Mapping[str, str | None] | None = None,
             timeout: float = 900) -> subprocess.CompletedProcess[str]:
         """Run to the end; stdout and stderr captured as text."""
-        return subprocess.run(self.command(*args), cwd=cwd,
-                              env=self.environment(cwd, store, base, env),
-                              capture_output=True, text=True, timeout=timeout)
+        return run_cli(args, cwd=cwd, env=self.environment(cwd, store, base, env),
+                       timeout=timeout)
 
     def start(self, *args: str | Path, cwd: Path, store: Path | str | None | bool = True,
               base: Mapping[str, str] | None = None,

@@ -3,10 +3,10 @@
 Used by every distributed test: the result of W processes is compared with the
 single-process result on the concatenated inputs.
 
-The ranks are forks of a fork server (one per test process) that imported torch, DeepSpeed and
-the trainer once: a rank starts in milliseconds instead of the seconds of a fresh interpreter's
-imports (a spawned rank), which most of these tests spent more on than on their work. Each rank
-is still a new process with the test's current environment.
+The ranks are forks of the fork server of :mod:`tests.forks` (one per test process), which
+imported torch, DeepSpeed and the trainer once: a rank starts in milliseconds instead of the
+seconds of a fresh interpreter's imports (a spawned rank), which most of these tests spent more
+on than on their work. Each rank is still a new process with the test's current environment.
 """
 
 from __future__ import annotations
@@ -22,24 +22,13 @@ from collections.abc import Callable
 from typing import Any
 
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from tests.forks import context
 
 #: How long the parent waits for a rank's result; a rank still working after RANK_LIMIT_S
 #: prints every thread's stack to stderr (shown in the test's report) and exits.
 WAIT_S = 300
 RANK_LIMIT_S = WAIT_S - 20
-
-#: What the fork server imports before it forks the first rank.
-PRELOAD = ["torch", "torch.distributed", "deepspeed", "dist_contrast.train.entry", "tests.gloo"]
-
-
-def _context() -> Any:
-    # DeepSpeed picks its accelerator when it is imported, in the fork server: the CPU, as in
-    # every test (the ranks' own setting would come too late).
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)
-    return ctx
 
 
 def _worker(
@@ -73,7 +62,7 @@ def run_distributed(fn: Callable[..., Any], *args: Any, world_size: int = 2) -> 
     ``fn`` must be a module-level function (it is pickled for the ranks);
     its return values must be picklable (move tensors to CPU and detach them); they are copied.
     """
-    ctx = _context()
+    ctx = context()
     queue = ctx.Queue()
     with tempfile.TemporaryDirectory() as tmp:
         init_file = os.path.join(tmp, "rendezvous")

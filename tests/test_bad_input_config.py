@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.forks import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC = str(ROOT / "configs" / "synthetic.yaml")
@@ -25,8 +26,7 @@ def _cli(cwd: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], float
                "DS_ACCELERATOR": "cpu"}
     environ.pop("RAY_ADDRESS", None)
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "dist_contrast.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300, env=environ)
+    proc = run_cli(args, cwd=cwd, timeout=300, env=environ)
     return proc, time.monotonic() - start
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,6 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
+from tests.forks import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = """\
@@ -30,11 +31,8 @@ def _cli(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], 
                "DS_ACCELERATOR": "cpu"}
     environ.pop("RAY_ADDRESS", None)
     start = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "dist_contrast.cli", *args,
-         f"experiment.output_dir={tmp_path / 'results'}", "experiment.run_name=bad"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=environ,
-    )
+    proc = run_cli([*args, f"experiment.output_dir={tmp_path / 'results'}",
+                    "experiment.run_name=bad"], cwd=tmp_path, timeout=600, env=environ)
     return proc, time.monotonic() - start
 
 

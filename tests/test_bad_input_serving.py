@@ -27,6 +27,7 @@ from dist_contrast.serving import load_encoder
 from dist_contrast.serving.evaluate import evaluation_config
 from dist_contrast.train import storage
 from dist_contrast.train.state import DEEPSPEED_TAG, MODEL_STATES, state_file
+from tests.forks import run_cli
 from tests.serving.checkpoints import (
     Checkpoints,
     LoggedRun,
@@ -57,8 +58,7 @@ def _cli(cwd: Path, *args: str, umask: int = -1, **env: str) -> subprocess.Compl
     environ = {**os.environ, "DS_ACCELERATOR": "cpu",
                "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db", **env}
     environ.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, "-m", "dist_contrast.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300, env=environ, umask=umask)
+    return run_cli(args, cwd=cwd, timeout=300, env=environ, umask=umask)
 
 
 def _refused(cwd: Path, *args: str, **env: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from dist_contrast.cli import main
+from tests.forks import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,15 +50,9 @@ def test_losses_lists_names(capsys: pytest.CaptureFixture[str]) -> None:
     ],
 )
 def test_user_errors_exit_2_one_line(args: list[str], needle: str, tmp_path: Path) -> None:
-    # A real subprocess: what a user sees, including that no traceback reaches stderr.
-    proc = subprocess.run(
-        [sys.executable, "-m", "dist_contrast.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**__import__("os").environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"},
-    )
+    # A process of its own: what a user sees, including that no traceback reaches stderr.
+    proc = run_cli(args, cwd=ROOT, timeout=120,
+                   env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from dist_contrast.compare.record import config_file, steps_trained
 from dist_contrast.compare.runs import RunRecord
 from dist_contrast.errors import UserError
 from tests.compare.conftest import EVAL_STEPS, SWEEP_KNN, Store
+from tests.forks import run_cli
 
 TRAJECTORIES = ("trajectory_eval_knn_acc", "trajectory_eval_uniformity",
                 "trajectory_eval_tolerance")
@@ -37,8 +37,7 @@ def _write(path: Path, content: object) -> Path:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
-    return subprocess.run([sys.executable, "-m", "dist_contrast.cli", "compare", *args],
-                          capture_output=True, text=True, env=env, timeout=300, check=False)
+    return run_cli(["compare", *args], cwd=os.getcwd(), env=env, timeout=300)
 
 
 def _one_line(done: subprocess.CompletedProcess[str]) -> str:

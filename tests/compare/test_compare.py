@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import statistics
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from dist_contrast.compare import compare
 from dist_contrast.compare.runs import RunRecord, Stat, group_runs, summarise, varying_params
 from tests.compare.conftest import KNN, Store
+from tests.forks import run_cli
 
 FIGURES = ("accuracy_vs_tau", "uniformity_tolerance", "penalty_entropy_vs_tau", "train_loss")
 
@@ -91,8 +91,7 @@ def _check_files(out: Path) -> None:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
-    return subprocess.run([sys.executable, "-m", "dist_contrast.cli", "compare", *args],
-                          capture_output=True, text=True, env=env, timeout=300, check=False)
+    return run_cli(["compare", *args], cwd=os.getcwd(), env=env, timeout=300)
 
 
 def test_cli_prints_the_table(store: Store, tmp_path: Path) -> None:

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+
+from tests.forks import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,8 +23,7 @@ def _train(cwd: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], flo
            "DS_ACCELERATOR": "cpu"}
     env.pop("RAY_ADDRESS", None)
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "dist_contrast.cli", "train", *args],
-                          cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+    proc = run_cli(["train", *args], cwd=cwd, timeout=600, env=env)
     return proc, time.monotonic() - start
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from dist_contrast.retrieval.mining import MiningRule, text_key
 from dist_contrast.serving.mine import mine
 from dist_contrast.serving.text import load_text_encoder
 from tests.data.helpers import write_text_pairs
+from tests.forks import run_cli
 from tests.inprocess import train_in_process
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -214,8 +214,7 @@ def test_the_model_scores_with_its_two_towers(checkpoint: Path, tmp_path: Path) 
 def _cli(cwd: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
     env.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, "-m", "dist_contrast.cli", "mine", *map(str, args)],
-                          cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+    return run_cli(["mine", *args], cwd=cwd, timeout=300, env=env)
 
 
 def _refused(cwd: Path, *args: str | Path) -> str:
