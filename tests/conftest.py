@@ -4,6 +4,11 @@
 Markers (pyproject.toml): ``ray`` for tests that start a Ray runtime or Ray Train run,
 ``cluster`` for tests that start real services, ``tools`` for tests that need a tool outside
 the venv. ``make check`` deselects all three; ``make test`` runs everything.
+
+A fixture that trains a run is session-scoped even where one module uses it: pytest tears a
+module's fixtures down whenever its next test comes from another module, which pytest-xdist's
+scheduling makes common, and the run would be trained again. A module that shares one names an
+``xdist_group`` so that its tests run in one process.
 """
 
 from __future__ import annotations

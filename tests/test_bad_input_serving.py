@@ -44,12 +44,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SECONDS = 60  # generous: a refusal comes in seconds, the bound only catches minutes of retries
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Checkpoints:
     return make_checkpoints(tmp_path_factory.mktemp("trained"), ("fp32",))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def logged(trained: Checkpoints, tmp_path_factory: pytest.TempPathFactory) -> LoggedRun:
     return log_fp32_run(trained, tmp_path_factory.mktemp("mlflow"))
 

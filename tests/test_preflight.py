@@ -260,7 +260,7 @@ def _write_checkpoint(directory: str, overrides: tuple[str, ...]) -> None:
     save_trainer_state(directory, dist.rank(), trainer_state(step, TrainProgress(2), None))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("checkpoint")
     run_distributed(_write_checkpoint, str(directory), CHECKPOINT_OVERRIDES)

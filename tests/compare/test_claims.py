@@ -20,6 +20,9 @@ from dist_contrast.errors import UserError
 from tests.compare.conftest import EVAL_STEPS, SWEEP_KNN, Store
 from tests.forks import run_cli
 
+# The session's stores (conftest.py) are built once, in one pytest-xdist process.
+pytestmark = pytest.mark.xdist_group("compare_stores")
+
 TRAJECTORIES = ("trajectory_eval_knn_acc", "trajectory_eval_uniformity",
                 "trajectory_eval_tolerance")
 
@@ -188,7 +191,7 @@ MOCO_SLOW = {"config": "moco", "negatives.momentum": 0.999}
 CONTRASTIVE = {"config": "contrastive", "loss.temperature": 0.2}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def sweep(sweep_store: Store, tmp_path_factory: pytest.TempPathFactory) -> tuple[Comparison, Path]:
     tmp = tmp_path_factory.mktemp("sweep-compare")
     claims = _write(tmp / "claims.yaml", {"claims": [

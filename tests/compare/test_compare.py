@@ -15,6 +15,9 @@ from dist_contrast.compare.runs import RunRecord, Stat, group_runs, summarise, v
 from tests.compare.conftest import KNN, Store
 from tests.forks import run_cli
 
+# The session's stores (conftest.py) are built once, in one pytest-xdist process.
+pytestmark = pytest.mark.xdist_group("compare_stores")
+
 FIGURES = ("accuracy_vs_tau", "uniformity_tolerance", "penalty_entropy_vs_tau", "train_loss")
 
 

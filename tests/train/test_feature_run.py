@@ -28,7 +28,7 @@ MODEL = ["model.towers=separate", f"model.document_features={WIDTH}", "model.hid
          "model.embedding_dim=32", "model.vocab_size=512", "model.hash_buckets=4096"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The run's folder: mlflow.db, results/feat/checkpoint_00000060, test.jsonl."""
     tmp = tmp_path_factory.mktemp("features")

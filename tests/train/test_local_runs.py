@@ -38,7 +38,7 @@ def _train(tmp: Path, store: Path, run_name: str, *overrides: str,
                             folder=tmp, setup=setup)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[int, float]]]:
     """An uninterrupted run: its folder and its loss at every step."""
     tmp = tmp_path_factory.mktemp("reference")

@@ -53,7 +53,7 @@ def _state(cfg: Config, texts: list[str]) -> dict[str, Any]:
     return encoder.state_dict()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def pairs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], list[str]]:
     """300 rows, and a corpus file of every positive plus each re-cased under another id (a
     near-duplicate only the text key catches) and 100 other documents."""

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.xdist_group("text_run")
 METRICS = ("mrr_at_10", "recall_at_1", "recall_at_10", "recall_at_100", "ndcg_at_10")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The run's folder: mlflow.db, results/text/checkpoint_00000040, test.jsonl."""
     tmp = tmp_path_factory.mktemp("text")
