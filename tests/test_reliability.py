@@ -29,9 +29,10 @@ BASE = [
     "checkpoint.every_steps=10", "optimizer.warmup_steps=5",
 ]
 
-# One pytest-xdist process for the module: its reference run is trained once (make test runs
-# --dist loadgroup).
-pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("reliability")]
+pytestmark = pytest.mark.ray
+# The two tests that compare with the reference run share one pytest-xdist process, so that
+# it is trained once (make test runs --dist loadgroup); the others go wherever there is room.
+SHARES_REFERENCE = pytest.mark.xdist_group("reliability")
 CLI = Cli()
 
 
@@ -90,7 +91,7 @@ def _ray_processes_of(pid: int) -> list[int]:
     return alive
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[int, float]]]:
     """An uninterrupted run: its folder and its loss at every step."""
     tmp = tmp_path_factory.mktemp("reference")
@@ -103,6 +104,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tupl
     return tmp, history
 
 
+@SHARES_REFERENCE
 def test_a_sigkilled_worker_restarts_from_the_newest_checkpoint_in_the_same_run(
     tmp_path: Path, reference: tuple[Path, list[tuple[int, float]]]
 ) -> None:
@@ -137,6 +139,7 @@ def test_without_max_failures_a_killed_worker_is_one_line(tmp_path: Path) -> Non
     assert run.info.status == "FAILED"
 
 
+@SHARES_REFERENCE
 def test_ctrl_c_saves_a_checkpoint_and_a_rerun_continues_without_a_duplicate_step(
     tmp_path: Path, reference: tuple[Path, list[tuple[int, float]]]
 ) -> None:
