@@ -13,7 +13,7 @@ ARG VARIANT=cpu
 FROM python:3.11.14-slim-bookworm AS mlflow
 # mlflow[auth]: the basic-auth app; psycopg2: the PostgreSQL backend store; boto3: S3 artifacts.
 RUN python -m pip install --no-cache-dir \
-        "mlflow[auth]==3.17.2" "psycopg2-binary==2.9.13" "boto3==1.44.8" \
+        "mlflow[auth]==3.18.0" "psycopg2-binary==2.9.13" "boto3==1.44.8" \
     && useradd --uid 10001 --user-group --no-create-home --home-dir /tmp mlflow
 USER 10001
 EXPOSE 5000
