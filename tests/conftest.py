@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.forks import run_cli
+from tests.forks import cli_command, run_cli
 from tests.services import MlflowServer, RayHead, start_mlflow_server, start_ray_head
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +60,7 @@ class Cli:
     this process's environment as the starting point (a cluster's submitting shell)."""
 
     def command(self, *args: str | Path) -> list[str]:
-        return [sys.executable, "-m", "dist_contrast.cli", *map(str, args)]
+        return cli_command(args)
 
     def environment(self, cwd: Path, store: Path | str | None | bool = True,
                     base: Mapping[str, str] | None = None,

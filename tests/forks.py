@@ -68,6 +68,11 @@ def _fresh_path() -> list[str]:
     return list(json.loads(shown.stdout))[1:]
 
 
+def cli_command(args: Sequence[str | Path]) -> list[str]:
+    """The command line of ``python -m dist_contrast.cli ARGS`` in this interpreter."""
+    return [sys.executable, "-m", "dist_contrast.cli", *map(str, args)]
+
+
 def _cli_child(args: Sequence[str], cwd: str, environment: dict[str, str], umask: int,
                path: list[str], out: str, err: str) -> None:
     """In the forked process: become ``python -m dist_contrast.cli ARGS`` and exit with its
@@ -79,7 +84,7 @@ def _cli_child(args: Sequence[str], cwd: str, environment: dict[str, str], umask
     os.chdir(cwd)
     if umask >= 0:
         os.umask(umask)
-    command = [sys.executable, "-m", "dist_contrast.cli", *args]
+    command = cli_command(args)
     if _starts_otherwise(environment):
         os.execve(sys.executable, command, environment)  # no return
     os.environ.clear()
@@ -117,7 +122,7 @@ def run_cli(args: Sequence[str | Path], *, cwd: Path | str, env: Mapping[str, st
     text=True`` would run it (the same result object; :class:`subprocess.TimeoutExpired` after
     ``timeout`` s, the process killed)."""
     argv = [str(a) for a in args]
-    command = [sys.executable, "-m", "dist_contrast.cli", *argv]
+    command = cli_command(argv)
     with tempfile.TemporaryDirectory() as tmp:
         out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
         for path in (out, err):

@@ -15,7 +15,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from dist_contrast.serving import load_encoder
 from dist_contrast.serving.evaluate import evaluation_config
 from dist_contrast.train import storage
 from dist_contrast.train.state import DEEPSPEED_TAG, MODEL_STATES, state_file
-from tests.forks import run_cli
+from tests.forks import cli_command, run_cli
 from tests.serving.checkpoints import (
     Checkpoints,
     LoggedRun,
@@ -187,8 +186,8 @@ def test_ctrl_c_in_embed_says_so_and_leaves_nothing(trained: Checkpoints, tmp_pa
     np.save(tmp_path / "in.npy", rows)
     environ = {**os.environ, "DS_ACCELERATOR": "cpu", "MLFLOW_TRACKING_URI": ""}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dist_contrast.cli", "embed", trained.path("fp32"), "in.npy",
-         "-o", "out.npy", "--batch-size", "1"],
+        cli_command(["embed", trained.path("fp32"), "in.npy", "-o", "out.npy", "--batch-size",
+                     "1"]),
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ,
         # Ctrl-C as a terminal delivers it: a test process that ran Ray or DeepSpeed before
         # may ignore SIGINT, and a child would inherit that and never see the interrupt.

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from dist_contrast.cli import main
-from tests.forks import run_cli
+from tests.forks import cli_command, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +63,7 @@ def test_user_errors_exit_2_one_line(args: list[str], needle: str, tmp_path: Pat
 @pytest.mark.ray  # the MLflow check runs while a local Ray starts
 def test_unreachable_mlflow_is_one_line(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "dist_contrast.cli", "train", "configs/synthetic.yaml"],
+        cli_command(["train", "configs/synthetic.yaml"]),
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import cli_env
-from tests.forks import PRELOAD, run_cli
+from tests.forks import PRELOAD, cli_command, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _fresh(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dist_contrast.cli", *args], cwd=cwd, env=env,
+    return subprocess.run(cli_command(args), cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
