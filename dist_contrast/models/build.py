@@ -82,7 +82,8 @@ def _head(cfg: ModelConfig, in_dim: int) -> ProjectionHead:
 
 def _text_body(cfg: ModelConfig) -> BowBody | TransformerBody:
     if cfg.name == "bow":
-        return BowBody(cfg.vocab_size + cfg.hash_buckets, cfg.hidden_dim)
+        return BowBody(cfg.vocab_size + cfg.hash_buckets, cfg.hidden_dim,
+                       term_frequency=cfg.term_frequency)
     from dist_contrast.models.transformer import TransformerBody
 
     if cfg.pretrained is not None:

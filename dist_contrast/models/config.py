@@ -15,7 +15,7 @@ TEXT_MODELS: frozenset[str] = frozenset({"bow", "transformer"})
 # Fields only the text encoders read, and those only the transformer reads.
 _TEXT_FIELDS = ("towers", "query_max_length", "document_max_length", "vocab_size",
                 "query_features", "document_features")
-_BOW_FIELDS = ("hash_buckets", "word_ngrams", "char_ngrams")
+_BOW_FIELDS = ("hash_buckets", "word_ngrams", "char_ngrams", "term_frequency")
 _TRANSFORMER_FIELDS = ("pretrained", "pooling", "num_heads", "tokenizer", "tokenizer_path")
 
 
@@ -65,6 +65,9 @@ class ModelConfig(Section):
     word_ngrams: int = Field(default=2, ge=1, le=4, description="bow: word n-grams up to n")
     char_ngrams: int = Field(default=3, ge=0, le=6,
                              description="bow: character n-grams of each word (0: none)")
+    term_frequency: Literal["raw", "log"] = Field(
+        default="raw", description="bow: a feature met c times in a text counts c times in its "
+        "mean (raw) or 1 + ln c times (log)")
     # transformer
     pretrained: OptionalConfigPath = Field(
         default=None, description="transformer: a local Hugging Face model folder to start from")

@@ -10,8 +10,8 @@ becomes ids. Ids can be given instead of strings (a ``Tensor``), e.g. by a test.
 Bodies:
 
 * ``bow`` (:class:`BowBody`): the mean of the embeddings of a text's word, word n-gram and
-  character n-gram ids (:mod:`dist_contrast.text.bow`): fast on a CPU, and the baseline every
-  retrieval paper starts from.
+  character n-gram ids (:mod:`dist_contrast.text.bow`), each counted as often as it occurs or
+  sublinearly (``1 + ln c``): fast on a CPU, and the baseline every retrieval paper starts from.
 * ``transformer``: a Hugging Face model with mean or CLS pooling
   (:mod:`dist_contrast.models.transformer`).
 
@@ -75,18 +75,49 @@ class Featurizer(Protocol):
 
 class BowBody(nn.Module):
     """An embedding bag: the mean embedding of a row's non-padding ids (a row of padding only
-    gives zeros). Shape: [B, L] int64 -> [B, dim]."""
+    gives zeros). Shape: [B, L] int64 -> [B, dim].
 
-    def __init__(self, num_ids: int, dim: int, pad_id: int = 0) -> None:
+    ``term_frequency``: how an id met ``c`` times in a row counts in the mean. ``"raw"``: ``c``
+    times (a plain mean over the row's ids). ``"log"``: ``1 + ln c`` times, the sublinear term
+    frequency of SMART and Lucene, so that an identifier repeated all over a function does not
+    drown the words it shares with a query.
+    """
+
+    def __init__(self, num_ids: int, dim: int, pad_id: int = 0,
+                 term_frequency: Literal["raw", "log"] = "raw") -> None:
         super().__init__()
-        self.bag = nn.EmbeddingBag(num_ids, dim, mode="mean", padding_idx=pad_id)
+        if term_frequency not in ("raw", "log"):
+            raise ValueError(f"term_frequency must be 'raw' or 'log', got {term_frequency!r}")
+        self.term_frequency = term_frequency
+        mode = "mean" if term_frequency == "raw" else "sum"
+        self.bag = nn.EmbeddingBag(num_ids, dim, mode=mode, padding_idx=pad_id)
         nn.init.normal_(self.bag.weight, std=dim**-0.5)
         with torch.no_grad():
             self.bag.weight[pad_id].zero_()
+        self.pad_id = pad_id
+        self.num_ids = num_ids
         self.out_dim = dim
 
     def forward(self, ids: Tensor) -> Tensor:
-        return self.bag(ids)
+        if self.term_frequency == "raw":
+            return self.bag(ids)
+        wide = torch.float64 if self.bag.weight.dtype == torch.float64 else torch.float32
+        weights = sublinear_weights(ids, self.num_ids, self.pad_id, dtype=wide)
+        total = weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        weights = weights.to(self.bag.weight.dtype)
+        return self.bag(ids, per_sample_weights=weights) / total.to(self.bag.weight.dtype)
+
+
+def sublinear_weights(ids: Tensor, num_ids: int, pad_id: int = 0,
+                      dtype: torch.dtype = torch.float32) -> Tensor:
+    """Each position's share of ``1 + ln c``, ``c`` being how often its id occurs in its row:
+    ``(1 + ln c) / c``, so that an id's positions together weigh ``1 + ln c``; 0 at padding.
+    Shape: [B, L] int64 -> [B, L] of ``dtype``."""
+    rows = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1)
+    _, inverse, counts = torch.unique(rows * num_ids + ids, return_inverse=True,
+                                      return_counts=True)
+    c = counts[inverse].to(dtype)
+    return ((1 + c.log()) / c).masked_fill(ids == pad_id, 0.0)
 
 
 class TextTower(nn.Module):

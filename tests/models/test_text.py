@@ -11,7 +11,7 @@ import torch
 
 from dist_contrast.models import ModelConfig
 from dist_contrast.models.build import build_model, fit_featurizer
-from dist_contrast.models.text import TextEncoder
+from dist_contrast.models.text import BowBody, TextEncoder, sublinear_weights
 
 TEXTS = ["read a csv file", "def read_csv(path): return open(path)", "parse the json",
          "def parse_json(text): return loads(text)", "sort a list", "def sort(xs): ..."]
@@ -83,10 +83,44 @@ def test_a_transformer_encoder_trains_its_tokenizer_on_the_text() -> None:
     assert out.shape == (2, 8) and torch.isfinite(out).all()
 
 
+def test_the_sublinear_bag_weighs_an_id_met_c_times_one_plus_ln_c() -> None:
+    """Row [5, 5, 5, 7, pad]: (1 + ln 3) e5 + e7 over 2 + ln 3; raw: (3 e5 + e7) / 4; a row
+    of padding only: zeros."""
+    torch.manual_seed(0)
+    ids = torch.tensor([[5, 5, 5, 7, 0], [0, 0, 0, 0, 0], [7, 3, 0, 0, 0]])
+    log = BowBody(10, 4, term_frequency="log").double()
+    raw = BowBody(10, 4).double()
+    raw.load_state_dict(log.state_dict())
+    e = log.bag.weight.detach()
+    ln3 = torch.log(torch.tensor(3.0, dtype=torch.float64))
+    expected = torch.stack([((1 + ln3) * e[5] + e[7]) / (2 + ln3), torch.zeros(4, dtype=e.dtype),
+                            (e[7] + e[3]) / 2])
+    torch.testing.assert_close(log(ids), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(raw(ids)[0], (3 * e[5] + e[7]) / 4, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(raw(ids)[2], log(ids)[2], rtol=1e-12, atol=1e-12)
+    weights = sublinear_weights(ids, 10)
+    torch.testing.assert_close(weights[0], torch.tensor([(1 + ln3.item()) / 3] * 3 + [1.0, 0.0]))
+
+
+def test_the_sublinear_bag_gets_its_gradient_and_runs_in_bf16() -> None:
+    torch.manual_seed(0)
+    body = BowBody(10, 4, term_frequency="log").double()
+    ids = torch.tensor([[5, 5, 5, 7, 0], [1, 2, 2, 0, 0]])
+    assert torch.autograd.gradcheck(lambda w: torch.nn.functional.embedding_bag(
+        ids, w, mode="sum", per_sample_weights=sublinear_weights(ids, 10, dtype=torch.float64),
+        padding_idx=0), (body.bag.weight.detach().clone().requires_grad_(),))
+    half = BowBody(10, 4, term_frequency="log").to(torch.bfloat16)
+    assert half(ids).dtype == torch.bfloat16
+    encoder = _encoder(term_frequency="log")
+    assert encoder(TEXTS[:2], side="query").shape == (2, 8)
+
+
 @pytest.mark.parametrize(("fields", "fragment"), [
     ({"name": "mlp", "hash_buckets": 10}, "model.hash_buckets applies only to model.name='bow'"),
     ({"name": "mlp", "towers": "separate"}, "model.towers applies only"),
     ({"name": "bow", "num_heads": 2}, "model.num_heads applies only to model.name='transformer'"),
+    ({"name": "transformer", "term_frequency": "log"},
+     "model.term_frequency applies only to model.name='bow'"),
     ({"name": "transformer", "hidden_dim": 30, "num_heads": 4}, "multiple of"),
 ])
 def test_settings_of_another_encoder_are_refused(fields: dict[str, object],
