@@ -26,12 +26,12 @@ def test_determinism_benchmark_quick_run() -> None:
 
 
 def test_grad_cache_benchmark_runs_end_to_end_and_writes_its_table(tmp_path: Path) -> None:
-    """A small run: the plain step at 32 rows (within the budget), GradCache at 32 and 256; the
-    table, both ratios, the JSON and the figure."""
+    """A small run: the plain step at 32 rows (about 170 MiB of tensors, within the budget),
+    GradCache at 32 and 256; the table, both ratios, the JSON and the figure."""
     import json
 
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "grad_cache.py"), "--budget-mib", "80",
+        [sys.executable, str(ROOT / "benchmarks" / "grad_cache.py"), "--budget-mib", "400",
          "--max-batch", "32", "--multiples", "8", "--chunk", "16", "--steps", "1",
          "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600, check=False, cwd=ROOT,
@@ -43,6 +43,30 @@ def test_grad_cache_benchmark_runs_end_to_end_and_writes_its_table(tmp_path: Pat
     cached = sorted(p["batch"] for p in summary["points"] if p["chunk"])
     assert cached == [32, 256] and summary["largest_plain"] == 32
     assert (tmp_path / "grad_cache.png").read_bytes()[:4] == b"\x89PNG"
+    for point in summary["points"]:
+        assert point["step_mib"] > 0 and point["rss_mib"] == point["rss_mib"]
+
+
+def test_the_grad_cache_benchmarks_memory_measure_is_the_peak_of_live_tensor_bytes() -> None:
+    """Two 4 MB tensors alive at once, then one freed before a third: the peak is 8 MB, not
+    the 12 MB allocated in all (within the few bytes of the scalar operands); a tensor made
+    before the measure does not count."""
+    import torch
+
+    from tests.benchmark_scripts import load_benchmark
+
+    measure = load_benchmark("grad_cache").peak_tensor_bytes
+    before = torch.ones(1000, 1000)
+
+    def run() -> None:
+        first = torch.ones(1000, 1000)
+        second = first * 2
+        del first
+        third = second + 1
+        del second, third
+
+    assert 8_000_000 <= measure(run) < 8_000_000 + 1_000
+    assert measure(lambda: before.sum()) < 1_000
 
 
 def test_fast_scan_sweep_runs_end_to_end_and_marks_the_best_setting(tmp_path: Path) -> None:
