@@ -191,7 +191,8 @@ def test_cli_moco_queue_and_mined_negatives_zero2_bf16(tmp_path: Path) -> None:
 def test_cli_code_search_on_two_ray_workers_logs_retrieval_beside_bm25(tmp_path: Path) -> None:
     """A text run through the CLI: pairs with hard negatives, streamed (each worker holds
     only its shard), a document queue filled by the momentum copy of the tower, the FAISS
-    miner over the documents' bank, ZeRO-2 and bf16."""
+    miner over the documents' bank, ZeRO-2 and bf16, and GradCache (each worker's 64 queries
+    and 128 documents re-encoded in chunks of 48)."""
     from tests.data.helpers import write_text_pairs
 
     train = write_text_pairs(tmp_path / "train.jsonl", 1536, negatives=2)  # 12 full batches
@@ -206,7 +207,8 @@ def test_cli_code_search_on_two_ray_workers_logs_retrieval_beside_bm25(tmp_path:
         "optimizer.warmup_steps=2", "negatives.sources=[batch,queue,bank,mined]",
         "negatives.momentum_encoder=true", "negatives.queue.size=512",
         "negatives.miner.num_negatives=16", "deepspeed.zero_stage=2",
-        "deepspeed.precision=bf16", run_name="codesearch",
+        "deepspeed.precision=bf16", "trainer.grad_cache={chunk_size: 48}",
+        run_name="codesearch",
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "held-out queries against" in proc.stdout and "BM25" in proc.stdout
@@ -221,6 +223,7 @@ def test_cli_code_search_on_two_ray_workers_logs_retrieval_beside_bm25(tmp_path:
     assert metrics["train/negatives_per_query"] == 255 + 512 + 16 - metrics.get(
         "queue/masked_per_query", 0.0)
     assert metrics["eval/mrr_at_10"] > 0.1  # learned (chance is about 0.03)
+    assert _run(tmp_path).data.params["trainer.grad_cache.chunk_size"] == "48"
 
 
 @pytest.mark.ray
